@@ -1,0 +1,1 @@
+//! Sockets and channels: unix-socket connect, SCM_RIGHTS fd passing, timeouts.
