@@ -13,6 +13,17 @@
 #include <stdint.h>
 
 /**
+ * What a manager asked for (result of `tracecmd_msg_read_manager`).
+ */
+enum tracecmd_msg_mngr_type {
+  TRACECMD_MSG_MNGR_ERR = 0,
+  TRACECMD_MSG_MNGR_CONNECT = 1,
+  TRACECMD_MSG_MNGR_GLIST = 2,
+  TRACECMD_MSG_MNGR_ALIST = 3,
+  TRACECMD_MSG_MNGR_TRACE = 4,
+};
+
+/**
  * Bits of `tracecmd_msg_handle.flags` (spec §1.2).
  */
 enum tracecmd_msg_flags {
@@ -60,17 +71,6 @@ enum tracecmd_msg_bits {
 };
 
 /**
- * What a manager asked for (result of `tracecmd_msg_read_manager`).
- */
-enum tracecmd_msg_mngr_type {
-  TRACECMD_MSG_MNGR_ERR = 0,
-  TRACECMD_MSG_MNGR_CONNECT = 1,
-  TRACECMD_MSG_MNGR_GLIST = 2,
-  TRACECMD_MSG_MNGR_ALIST = 3,
-  TRACECMD_MSG_MNGR_TRACE = 4,
-};
-
-/**
  * Recorder flags (spec §1.2).
  */
 enum tracecmd_record_flags {
@@ -87,5 +87,118 @@ enum tracecmd_record_flags {
    */
   TRACECMD_RECORD_BLOCK = (1 << 2),
 };
+
+/**
+ * The public message handle (spec §1.3). C callers read and write these fields
+ * directly (`tracecmd_msg_get_fds` replaces `fd`; callers set `version`), so the
+ * library reads them afresh on every call. Handles are allocated and freed only by
+ * `tracecmd_msg_handle_alloc` / `tracecmd_msg_handle_close`, which reserve room
+ * behind this struct for the server's done flag.
+ */
+struct tracecmd_msg_handle {
+  /**
+   * The connection.
+   */
+  int fd;
+  /**
+   * Process id from a TRACE request (manager socket only).
+   */
+  int pid;
+  /**
+   * CPU count: the local one on a client, the peer's on a server.
+   */
+  short cpu_count;
+  /**
+   * Protocol version: 0 or 1 = V1, 2 = V2.
+   */
+  short version;
+  /**
+   * `TRACECMD_MSG_FL_*` bits.
+   */
+  unsigned long flags;
+};
+
+#ifdef __cplusplus
+extern "C" {
+#endif // __cplusplus
+
+/**
+ * Page size sent in TINIT (spec §1.1); trace-cmd's record sets it to getpagesize().
+ */
+extern unsigned int page_size;
+
+struct tracecmd_msg_handle *tracecmd_msg_handle_alloc(int fd, unsigned long flags);
+
+void tracecmd_msg_handle_close(struct tracecmd_msg_handle *msg_handle);
+
+bool tracecmd_msg_done(struct tracecmd_msg_handle *msg_handle);
+
+void tracecmd_msg_set_done(struct tracecmd_msg_handle *msg_handle);
+
+void tracecmd_msg_set_timeout(int msec);
+
+int tracecmd_msg_connect_to_server(struct tracecmd_msg_handle *msg_handle);
+
+int tracecmd_msg_send_init_data(struct tracecmd_msg_handle *msg_handle, int **client_ports);
+
+int tracecmd_msg_metadata_send(struct tracecmd_msg_handle *msg_handle, const char *buf, int size);
+
+int tracecmd_msg_finish_sending_metadata(struct tracecmd_msg_handle *msg_handle);
+
+void tracecmd_msg_send_close_msg(struct tracecmd_msg_handle *msg_handle);
+
+int tracecmd_msg_set_connection(struct tracecmd_msg_handle *msg_handle, const char *domain);
+
+int tracecmd_msg_initial_setting(struct tracecmd_msg_handle *msg_handle);
+
+int tracecmd_msg_send_port_array(struct tracecmd_msg_handle *msg_handle, int *ports);
+
+int tracecmd_msg_collect_metadata(struct tracecmd_msg_handle *msg_handle, int ofd);
+
+enum tracecmd_msg_mngr_type tracecmd_msg_read_manager(struct tracecmd_msg_handle *msg_handle);
+
+int tracecmd_msg_get_connect(struct tracecmd_msg_handle *msg_handle,
+                             char **domain,
+                             char **agent_fifo,
+                             char ***cpu_fifos);
+
+int tracecmd_msg_send_cpus(struct tracecmd_msg_handle *msg_handle, int cpus);
+
+int tracecmd_msg_send_domain(struct tracecmd_msg_handle *msg_handle, char *domain, int cpus);
+
+int tracecmd_msg_get_domain(struct tracecmd_msg_handle *msg_handle, char **domain);
+
+int tracecmd_msg_send_finish(struct tracecmd_msg_handle *msg_handle);
+
+int tracecmd_msg_transfer_fd(struct tracecmd_msg_handle *msg_handle, int fd, int cpus);
+
+int tracecmd_msg_get_fds(struct tracecmd_msg_handle *msg_handle, int cpu_count, int *_fds);
+
+int tracecmd_msg_agent_connect(struct tracecmd_msg_handle *msg_handle, int cpu_count);
+
+int tracecmd_msg_agent_parameters(struct tracecmd_msg_handle *msg_handle, int argc, char **argv);
+
+int tracecmd_msg_list_domains(struct tracecmd_msg_handle *msg_handle);
+
+int tracecmd_msg_list_guests(struct tracecmd_msg_handle *msg_handle);
+
+int tracecmd_msg_list_agents(struct tracecmd_msg_handle *msg_handle);
+
+int tracecmd_msg_connect_guest(struct tracecmd_msg_handle *msg_handle,
+                               const char *domain,
+                               const char *agent,
+                               int nr_cpus,
+                               char *const *cpu_list);
+
+int tracecmd_msg_connect_agent(struct tracecmd_msg_handle *msg_handle,
+                               const char *guest,
+                               int pid,
+                               int *cpu_count);
+
+int tracecmd_connect_to_socket(char *agent);
+
+#ifdef __cplusplus
+}  // extern "C"
+#endif  // __cplusplus
 
 #endif  /* TRACECMD_RS_TRACE_CMD_H */
