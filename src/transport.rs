@@ -106,6 +106,11 @@ pub fn recv_fd(ch: &Channel<'_>, wait: Wait) -> Result<OwnedFd> {
     Ok(fd)
 }
 
+/// The guest side of the per-CPU virtio port `cpu` (spec §1.1 `TRACE_PATH_CPU`).
+pub fn virtio_cpu_path(cpu: u32) -> std::path::PathBuf {
+    format!("/dev/virtio-ports/trace-path-cpu{cpu}").into()
+}
+
 /// A connected pair of unix stream sockets (for tests and in-process peers).
 pub fn socketpair() -> Result<(OwnedFd, OwnedFd)> {
     Ok(socket::socketpair(
