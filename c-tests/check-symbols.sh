@@ -4,7 +4,7 @@
 # 1. Every name listed in c-tests/symbols-*.txt must be a defined global symbol of
 #    BOTH LIBDIR/libtracecmd_rs.a and LIBDIR/libtracecmd_rs.so (spec §7). Lists are
 #    per issue: symbols-msg.txt (message layer), later symbols-recorder.txt.
-# 2. Names in symbols-weak.txt, which trace-cmd's own program also defines, must link
+# 2. Names in weak-symbols.txt, which trace-cmd's own program also defines, must link
 #    from the static library next to a program's own strong definition (spec §7:
 #    "Both must link").
 # Prints every missing name and exits non-zero if any check fails.
@@ -44,8 +44,8 @@ done
 
 # A program that defines its own copy of a weak-listed function and also pulls in the
 # message layer must link statically without a "multiple definition" error.
-if [ -f "$here/symbols-weak.txt" ]; then
-	for s in $(sed 's/#.*//' "$here/symbols-weak.txt"); do
+if [ -f "$here/weak-symbols.txt" ]; then
+	for s in $(sed 's/#.*//' "$here/weak-symbols.txt"); do
 		cat > "$tmp/own.c" <<C
 #include <stddef.h>
 struct tracecmd_msg_handle;

@@ -15,6 +15,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "tc.h"
@@ -1108,7 +1109,49 @@ static void test_bad_fd(void)
 	tracecmd_msg_set_timeout(5000);
 }
 
-int main(void)
+/*
+ * The timeout from the environment alone (no setter call): this program re-runs
+ * itself with TRACECMD_MSG_TIMEOUT_MS=300 and "--env-timeout-child", which stalls
+ * a receive and exits 0 only on -ETIMEDOUT within 3 s.
+ */
+static const char *self_path = "/proc/self/exe";
+
+static int env_timeout_child(void)
+{
+	struct tracecmd_msg_handle *h;
+	long long t0, dt;
+	int sv[2], ret;
+
+	tc_socketpair(sv);
+	h = tracecmd_msg_handle_alloc(sv[0], TRACECMD_MSG_FL_SERVER);
+	if (!h || !tc_write_hex(sv[1], "00000014 00000004 00000008"))
+		return 2;
+	t0 = tc_now_ms();
+	ret = tracecmd_msg_initial_setting(h);
+	dt = tc_now_ms() - t0;
+	fprintf(stderr, "env timeout child: ret %d after %lld ms\n", ret, dt);
+	return ret == -ETIMEDOUT && dt < 3000 ? 0 : 1;
+}
+
+static void test_timeout_from_environment(void)
+{
+	int status = -1;
+	pid_t pid;
+
+	fflush(NULL);
+	pid = fork();
+	CU_ASSERT_FATAL(pid >= 0);
+	if (pid == 0) {
+		setenv("TRACECMD_MSG_TIMEOUT_MS", "300", 1);
+		execl(self_path, self_path, "--env-timeout-child", (char *)NULL);
+		_exit(3);
+	}
+	CU_ASSERT_EQUAL(waitpid(pid, &status, 0), pid);
+	CU_ASSERT(WIFEXITED(status));
+	CU_ASSERT_EQUAL(WEXITSTATUS(status), 0);
+}
+
+int main(int argc, char **argv)
 {
 	static const struct tc_test tests[] = {
 		{ "send TINIT, no option (8 CPUs, 4 KiB)", test_tinit_without_option },
@@ -1134,6 +1177,7 @@ int main(void)
 		{ "receive wrong commands: -EINVAL", test_recv_wrong_command },
 		{ "receive garbage headers: error, no wait", test_recv_garbage_headers },
 		{ "receive a stalled message: -ETIMEDOUT", test_recv_stall_times_out },
+		{ "timeout set by TRACECMD_MSG_TIMEOUT_MS", test_timeout_from_environment },
 		{ "receive EOF: error", test_recv_eof },
 		{ "read_manager for each request", test_read_manager },
 		{ "get_connect: strings, NULL-terminated list", test_get_connect },
@@ -1149,5 +1193,7 @@ int main(void)
 		{ NULL, NULL },
 	};
 
+	if (argc == 2 && strcmp(argv[1], "--env-timeout-child") == 0)
+		return env_timeout_child();
 	return tc_run("msg_wire", tests);
 }
