@@ -1195,5 +1195,8 @@ int main(int argc, char **argv)
 
 	if (argc == 2 && strcmp(argv[1], "--env-timeout-child") == 0)
 		return env_timeout_child();
+	/* argv[0] rather than /proc/self/exe, which is the tool under valgrind & co. */
+	if (argc > 0 && strchr(argv[0], '/'))
+		self_path = argv[0];
 	return tc_run("msg_wire", tests);
 }
