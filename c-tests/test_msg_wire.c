@@ -10,6 +10,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -510,6 +511,13 @@ static void test_recv_tinit(void)
 	CU_ASSERT(h->flags & TRACECMD_MSG_FL_USE_TCP);
 	CU_ASSERT(h->flags & TRACECMD_MSG_FL_SERVER);
 	unpair(h, peer);
+
+	/* 4096 CPUs is the largest count accepted. */
+	h = pair(TRACECMD_MSG_FL_SERVER, &peer);
+	CU_ASSERT(tc_write_hex(peer, "00000014 00000004 00001000 00001000 00000000"));
+	CU_ASSERT_EQUAL(tracecmd_msg_initial_setting(h), 4096);
+	CU_ASSERT_EQUAL(h->cpu_count, 4096);
+	unpair(h, peer);
 }
 
 /* Each bad TINIT is refused with a negative errno and leaves cpu_count sane. */
@@ -966,6 +974,91 @@ static void test_collect_metadata_done(void)
 	tracecmd_msg_set_timeout(5000);
 }
 
+/*
+ * The listener's stop path: a signal handler calls tracecmd_msg_set_done (it must be
+ * async-signal-safe) while a thread is blocked where the original waits without a
+ * timeout: the CLOSE wait after FINMETA, and the TCONNECT wait of set_connection.
+ * The blocked call must come back promptly instead of waiting for the peer.
+ */
+static struct tracecmd_msg_handle *volatile signal_handle;
+
+static void set_done_handler(int sig)
+{
+	(void)sig;
+	tracecmd_msg_set_done(signal_handle);
+}
+
+static int blocked_collect(void *h)
+{
+	int ofd = tmpfile_fd();
+	int ret = tracecmd_msg_collect_metadata(h, ofd);
+
+	close(ofd);
+	return ret;
+}
+
+static int blocked_set_connection(void *h)
+{
+	return tracecmd_msg_set_connection(h, "guest0");
+}
+
+static int interrupt_blocked(int (*fn)(void *), const char *before, long long *ms)
+{
+	struct sigaction sa = { .sa_handler = set_done_handler }, old;
+	struct tracecmd_msg_handle *h;
+	struct tc_call call;
+	long long t0;
+	int peer, ret;
+
+	tracecmd_msg_set_timeout(10000); /* longer than the bound checked below */
+	h = pair(TRACECMD_MSG_FL_SERVER | TRACECMD_MSG_FL_VIRT, &peer);
+	signal_handle = h;
+	sigemptyset(&sa.sa_mask);
+	sa.sa_flags = 0; /* no SA_RESTART, as the listener's signal_setup */
+	sigaction(SIGUSR1, &sa, &old);
+	if (before[0])
+		CU_ASSERT(tc_write_hex(peer, before));
+	tc_call_start(&call, fn, h);
+	usleep(200 * 1000); /* let it block (no pass/fail timing depends on this) */
+	t0 = tc_now_ms();
+	/* Signal until it returns: one landing before the call blocks must not hang the
+	 * test. After 3 s give up and unblock it through the peer (then ms fails). */
+	for (;;) {
+		pthread_kill(call.th, SIGUSR1);
+		usleep(50 * 1000);
+		if (pthread_tryjoin_np(call.th, NULL) == 0)
+			break;
+		if (tc_now_ms() - t0 > 3000) {
+			shutdown(peer, SHUT_RDWR);
+			pthread_join(call.th, NULL);
+			break;
+		}
+	}
+	*ms = tc_now_ms() - t0;
+	ret = call.ret;
+	sigaction(SIGUSR1, &old, NULL);
+	unpair(h, peer);
+	tracecmd_msg_set_timeout(5000);
+	return ret;
+}
+
+static void test_signal_stops_blocked_waits(void)
+{
+	long long ms;
+	int ret;
+
+	ret = interrupt_blocked(blocked_collect, "0000000f 00000006 00000003 616263 | 00000008 00000007",
+				&ms);
+	if (ret < 0 && ret != -EINTR)
+		fprintf(stderr, "\ncollect_metadata after set_done from a signal: %d\n", ret);
+	CU_ASSERT(ret == 0 || ret == -EINTR);
+	CU_ASSERT(ms < 3000);
+
+	ret = interrupt_blocked(blocked_set_connection, "", &ms);
+	CU_ASSERT(ret < 0);
+	CU_ASSERT(ms < 3000);
+}
+
 /* A SENDMETA whose size field disagrees with its length writes nothing it did not get. */
 static void test_collect_metadata_bad_size(void)
 {
@@ -1186,6 +1279,7 @@ int main(int argc, char **argv)
 		{ "collect_metadata until CLOSE", test_collect_metadata },
 		{ "collect_metadata stops waiting when done", test_collect_metadata_done },
 		{ "collect_metadata: bad size field, write error", test_collect_metadata_bad_size },
+		{ "set_done from a signal ends blocked waits", test_signal_stops_blocked_waits },
 		{ "done/set_done on client and server handles", test_done_flag_client_and_server },
 		{ "handle_close closes the fd", test_close_closes_fd },
 		{ "NULL arguments: errors, nothing sent", test_null_arguments },
