@@ -76,6 +76,19 @@ fn message(size: u32, cmd: u32, rest: &[u8]) -> Vec<u8> {
     v
 }
 
+/// Asserts the 8 KiB bound for one message; returns its largest allocation.
+fn check_bound(cmd: u32, size: u32, largest: usize, total: usize) -> usize {
+    assert!(
+        largest <= MSG_MAX_LEN,
+        "cmd {cmd} size {size}: one allocation of {largest}"
+    );
+    assert!(
+        total <= 2 * MSG_MAX_LEN,
+        "cmd {cmd} size {size}: {total} bytes in all"
+    );
+    largest
+}
+
 #[test]
 fn decoding_any_claimed_size_allocates_at_most_8_kib() {
     // Body bytes that make the data-carrying commands valid when size ≤ 8192.
@@ -88,15 +101,7 @@ fn decoding_any_claimed_size_allocates_at_most_8_kib() {
         let (largest, total) = measure(|| {
             let _ = v2::decode(&bytes);
         });
-        assert!(
-            largest <= MSG_MAX_LEN,
-            "cmd {cmd} size {size}: one allocation of {largest}"
-        );
-        assert!(
-            total <= 2 * MSG_MAX_LEN,
-            "cmd {cmd} size {size}: {total} bytes in all"
-        );
-        seen = seen.max(largest);
+        seen = seen.max(check_bound(cmd, size, largest, total));
         let mut v3 = message(size, cmd, &[0; 4]);
         v3.extend_from_slice(&filler);
         let (largest, _) = measure(|| {
@@ -128,15 +133,7 @@ fn receiving_any_claimed_size_allocates_at_most_8_kib() {
         let (largest, total) = measure(|| {
             let _ = v2::recv(&ch, Wait::Timed);
         });
-        assert!(
-            largest <= MSG_MAX_LEN,
-            "cmd {cmd} size {size}: one allocation of {largest}"
-        );
-        assert!(
-            total <= 2 * MSG_MAX_LEN,
-            "cmd {cmd} size {size}: {total} bytes in all"
-        );
-        seen = seen.max(largest);
+        seen = seen.max(check_bound(cmd, size, largest, total));
     }
     assert!(seen >= 8180, "largest allocation seen: {seen}");
 }
