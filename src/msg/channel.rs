@@ -21,18 +21,31 @@ const INFINITE: i64 = -1;
 
 static TIMEOUT_MS: AtomicI64 = AtomicI64::new(UNSET);
 
+/// Parses a `TRACECMD_MSG_TIMEOUT_MS` value: milliseconds, or a negative number or
+/// `inf` for no timeout (`Some(None)`). `None` if the text is neither.
+pub fn parse_timeout(v: &str) -> Option<Option<Duration>> {
+    let v = v.trim();
+    if v.eq_ignore_ascii_case("inf") || v.eq_ignore_ascii_case("infinite") {
+        return Some(None);
+    }
+    let ms = v.parse::<i64>().ok()?;
+    Some((ms >= 0).then(|| Duration::from_millis(ms as u64)))
+}
+
+fn to_ms(timeout: Option<Duration>) -> i64 {
+    match timeout {
+        Some(d) => d.as_millis().min(i64::MAX as u128) as i64,
+        None => INFINITE,
+    }
+}
+
 fn timeout_from_env() -> i64 {
     let Ok(v) = std::env::var("TRACECMD_MSG_TIMEOUT_MS") else {
         return DEFAULT_TIMEOUT_MS;
     };
-    let v = v.trim();
-    if v.eq_ignore_ascii_case("inf") || v.eq_ignore_ascii_case("infinite") {
-        return INFINITE;
-    }
-    match v.parse::<i64>() {
-        Ok(ms) if ms < 0 => INFINITE,
-        Ok(ms) => ms,
-        Err(_) => {
+    match parse_timeout(&v) {
+        Some(t) => to_ms(t),
+        None => {
             log::warn!("TRACECMD_MSG_TIMEOUT_MS={v:?} is not a number of milliseconds or \"inf\"; using {DEFAULT_TIMEOUT_MS} ms");
             DEFAULT_TIMEOUT_MS
         }
@@ -54,11 +67,7 @@ pub fn default_timeout() -> Option<Duration> {
 
 /// Sets the receive timeout of channels created from now on (`None` = infinite).
 pub fn set_default_timeout(timeout: Option<Duration>) {
-    let ms = match timeout {
-        Some(d) => d.as_millis().min(i64::MAX as u128) as i64,
-        None => INFINITE,
-    };
-    TIMEOUT_MS.store(ms, Ordering::Relaxed);
+    TIMEOUT_MS.store(to_ms(timeout), Ordering::Relaxed);
 }
 
 /// How a receive waits for its message.

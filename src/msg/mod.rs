@@ -32,7 +32,7 @@ pub mod v1;
 pub mod v2;
 pub mod v3;
 
-pub use channel::{default_timeout, set_default_timeout, Channel, Wait};
+pub use channel::{default_timeout, parse_timeout, set_default_timeout, Channel, Wait};
 
 /// Largest message accepted or sent, header included (spec §1.1).
 pub const MSG_MAX_LEN: usize = 8192;
