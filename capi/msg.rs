@@ -274,7 +274,9 @@ pub extern "C" fn tracecmd_msg_send_init_data(
                 log::warn!("send_init_data: handle is neither NETWORK nor VIRT");
                 return -libc::EINVAL;
             }
-            let cpus = h.cpu_count().max(0) as u32;
+            let Ok(cpus) = u32::try_from(h.cpu_count()) else {
+                return -libc::EINVAL;
+            };
             let use_tcp = flags & fl::TRACECMD_MSG_FL_USE_TCP as c_ulong != 0;
             let rinit = match session::send_init(ch, cpus, effective_page_size(), use_tcp) {
                 Ok(r) => r,
