@@ -162,21 +162,20 @@ unsafe fn c_bytes<'a>(p: *const c_char) -> Option<&'a [u8]> {
 }
 
 /// Allocates a handle for `fd`. Every handle carries the done flag, whatever the
-/// flags say. NULL only if memory is exhausted.
+/// flags say. NULL if `calloc` fails.
 #[no_mangle]
 pub extern "C" fn tracecmd_msg_handle_alloc(fd: c_int, flags: c_ulong) -> *mut tracecmd_msg_handle {
     super::ffi_guard!(ptr::null_mut(), {
-        let ext = Box::new(HandleExt {
-            public: tracecmd_msg_handle {
-                fd,
-                pid: 0,
-                cpu_count: 0,
-                version: 0,
-                flags,
-            },
-            done: AtomicI32::new(0),
-        });
-        Box::into_raw(ext).cast::<tracecmd_msg_handle>()
+        // SAFETY: calloc returns zeroed memory suitably aligned for any type (or
+        // NULL); all-zero bytes are a valid HandleExt (0 fields, done = 0).
+        let ext = unsafe { libc::calloc(1, std::mem::size_of::<HandleExt>()) }.cast::<HandleExt>();
+        let Some(h) = H::new(ext.cast()) else {
+            return ptr::null_mut();
+        };
+        h.set_fd(fd);
+        // SAFETY: h points to the zeroed handle just allocated.
+        unsafe { ptr::addr_of_mut!((*h.0).flags).write(flags) };
+        h.0
     })
 }
 
@@ -190,8 +189,8 @@ pub extern "C" fn tracecmd_msg_handle_close(msg_handle: *mut tracecmd_msg_handle
             // SAFETY: the handle owns its fd.
             unsafe { libc::close(fd) };
         }
-        // SAFETY: allocated by tracecmd_msg_handle_alloc as a Box<HandleExt>.
-        drop(unsafe { Box::from_raw(msg_handle.cast::<HandleExt>()) });
+        // SAFETY: allocated by tracecmd_msg_handle_alloc with calloc.
+        unsafe { libc::free(msg_handle.cast()) };
     })
 }
 

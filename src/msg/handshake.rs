@@ -6,8 +6,10 @@
 //! "-1V3" (or any other "-1V<x>") client to V2 by answering "V2\0" and reading
 //! another CPU string, and parses a V1 client's announcement.
 //!
-//! Unlike the C original, every read here runs under the channel's timeout, and
-//! fixed-size fields are read completely even when the peer splits them.
+//! Every read here runs under the channel's timeout, counted over the whole
+//! exchange; give the channel `with_timeout(None)` for the C original's unbounded
+//! (but, here, signal-interruptible) wait. Fixed-size fields are read completely
+//! even when the peer splits them, and strings byte by byte up to their NUL.
 
 use super::channel::{Channel, Wait};
 use super::v1::{self, ChannelSource, ClientInit, TextSource};
