@@ -131,7 +131,7 @@ extern unsigned int page_size;
 
 /**
  * Allocates a handle for `fd`. Every handle carries the done flag, whatever the
- * flags say. NULL only if memory is exhausted.
+ * flags say. NULL if `calloc` fails.
  */
 struct tracecmd_msg_handle *tracecmd_msg_handle_alloc(int fd, unsigned long flags);
 
