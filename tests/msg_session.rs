@@ -696,3 +696,21 @@ fn unix_connect_reaches_a_listening_socket_and_reports_a_missing_one() {
     assert!(tracecmd_rs::transport::connect_unix(&long).is_err());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn string_lists_share_a_1_mib_budget() {
+    let (a, b) = pair();
+    let sender = thread::spawn(move || {
+        let ch = chan(&a);
+        // 20 × 60,000 bytes: each string is fine, the list is not.
+        for _ in 0..20 {
+            if session::send_string(&ch, &vec![b'a'; 60_000]).is_err() {
+                break;
+            }
+        }
+    });
+    let e = session::agent_parameters(&chan(&b), 20).unwrap_err();
+    assert!(matches!(e, MsgError::StringTooLong(_)), "{e}");
+    drop(b);
+    sender.join().unwrap();
+}

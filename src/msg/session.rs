@@ -216,14 +216,24 @@ pub fn send_string(ch: &Channel<'_>, s: &[u8]) -> Result<()> {
 /// Receives a string sent with [`send_string`]; at most [`MAX_STRING_LEN`] bytes.
 /// A FINMETA without any SENDMETA is refused, as every C caller refuses it.
 pub fn recv_string(ch: &Channel<'_>) -> Result<Vec<u8>> {
+    recv_string_within(ch, &mut { MAX_STRING_LEN })
+}
+
+/// Most bytes a list of strings (CPU paths, agent arguments) may carry in all.
+pub const MAX_STRING_LIST_LEN: usize = 1 << 20;
+
+/// [`recv_string`], also charged against a `budget` shared by a list of strings.
+fn recv_string_within(ch: &Channel<'_>, budget: &mut usize) -> Result<Vec<u8>> {
+    let limit = (*budget).min(MAX_STRING_LEN);
     let mut s = Vec::new();
     let mut chunks = 0usize;
     loop {
         match v2::recv(ch, Wait::Timed)? {
             Msg::SendMeta(d) => {
-                if s.len() + d.len() > MAX_STRING_LEN {
-                    return Err(MsgError::StringTooLong(MAX_STRING_LEN));
+                if s.len() + d.len() > limit {
+                    return Err(MsgError::StringTooLong(limit));
                 }
+                *budget -= d.len();
                 s.extend_from_slice(&d);
                 chunks += 1;
             }
@@ -271,10 +281,11 @@ pub struct GuestConnect {
 pub fn get_connect(ch: &Channel<'_>, cpus: u32) -> Result<GuestConnect> {
     check_count("CPU path count", i64::from(cpus), MAX_CPUS)?;
     v2::send(ch, &Msg::Ack)?;
-    let domain = recv_string(ch)?;
-    let agent = recv_string(ch)?;
+    let mut budget = MAX_STRING_LIST_LEN;
+    let domain = recv_string_within(ch, &mut budget)?;
+    let agent = recv_string_within(ch, &mut budget)?;
     let cpus = (0..cpus)
-        .map(|_| recv_string(ch))
+        .map(|_| recv_string_within(ch, &mut budget))
         .collect::<Result<Vec<_>>>()?;
     Ok(GuestConnect {
         domain,
@@ -421,5 +432,8 @@ pub fn agent_connect(ch: &Channel<'_>, cpus: u32) -> Result<u32> {
 /// Agent: the `argc` argument strings.
 pub fn agent_parameters(ch: &Channel<'_>, argc: u32) -> Result<Vec<Vec<u8>>> {
     check_count("argument count", i64::from(argc), MAX_CPUS)?;
-    (0..argc).map(|_| recv_string(ch)).collect()
+    let mut budget = MAX_STRING_LIST_LEN;
+    (0..argc)
+        .map(|_| recv_string_within(ch, &mut budget))
+        .collect()
 }
