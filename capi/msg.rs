@@ -824,7 +824,7 @@ fn list(msg_handle: *mut tracecmd_msg_handle, f: ListFn, empty: Option<&CStr>) -
     })
 }
 
-/// Reads DOMAIN + name entries until FINISH, printing "<name> with <n> cpus" for
+/// Reads DOMAIN + name entries until FINISH, printing `<name> with <n> cpus` for
 /// each; returns how many.
 #[no_mangle]
 pub extern "C" fn tracecmd_msg_list_domains(msg_handle: *mut tracecmd_msg_handle) -> c_int {

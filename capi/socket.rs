@@ -17,7 +17,7 @@ use std::path::Path;
 /// Connects an `AF_UNIX` stream socket to the path `agent`. Returns the fd, or -1
 /// with `errno` set (`EINVAL` for NULL, `ENAMETOOLONG` for a path that does not fit
 /// `sun_path`, else the error of `socket`/`connect`); on failure it prints
-/// "Can not connect to socket <path>" to stderr; the socket is closed.
+/// `Can not connect to socket <path>` to stderr; the socket is closed.
 #[no_mangle]
 pub extern "C" fn tracecmd_connect_to_socket(agent: *mut c_char) -> c_int {
     super::ffi_guard!(-1, {

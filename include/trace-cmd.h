@@ -272,7 +272,7 @@ int tracecmd_msg_agent_connect(struct tracecmd_msg_handle *msg_handle, int cpu_c
 int tracecmd_msg_agent_parameters(struct tracecmd_msg_handle *msg_handle, int argc, char **argv);
 
 /**
- * Reads DOMAIN + name entries until FINISH, printing "<name> with <n> cpus" for
+ * Reads DOMAIN + name entries until FINISH, printing `<name> with <n> cpus` for
  * each; returns how many.
  */
 int tracecmd_msg_list_domains(struct tracecmd_msg_handle *msg_handle);
@@ -311,7 +311,7 @@ int tracecmd_msg_connect_agent(struct tracecmd_msg_handle *msg_handle,
  * Connects an `AF_UNIX` stream socket to the path `agent`. Returns the fd, or -1
  * with `errno` set (`EINVAL` for NULL, `ENAMETOOLONG` for a path that does not fit
  * `sun_path`, else the error of `socket`/`connect`); on failure it prints
- * "Can not connect to socket <path>" to stderr; the socket is closed.
+ * `Can not connect to socket <path>` to stderr; the socket is closed.
  */
 int tracecmd_connect_to_socket(char *agent);
 

@@ -3,7 +3,7 @@
 //! Client: [`client_negotiate`] offers V2 and reports [`Negotiated::V1Fallback`] when
 //! the server closes on the offer (an old V1 listener); the caller then reconnects
 //! and runs [`client_v1`]. Server: [`server_negotiate`] answers V2 offers, steers a
-//! "-1V3" (or any other "-1V<x>") client to V2 by answering "V2\0" and reading
+//! `-1V3` (or any other `-1V<x>`) client to V2 by answering "V2\0" and reading
 //! another CPU string, and parses a V1 client's announcement.
 //!
 //! Every read here runs under the channel's timeout, counted over the whole
