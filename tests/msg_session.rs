@@ -714,3 +714,43 @@ fn string_lists_share_a_1_mib_budget() {
     drop(b);
     sender.join().unwrap();
 }
+
+#[test]
+fn handshakes_over_random_streams_never_panic_or_hang() {
+    let mut rng = msg_common::Rng::new(0x5eed_0005);
+    let pieces: [&[u8]; 8] = [
+        b"tracecmd",
+        b"-1V2\0",
+        b"-1V3\0",
+        b"V2\0",
+        b"677768\0\0",
+        b"OK",
+        b"8\0",
+        b"4\0TCP\0",
+    ];
+    for _ in 0..3000 {
+        let mut bytes = Vec::new();
+        for _ in 0..rng.below(5) {
+            if rng.below(3) == 0 {
+                let n = rng.below(12);
+                bytes.extend(rng.bytes(n));
+            } else {
+                bytes.extend_from_slice(pieces[rng.below(pieces.len())]);
+            }
+        }
+        for server in [true, false] {
+            let (mut a, b) = pair();
+            // The peer's bytes, then EOF; our side's writes may fail (EPIPE): fine.
+            a.write_all(&bytes).unwrap();
+            a.shutdown(std::net::Shutdown::Write).unwrap();
+            let ch = chan(&b);
+            let t = Instant::now();
+            if server {
+                let _ = handshake::server_negotiate(&ch);
+            } else {
+                let _ = handshake::client_negotiate(&ch);
+            }
+            assert!(t.elapsed() < Duration::from_secs(2), "{bytes:02x?}");
+        }
+    }
+}
