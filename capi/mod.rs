@@ -22,3 +22,10 @@ macro_rules! ffi_guard {
 pub(crate) use ffi_guard;
 
 pub mod types;
+// The ABI modules are declared through a macro so that cbindgen, which build.rs
+// points at every capi/*.rs file itself, does not also follow these declarations
+// and emit each function twice.
+macro_rules! abi_modules {
+    ($($m:ident),* $(,)?) => { $(pub mod $m;)* };
+}
+abi_modules!(msg, socket);

@@ -13,6 +13,17 @@
 #include <stdint.h>
 
 /**
+ * What a manager asked for (result of `tracecmd_msg_read_manager`).
+ */
+enum tracecmd_msg_mngr_type {
+  TRACECMD_MSG_MNGR_ERR = 0,
+  TRACECMD_MSG_MNGR_CONNECT = 1,
+  TRACECMD_MSG_MNGR_GLIST = 2,
+  TRACECMD_MSG_MNGR_ALIST = 3,
+  TRACECMD_MSG_MNGR_TRACE = 4,
+};
+
+/**
  * Bits of `tracecmd_msg_handle.flags` (spec §1.2).
  */
 enum tracecmd_msg_flags {
@@ -60,17 +71,6 @@ enum tracecmd_msg_bits {
 };
 
 /**
- * What a manager asked for (result of `tracecmd_msg_read_manager`).
- */
-enum tracecmd_msg_mngr_type {
-  TRACECMD_MSG_MNGR_ERR = 0,
-  TRACECMD_MSG_MNGR_CONNECT = 1,
-  TRACECMD_MSG_MNGR_GLIST = 2,
-  TRACECMD_MSG_MNGR_ALIST = 3,
-  TRACECMD_MSG_MNGR_TRACE = 4,
-};
-
-/**
  * Recorder flags (spec §1.2).
  */
 enum tracecmd_record_flags {
@@ -87,5 +87,236 @@ enum tracecmd_record_flags {
    */
   TRACECMD_RECORD_BLOCK = (1 << 2),
 };
+
+/**
+ * The public message handle (spec §1.3). C callers read and write these fields
+ * directly (`tracecmd_msg_get_fds` replaces `fd`; callers set `version`), so the
+ * library reads them afresh on every call. Handles are allocated and freed only by
+ * `tracecmd_msg_handle_alloc` / `tracecmd_msg_handle_close`, which reserve room
+ * behind this struct for the server's done flag.
+ */
+struct tracecmd_msg_handle {
+  /**
+   * The connection.
+   */
+  int fd;
+  /**
+   * Process id from a TRACE request (manager socket only).
+   */
+  int pid;
+  /**
+   * CPU count: the local one on a client, the peer's on a server.
+   */
+  short cpu_count;
+  /**
+   * Protocol version: 0 or 1 = V1, 2 = V2.
+   */
+  short version;
+  /**
+   * `TRACECMD_MSG_FL_*` bits.
+   */
+  unsigned long flags;
+};
+
+#ifdef __cplusplus
+extern "C" {
+#endif // __cplusplus
+
+/**
+ * Page size sent in TINIT (spec §1.1). trace-cmd's record sets it to
+ * `getpagesize()` before TINIT; if it is still 0 then, the library sends the
+ * system page size instead of a 0 every listener would refuse.
+ */
+extern unsigned int page_size;
+
+/**
+ * Allocates a handle for `fd`. Every handle carries the done flag, whatever the
+ * flags say. NULL if `calloc` fails.
+ */
+struct tracecmd_msg_handle *tracecmd_msg_handle_alloc(int fd, unsigned long flags);
+
+/**
+ * Closes the handle's fd (if >= 0) and frees the handle. NULL is ignored.
+ */
+void tracecmd_msg_handle_close(struct tracecmd_msg_handle *msg_handle);
+
+/**
+ * The done flag (set by `tracecmd_msg_set_done`); false for NULL.
+ */
+bool tracecmd_msg_done(struct tracecmd_msg_handle *msg_handle);
+
+/**
+ * Sets the done flag. Async-signal-safe (one atomic store): call it from a
+ * signal handler to make `tracecmd_msg_collect_metadata` stop waiting.
+ */
+void tracecmd_msg_set_done(struct tracecmd_msg_handle *msg_handle);
+
+/**
+ * Sets the receive timeout in milliseconds for all later calls; negative means
+ * wait forever (for debugging). Default 5000, or `TRACECMD_MSG_TIMEOUT_MS`.
+ */
+void tracecmd_msg_set_timeout(int msec);
+
+/**
+ * Virtio client: TCONNECT, then wait for the listener's RCONNECT.
+ */
+int tracecmd_msg_connect_to_server(struct tracecmd_msg_handle *msg_handle);
+
+/**
+ * Record client: TINIT, then RINIT. `*client_ports` gets a malloc'd array of
+ * RINIT's CPU count: the ports (NETWORK handles) or the opened
+ * `/dev/virtio-ports/trace-path-cpu<N>` fds (VIRT handles).
+ */
+int tracecmd_msg_send_init_data(struct tracecmd_msg_handle *msg_handle, int **client_ports);
+
+/**
+ * Sends `size` bytes of metadata as SENDMETA chunks (raw bytes on a V1 handle).
+ * `size == 0` sends one empty SENDMETA, as the C original does.
+ */
+int tracecmd_msg_metadata_send(struct tracecmd_msg_handle *msg_handle, const char *buf, int size);
+
+/**
+ * FINMETA (nothing on a V1 handle).
+ */
+int tracecmd_msg_finish_sending_metadata(struct tracecmd_msg_handle *msg_handle);
+
+/**
+ * CLOSE (nothing on a V1 handle); errors are logged only.
+ */
+void tracecmd_msg_send_close_msg(struct tracecmd_msg_handle *msg_handle);
+
+/**
+ * Listener, virtio: wait without timeout for TCONNECT and answer RCONNECT.
+ * `-ECONNABORTED` on CLOSE, `-EINVAL` on another command, `-ENOTCONN` if the peer
+ * is gone (the C original exits the whole process there instead).
+ */
+int tracecmd_msg_set_connection(struct tracecmd_msg_handle *msg_handle, const char *domain);
+
+/**
+ * Listener: TINIT or CINIT. TINIT: sets cpu_count (and USE_TCP) and returns the
+ * client's page size. CINIT: sets AGENT and cpu_count, answers CRINIT, returns 0.
+ */
+int tracecmd_msg_initial_setting(struct tracecmd_msg_handle *msg_handle);
+
+/**
+ * Listener: RINIT with the handle's cpu_count and, unless `ports` is NULL
+ * (virt mode), cpu_count ports.
+ */
+int tracecmd_msg_send_port_array(struct tracecmd_msg_handle *msg_handle, int *ports);
+
+/**
+ * Listener: metadata to `ofd` until FINMETA, then wait (no timeout) for CLOSE
+ * unless the done flag is set. A V1 handle copies the raw stream until EOF.
+ */
+int tracecmd_msg_collect_metadata(struct tracecmd_msg_handle *msg_handle, int ofd);
+
+/**
+ * Listener: one manager request. CONNECT sets cpu_count, TRACE sets pid.
+ */
+enum tracecmd_msg_mngr_type tracecmd_msg_read_manager(struct tracecmd_msg_handle *msg_handle);
+
+/**
+ * Listener, after a CONNECT request: ACK, then the domain, agent path and the
+ * handle's cpu_count CPU paths. `*cpu_fifos` ends with a NULL entry. Everything
+ * is malloc'd; on failure nothing is left allocated and the outputs are NULL.
+ */
+int tracecmd_msg_get_connect(struct tracecmd_msg_handle *msg_handle,
+                             char **domain,
+                             char **agent_fifo,
+                             char ***cpu_fifos);
+
+/**
+ * DOMAIN{cpus}.
+ */
+int tracecmd_msg_send_cpus(struct tracecmd_msg_handle *msg_handle, int cpus);
+
+/**
+ * DOMAIN{cpus} followed by the domain name as a string.
+ */
+int tracecmd_msg_send_domain(struct tracecmd_msg_handle *msg_handle, char *domain, int cpus);
+
+/**
+ * Listener, after TRACE{pid 0}: ACK, then the guest name (malloc'd) in `*domain`.
+ */
+int tracecmd_msg_get_domain(struct tracecmd_msg_handle *msg_handle, char **domain);
+
+/**
+ * FINISH.
+ */
+int tracecmd_msg_send_finish(struct tracecmd_msg_handle *msg_handle);
+
+/**
+ * Listener: pass `fd` to the manager (CONNECT{cpus}, ACK, SCM_RIGHTS). Returns 2
+ * (the data bytes of the SCM_RIGHTS message) on success, as the C original.
+ */
+int tracecmd_msg_transfer_fd(struct tracecmd_msg_handle *msg_handle, int fd, int cpus);
+
+/**
+ * Manager, after `tracecmd_msg_connect_agent`: receives the agent channel (which
+ * replaces `fd`; the old manager socket stays open on purpose, spec §3.6) and the
+ * per-CPU FIFOs into `fds[0..cpu_count)` (-1 where none came; extra ones are
+ * closed). On failure every received fd is closed and `fd` is unchanged.
+ */
+int tracecmd_msg_get_fds(struct tracecmd_msg_handle *msg_handle, int cpu_count, int *fds);
+
+/**
+ * Agent: CINIT{cpu_count} (native byte order), CRINIT, then wait without timeout
+ * for a manager's CONNECT. Returns its argc.
+ */
+int tracecmd_msg_agent_connect(struct tracecmd_msg_handle *msg_handle, int cpu_count);
+
+/**
+ * Agent: `argc` strings into `argv[0..argc)` (malloc'd). 0, or -1 on any failure
+ * (then `argv[0..argc)` are all NULL).
+ */
+int tracecmd_msg_agent_parameters(struct tracecmd_msg_handle *msg_handle, int argc, char **argv);
+
+/**
+ * Reads DOMAIN + name entries until FINISH, printing `<name> with <n> cpus` for
+ * each; returns how many.
+ */
+int tracecmd_msg_list_domains(struct tracecmd_msg_handle *msg_handle);
+
+/**
+ * GLIST, then `tracecmd_msg_list_domains` ("No guests registered" for none).
+ */
+int tracecmd_msg_list_guests(struct tracecmd_msg_handle *msg_handle);
+
+/**
+ * ALIST, then `tracecmd_msg_list_domains` ("No agents registered" for none).
+ */
+int tracecmd_msg_list_agents(struct tracecmd_msg_handle *msg_handle);
+
+/**
+ * `trace-cmd connect`: CONNECT{nr_cpus}, wait for ACK, then the domain, the agent
+ * path and `nr_cpus` CPU paths as strings. -1 if the answer is not ACK.
+ */
+int tracecmd_msg_connect_guest(struct tracecmd_msg_handle *msg_handle,
+                               const char *domain,
+                               const char *agent,
+                               int nr_cpus,
+                               char *const *cpu_list);
+
+/**
+ * `record -A`: TRACE{pid}, then DOMAIN (found by pid) or ACK + guest name +
+ * DOMAIN. `*cpu_count` gets the guest's CPU count. -ENODEV if the listener does
+ * not know the agent.
+ */
+int tracecmd_msg_connect_agent(struct tracecmd_msg_handle *msg_handle,
+                               const char *guest,
+                               int pid,
+                               int *cpu_count);
+
+/**
+ * Connects an `AF_UNIX` stream socket to the path `agent`. Returns the fd, or -1
+ * with `errno` set (`EINVAL` for NULL, `ENAMETOOLONG` for a path that does not fit
+ * `sun_path`, else the error of `socket`/`connect`); on failure it prints
+ * `Can not connect to socket <path>` to stderr; the socket is closed.
+ */
+int tracecmd_connect_to_socket(char *agent);
+
+#ifdef __cplusplus
+}  // extern "C"
+#endif  // __cplusplus
 
 #endif  /* TRACECMD_RS_TRACE_CMD_H */
