@@ -20,9 +20,12 @@ all: lib
 lib:
 	$(CARGO) build --release --workspace
 	mkdir -p $(LIBOUT)/pkgconfig
-	cp $(TARGET)/libtracecmd_rs.a $(LIBOUT)/libtracecmd_rs.a
-	objcopy $(foreach s,$(WEAK_SYMS),--weaken-symbol=$(s)) $(LIBOUT)/libtracecmd_rs.a
-	cp $(TARGET)/libtracecmd_rs.so $(LIBOUT)/libtracecmd_rs.so.$(VERSION)
+	cp $(TARGET)/libtracecmd_rs.a $(LIBOUT)/.libtracecmd_rs.a.tmp
+	objcopy $(foreach s,$(WEAK_SYMS),--weaken-symbol=$(s)) $(LIBOUT)/.libtracecmd_rs.a.tmp
+	mv -f $(LIBOUT)/.libtracecmd_rs.a.tmp $(LIBOUT)/libtracecmd_rs.a
+	# copy, then rename: a process that has the old library mapped keeps a valid file
+	cp $(TARGET)/libtracecmd_rs.so $(LIBOUT)/.libtracecmd_rs.so.tmp
+	mv -f $(LIBOUT)/.libtracecmd_rs.so.tmp $(LIBOUT)/libtracecmd_rs.so.$(VERSION)
 	ln -sf libtracecmd_rs.so.$(VERSION) $(LIBOUT)/libtracecmd_rs.so.0
 	ln -sf libtracecmd_rs.so.0 $(LIBOUT)/libtracecmd_rs.so
 	./c-tests/gen-pc.sh $(CURDIR) $(LIBOUT) $(VERSION) > $(LIBOUT)/pkgconfig/tracecmd-rs.pc
