@@ -170,6 +170,15 @@ static double thread_cpu_s(void)
 	return tv_s(ru.ru_utime) + tv_s(ru.ru_stime);
 }
 
+static double proc_cpu_s(void)
+{
+	struct rusage ru;
+
+	if (getrusage(RUSAGE_SELF, &ru) < 0)
+		return 0;
+	return tv_s(ru.ru_utime) + tv_s(ru.ru_stime);
+}
+
 static void inst_path(char *buf, size_t len, const char *file)
 {
 	if ((size_t)snprintf(buf, len, "%s/%s", inst_dir, file) >= len)
@@ -449,6 +458,7 @@ struct writer {
 	long rate;
 	uint64_t written;
 	uint64_t failed;
+	double cpu_s;
 };
 
 struct recorder {
@@ -474,6 +484,7 @@ static void *writer_main(void *arg)
 		die("out of memory");
 	memset(msg, 'm', cfg.marker);
 	pin_self(w->cpu);
+	w->cpu_s = thread_cpu_s();
 	while (!__atomic_load_n(&writers_go, __ATOMIC_ACQUIRE))
 		sched_yield();
 	t0 = now_s();
@@ -504,6 +515,7 @@ static void *writer_main(void *arg)
 		}
 	}
 	free(msg);
+	w->cpu_s = thread_cpu_s() - w->cpu_s;
 	return NULL;
 }
 
@@ -552,6 +564,7 @@ done:
 struct result {
 	double wall;		/* writer phase */
 	double cpu_s;		/* recorder threads, user+sys */
+	double untracked_s;	/* process CPU outside writers, recorders, main */
 	uint64_t written;
 	uint64_t write_fail;
 	uint64_t lost;
@@ -571,13 +584,15 @@ static void run_markers(struct impl *im, long rate, struct result *res)
 	struct recorder r[MAX_CPUS];
 	uint64_t lost0[MAX_CPUS];
 	char path[PATH_MAX], file[PATH_MAX];
-	double t0;
+	double t0, self0, main0, others = 0;
 	int cpu;
 
 	memset(res, 0, sizeof(*res));
 	memset(w, 0, sizeof(w));
 	memset(r, 0, sizeof(r));
 	clear_buffer();
+	self0 = proc_cpu_s();
+	main0 = thread_cpu_s();
 	inst_path(path, sizeof(path), "trace_marker");
 	for (cpu = 0; cpu < ncpus; cpu++) {
 		int fd;
@@ -619,6 +634,7 @@ static void run_markers(struct impl *im, long rate, struct result *res)
 		close(w[cpu].fd);
 		res->written += w[cpu].written;
 		res->write_fail += w[cpu].failed;
+		others += w[cpu].cpu_s;
 	}
 	res->wall = now_s() - t0;
 	for (cpu = 0; cpu < ncpus; cpu++) {
@@ -631,6 +647,10 @@ static void run_markers(struct impl *im, long rate, struct result *res)
 			res->rec_err++;
 		rec_free(im, r[cpu].rec);
 		res->lost += cpu_lost(cpu) - lost0[cpu];
+	}
+	others += thread_cpu_s() - main0;
+	res->untracked_s = proc_cpu_s() - self0 - others - res->cpu_s;
+	for (cpu = 0; cpu < ncpus; cpu++) {
 		snprintf(file, sizeof(file), "%s/%s.cpu%d", cfg.outdir, im->name, cpu);
 		parse_file(file, &res->ps);
 		unlink(file);
@@ -643,6 +663,7 @@ struct fifo_writer {
 	int fd;
 	uint64_t bytes;
 	uint64_t wrote;
+	double cpu_s;
 };
 
 static void *fifo_writer_main(void *arg)
@@ -654,6 +675,7 @@ static void *fifo_writer_main(void *arg)
 	if (!page)
 		die("out of memory");
 	memset(page, 0, page_size);
+	fw->cpu_s = thread_cpu_s();
 	while (fw->wrote < fw->bytes && !interrupted) {
 		ssize_t n, off = 0;
 
@@ -672,6 +694,7 @@ static void *fifo_writer_main(void *arg)
 	}
 	free(page);
 	close(fw->fd);
+	fw->cpu_s = thread_cpu_s() - fw->cpu_s;
 	return NULL;
 }
 
@@ -682,9 +705,11 @@ static void run_fifo(struct impl *im, struct result *res)
 	struct recorder r = { .im = im, .cpu = 0 };
 	pthread_t wth;
 	int rfd, fl;
-	double t0;
+	double t0, self0, main0;
 
 	memset(res, 0, sizeof(*res));
+	self0 = proc_cpu_s();
+	main0 = thread_cpu_s();
 	snprintf(fifo, sizeof(fifo), "%s/fifo", cfg.outdir);
 	snprintf(file, sizeof(file), "%s/%s.fifo", cfg.outdir, im->name);
 	unlink(fifo);
@@ -727,6 +752,7 @@ static void run_fifo(struct impl *im, struct result *res)
 	res->cpu_s = r.cpu_s;
 	res->rec_err = r.ret < 0;
 	rec_free(im, r.rec);	/* closes rfd: the recorder owns trace_fd */
+	res->untracked_s = proc_cpu_s() - self0 - (thread_cpu_s() - main0) - fw.cpu_s - r.cpu_s;
 	parse_file(file, &res->ps);
 	unlink(file);
 }
@@ -734,7 +760,7 @@ static void run_fifo(struct impl *im, struct result *res)
 /* ---- reporting -------------------------------------------------------- */
 
 struct agg {
-	double wall, cpu_s, stop_max;
+	double wall, cpu_s, stop_max, untracked_s;
 	uint64_t written, lost, bytes, markers, others, bad, partial, fail, err;
 	int n;
 };
@@ -743,6 +769,7 @@ static void agg_add(struct agg *a, const struct result *r)
 {
 	a->wall += r->wall;
 	a->cpu_s += r->cpu_s;
+	a->untracked_s += r->untracked_s;
 	if (r->stop_s > a->stop_max)
 		a->stop_max = r->stop_s;
 	a->written += r->written;
@@ -775,9 +802,9 @@ static void print_run(const char *what, struct impl *im, int round, const struct
 		return;
 	printf("  %-10s %-4s #%d  wall %.2fs  written %" PRIu64 "  captured %" PRIu64
 	       "  lost %" PRIu64 "  unaccounted %" PRId64 "  bytes %" PRIu64
-	       "  cpu %.3fs  stop %.1fms%s\n",
+	       "  cpu %.3fs (+%.3fs untracked)  stop %.1fms%s\n",
 	       what, im->name, round, r->wall, r->written, r->ps.markers, r->lost, miss,
-	       r->ps.bytes, r->cpu_s, r->stop_s * 1e3, r->rec_err ? "  RECORDER ERROR" : "");
+	       r->ps.bytes, r->cpu_s, r->untracked_s, r->stop_s * 1e3, r->rec_err ? "  RECORDER ERROR" : "");
 }
 
 static void print_header(void)
@@ -802,6 +829,9 @@ static void print_agg(const char *label, const char *impl, const struct agg *a)
 		l += snprintf(notes + l, sizeof(notes) - l, "marker-write-fail=%" PRIu64 " ", a->fail);
 	if (a->err)
 		l += snprintf(notes + l, sizeof(notes) - l, "recorder-errors=%" PRIu64 " ", a->err);
+	/* CPU burnt outside the recorder threads (helper threads of a library?) */
+	if (a->untracked_s > 0.05 + 0.1 * a->cpu_s)
+		l += snprintf(notes + l, sizeof(notes) - l, "untracked-cpu=%.2fs ", a->untracked_s);
 	printf("%-9s %-4s %11.0f %8.1f %10.3f %10" PRIu64 " %7.3f%% %9" PRId64 " %8.1f %s\n",
 	       label, impl, a->wall > 0 ? a->written / a->wall : 0, mbps(a), cpu_per_gib(a),
 	       a->lost, a->written ? 100.0 * a->lost / a->written : 0, unacc, a->stop_max * 1e3,
@@ -1072,11 +1102,12 @@ int main(int argc, char **argv)
 			}
 		}
 		for (i = 0; i < nimpl; i++)
-			printf("%-9s %-4s %8.1f %10.3f %12" PRIu64 " %8.1f %s%s\n", "fifo",
+			printf("%-9s %-4s %8.1f %10.3f %12" PRIu64 " %8.1f %s%s%s\n", "fifo",
 			       order[i]->name, mbps(&a[i]), cpu_per_gib(&a[i]), a[i].bytes,
 			       a[i].stop_max * 1e3,
 			       a[i].bytes != a[i].written ? "OUTPUT != INPUT " : "",
-			       a[i].err ? "RECORDER ERROR" : "");
+			       a[i].err ? "RECORDER ERROR " : "",
+			       a[i].untracked_s > 0.05 + 0.1 * a[i].cpu_s ? "untracked-cpu " : "");
 		if (nimpl == 2)
 			printf("%-9s %-4s  CPU-s/GiB Rust/C = %.2f   MB/s Rust/C = %.2f\n", "fifo",
 			       "=>", cpu_per_gib(&a[1]) > 0 ? cpu_per_gib(&a[0]) / cpu_per_gib(&a[1]) : 0,
