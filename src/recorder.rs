@@ -2,12 +2,14 @@
 //! `snapshot_raw`, or a caller's fd such as a guest's FIFO) to a file, socket or pipe.
 //!
 //! Shape of the hot path: the input is always non-blocking and waited on with `poll()`
-//! in bounded slices, so a stop is seen promptly whether it comes from a signal handler
-//! in the recording thread (the poll returns EINTR) or from another thread (the slice
-//! ends). Data goes `input → pipe → output` with `splice()`, as many pages per call as
-//! the pipe holds; the pipe is grown towards [`PIPE_TARGET`] and its real capacity is
-//! used (spec §5.2 item 25). The pipe is only refilled once it is empty: the kernel's
-//! ring-buffer splice drops pages that do not fit into a partly full pipe.
+//! together with a self-pipe that [`StopHandle::stop`] writes to, so a stop ends the
+//! wait at once, whether it comes from a signal handler in the recording thread or from
+//! another thread. Data goes `input → pipe → output` with `splice()`, as many pages per
+//! call as the pipe holds; the pipe is grown towards [`PIPE_TARGET`] and its real
+//! capacity is used (spec §5.2 item 25). The pipe is only refilled once it is empty:
+//! the kernel's ring-buffer splice drops pages that do not fit into a partly full pipe.
+//! A FIFO input (a guest's per-CPU channel) recorded into a file is spliced straight
+//! to the file: it is a pipe already.
 //!
 //! With `nosplice`, or when the kernel refuses splice on either side (EINVAL), the
 //! recorder reads into a buffer and writes it out instead.
@@ -27,9 +29,13 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use crate::tracefs;
 
-/// Longest single wait (input or output) before the stop flag is looked at again.
-/// Bounds how long a stop from another thread takes to end a recording.
-const WAIT_SLICE_MS: u16 = 20;
+/// Longest single wait (input or output) before the loop looks around again. A stop
+/// ends a wait at once (self-pipe); this only bounds waits nothing else ends.
+const WAIT_SLICE_MS: u16 = 100;
+/// Below this many bytes per move from a FIFO, the recorder pauses to batch.
+const FIFO_BATCH: usize = 128 * 1024;
+/// Bytes asked for per splice on the direct FIFO → file path.
+const DIRECT_CHUNK: usize = 1 << 20;
 /// Size the splice pipe is grown to when the system allows (pipe-max-size caps it).
 const PIPE_TARGET: usize = 1 << 20;
 /// Pages per read/write batch on the copy (NOSPLICE) path.
@@ -223,17 +229,84 @@ impl Output {
 
 /// Stops a recording; cloneable and usable from anywhere.
 ///
-/// [`StopHandle::stop`] only stores to an atomic: it is async-signal-safe (no lock, no
-/// allocation) and may be called from a signal handler in the recording thread or
-/// from any other thread. A stop is never lost: one that arrives before or while
+/// [`StopHandle::stop`] stores to an atomic and writes one byte to a non-blocking
+/// self-pipe: async-signal-safe (no lock, no allocation), callable from a signal
+/// handler in the recording thread or from any other thread, and it wakes a recorder
+/// waiting in `poll()` at once. A stop is never lost: one that arrives before or while
 /// [`CpuRecorder::record`] starts makes that call flush and return.
 #[derive(Clone, Debug)]
-pub struct StopHandle(Arc<AtomicBool>);
+pub struct StopHandle(Arc<StopState>);
 
 impl StopHandle {
     /// Asks the recorder to flush and return from [`CpuRecorder::record`].
     pub fn stop(&self) {
-        self.0.store(true, Ordering::SeqCst);
+        self.0.request();
+    }
+}
+
+/// The stop flag (the truth) and the self-pipe that wakes waits (a hint).
+#[derive(Debug)]
+struct StopState {
+    requested: AtomicBool,
+    wake_read: OwnedFd,
+    wake_write: OwnedFd,
+}
+
+impl StopState {
+    fn new() -> Result<StopState, RecorderError> {
+        let (wake_read, wake_write) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)
+            .map_err(|e| RecorderError::Pipe(sys(e)))?;
+        Ok(StopState {
+            requested: AtomicBool::new(false),
+            wake_read,
+            wake_write,
+        })
+    }
+
+    /// Async-signal-safe: an atomic store and a write(2).
+    fn request(&self) {
+        self.requested.store(true, Ordering::SeqCst);
+        // A full pipe (EAGAIN) already wakes the waits.
+        let _ = nix::unistd::write(&self.wake_write, &[1]);
+    }
+
+    fn pending(&self) -> bool {
+        self.requested.load(Ordering::SeqCst)
+    }
+
+    /// Consumes a pending stop.
+    fn take(&self) -> bool {
+        let taken = self.requested.swap(false, Ordering::SeqCst);
+        if taken {
+            self.drain();
+        }
+        taken
+    }
+
+    /// Empties the wake pipe (the flag, not the pipe, says whether a stop is pending).
+    fn drain(&self) {
+        let mut buf = [0u8; 64];
+        while let Ok(64) = nix::unistd::read(self.wake_read.as_raw_fd(), &mut buf) {}
+    }
+
+    /// Waits up to `ms` for `events` on `fd` (if any) or a stop; true if `fd` reported
+    /// anything. A signal ends the wait early too (poll is never restarted).
+    fn wait(&self, fd: Option<BorrowedFd<'_>>, events: PollFlags, ms: u16) -> bool {
+        let wake = self.wake_read.as_fd();
+        let mut fds = [
+            PollFd::new(wake, PollFlags::POLLIN),
+            PollFd::new(fd.unwrap_or(wake), events),
+        ];
+        let n = if fd.is_some() { 2 } else { 1 };
+        if !matches!(poll(&mut fds[..n], PollTimeout::from(ms)), Ok(k) if k > 0) {
+            return false;
+        }
+        let fired = |p: &PollFd| p.revents().is_some_and(|r| !r.is_empty());
+        if fired(&fds[0]) && !self.pending() {
+            // A byte left over from a stop that was already taken.
+            self.drain();
+        }
+        n == 2 && fired(&fds[1])
     }
 }
 
@@ -359,6 +432,8 @@ enum Mover {
         capacity: usize,
         pending: usize,
     },
+    /// A pipe input spliced straight into a regular file (no intermediate pipe).
+    Direct,
     /// read() into `buf`, write() out.
     Copy { buf: Vec<u8> },
 }
@@ -385,7 +460,7 @@ pub struct CpuRecorder {
     /// Read, padding and merge unit: the ring buffer's sub-buffer (page) size.
     page_size: usize,
     flags: RecordFlags,
-    stop: Arc<AtomicBool>,
+    stop: Arc<StopState>,
 }
 
 fn system_page_size() -> usize {
@@ -421,12 +496,10 @@ fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
     Ok(())
 }
 
-/// The pipe between input and output, grown towards [`PIPE_TARGET`]; returns the
+/// Grows a pipe towards [`PIPE_TARGET`] (capped by pipe-max-size) and returns the
 /// capacity the kernel really gave it (F_GETPIPE_SZ/F_SETPIPE_SZ return values).
-fn splice_pipe(unit: usize) -> Result<(OwnedFd, OwnedFd, usize), RecorderError> {
-    let (r, w) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)
-        .map_err(|e| RecorderError::Pipe(sys(e)))?;
-    let mut capacity = fcntl(r.as_raw_fd(), FcntlArg::F_GETPIPE_SZ)
+fn grow_pipe(fd: BorrowedFd<'_>, unit: usize) -> usize {
+    let mut capacity = fcntl(fd.as_raw_fd(), FcntlArg::F_GETPIPE_SZ)
         .map(|n| n as usize)
         .unwrap_or(unit);
     let max = std::fs::read_to_string("/proc/sys/fs/pipe-max-size")
@@ -435,7 +508,7 @@ fn splice_pipe(unit: usize) -> Result<(OwnedFd, OwnedFd, usize), RecorderError> 
         .unwrap_or(PIPE_TARGET);
     let mut want = PIPE_TARGET.min(max).max(unit);
     while want > capacity {
-        match fcntl(r.as_raw_fd(), FcntlArg::F_SETPIPE_SZ(want as libc::c_int)) {
+        match fcntl(fd.as_raw_fd(), FcntlArg::F_SETPIPE_SZ(want as libc::c_int)) {
             Ok(n) => {
                 capacity = n as usize;
                 break;
@@ -444,6 +517,14 @@ fn splice_pipe(unit: usize) -> Result<(OwnedFd, OwnedFd, usize), RecorderError> 
             Err(_) => want /= 2,
         }
     }
+    capacity
+}
+
+/// The intermediate pipe between input and output, grown; returns its capacity.
+fn splice_pipe(unit: usize) -> Result<(OwnedFd, OwnedFd, usize), RecorderError> {
+    let (r, w) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)
+        .map_err(|e| RecorderError::Pipe(sys(e)))?;
+    let capacity = grow_pipe(r.as_fd(), unit);
     log::debug!("recorder splice pipe holds {capacity} bytes");
     Ok((r, w, capacity))
 }
@@ -505,10 +586,24 @@ impl CpuRecorder {
             cur_bytes: 0,
             merged: max_kb == 0,
         };
+        let is = |fd: i32, kind: libc::mode_t| {
+            nix::sys::stat::fstat(fd).is_ok_and(|st| st.st_mode & libc::S_IFMT == kind)
+        };
+        let direct = !ring_buffer_input
+            && is(input.as_raw_fd(), libc::S_IFIFO)
+            && sink
+                .files
+                .iter()
+                .flatten()
+                .all(|f| is(f.as_raw_fd(), libc::S_IFREG));
         let mover = if flags.nosplice {
             Mover::Copy {
                 buf: vec![0; COPY_BATCH_PAGES * page_size],
             }
+        } else if direct {
+            // A bigger FIFO lets the writer run ahead and each splice move more.
+            grow_pipe(input.as_fd(), page_size);
+            Mover::Direct
         } else {
             let (read_end, write_end, capacity) = splice_pipe(page_size)?;
             Mover::Splice {
@@ -525,7 +620,7 @@ impl CpuRecorder {
             mover,
             page_size,
             flags,
-            stop: Arc::new(AtomicBool::new(false)),
+            stop: Arc::new(StopState::new()?),
         })
     }
 
@@ -550,7 +645,7 @@ impl CpuRecorder {
 
     /// Same as `self.stop_handle().stop()`.
     pub fn stop(&self) {
-        self.stop.store(true, Ordering::SeqCst);
+        self.stop.request();
     }
 
     /// The unit of reads, padding and the max-kb ring: the ring buffer's page size.
@@ -565,7 +660,7 @@ impl CpuRecorder {
 
     /// Whether data moves with splice (false after a fallback to read/write).
     pub fn uses_splice(&self) -> bool {
-        matches!(self.mover, Mover::Splice { .. })
+        !matches!(self.mover, Mover::Copy { .. })
     }
 
     /// Records until stopped, then flushes (spec §4.3). `sleep` is the back-off after a
@@ -575,17 +670,31 @@ impl CpuRecorder {
     pub fn record(&mut self, sleep: Duration) -> Result<(), RecorderError> {
         let mut input_was_ready = false;
         loop {
-            if self.stop.swap(false, Ordering::SeqCst) {
+            if self.stop.take() {
                 break;
             }
             match self.step(false)? {
-                Step::Moved(_) => input_was_ready = false,
+                Step::Moved(n) => {
+                    input_was_ready = false;
+                    if !self.ring_buffer_input && n < FIFO_BATCH && !sleep.is_zero() {
+                        // A FIFO trickles in a page at a time; a 1 ms pause lets a
+                        // batch build up instead of spending a splice on every page.
+                        self.stop.wait(None, PollFlags::empty(), 1);
+                    }
+                }
                 Step::Retry => {}
                 Step::Idle if input_was_ready => {
-                    pause(sleep.max(Duration::from_millis(1)));
+                    // Readable but nothing came (no whole page yet, or end of file):
+                    // back off instead of spinning.
+                    let ms = sleep.as_millis().clamp(1, WAIT_SLICE_MS as u128) as u16;
+                    self.stop.wait(None, PollFlags::empty(), ms);
                     input_was_ready = false;
                 }
-                Step::Idle => input_was_ready = wait_for(self.input.as_fd(), PollFlags::POLLIN),
+                Step::Idle => {
+                    input_was_ready =
+                        self.stop
+                            .wait(Some(self.input.as_fd()), PollFlags::POLLIN, WAIT_SLICE_MS)
+                }
             }
         }
         self.flush().map(|_| ())
@@ -658,12 +767,35 @@ impl CpuRecorder {
                 }
                 self.drain_pipe(stopping)
             }
+            Mover::Direct => self.splice_direct(),
             Mover::Copy { buf } => {
                 let mut data = std::mem::take(buf);
                 let res = self.copy_batch(&mut data, stopping);
                 self.mover = Mover::Copy { buf: data };
                 res
             }
+        }
+    }
+
+    /// A pipe input straight into a regular file (which never says EAGAIN).
+    fn splice_direct(&mut self) -> Result<Step, RecorderError> {
+        let len = DIRECT_CHUNK.min(self.sink.room());
+        let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
+        match nix::fcntl::splice(&self.input, None, self.sink.fd(), None, len, flags) {
+            Ok(0) | Err(Errno::EAGAIN) => Ok(Step::Idle),
+            Ok(n) => {
+                self.sink.advance(n)?;
+                Ok(Step::Moved(n))
+            }
+            Err(Errno::EINTR) => Ok(Step::Retry),
+            Err(Errno::EINVAL) => {
+                log::info!("splice refused; recording with read/write");
+                self.mover = Mover::Copy {
+                    buf: vec![0; COPY_BATCH_PAGES * self.page_size],
+                };
+                Ok(Step::Retry)
+            }
+            Err(e) => Err(RecorderError::Output(sys(e))),
         }
     }
 
@@ -794,25 +926,13 @@ impl CpuRecorder {
         stopping: bool,
     ) -> Result<(), RecorderError> {
         let since = *stalled.get_or_insert_with(Instant::now);
-        if (stopping || self.stop.load(Ordering::SeqCst)) && since.elapsed() > STALL_LIMIT {
+        if (stopping || self.stop.pending()) && since.elapsed() > STALL_LIMIT {
             return Err(RecorderError::OutputStalled);
         }
-        wait_for(self.sink.fd(), PollFlags::POLLOUT);
+        self.stop
+            .wait(Some(self.sink.fd()), PollFlags::POLLOUT, WAIT_SLICE_MS);
         Ok(())
     }
-}
-
-/// Waits up to one slice for `events` on `fd`; true if the fd reported anything.
-/// A signal ends the wait early (poll is never restarted).
-fn wait_for(fd: BorrowedFd<'_>, events: PollFlags) -> bool {
-    let mut fds = [PollFd::new(fd, events)];
-    matches!(poll(&mut fds, PollTimeout::from(WAIT_SLICE_MS)), Ok(n) if n > 0)
-}
-
-/// Sleeps for `d`, at most one slice; a signal ends it early.
-fn pause(d: Duration) {
-    let ms = d.as_millis().clamp(1, WAIT_SLICE_MS as u128) as u16;
-    let _ = poll(&mut [], PollTimeout::from(ms));
 }
 
 impl Drop for CpuRecorder {
@@ -964,6 +1084,34 @@ mod tests {
         assert!(!rec.uses_splice());
         rec.finish().unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), data);
+    }
+
+    #[test]
+    fn output_refusing_splice_gets_the_piped_data_by_write() {
+        // A socket input takes the pipe path; the O_APPEND output refuses the second
+        // splice, so what already sits in the pipe must go out by read/write.
+        use std::os::unix::net::UnixStream;
+        let path = tmp("append-pipe");
+        std::fs::write(&path, b"").unwrap();
+        let out = OpenOptions::new().append(true).open(&path).unwrap();
+        let (mut tx, rx) = UnixStream::pair().unwrap();
+        let mut rec = CpuRecorder::new(
+            Input::Fd(rx.into()),
+            Output::Stream(out.into()),
+            Default::default(),
+        )
+        .unwrap();
+        assert!(matches!(rec.mover, Mover::Splice { .. }));
+        let page = system_page_size();
+        let data: Vec<u8> = (0..5 * page + 17).map(|i| (i * 13 % 256) as u8).collect();
+        tx.write_all(&data).unwrap();
+        rec.stop();
+        rec.record(Duration::ZERO).unwrap();
+        assert!(!rec.uses_splice());
+        rec.finish().unwrap();
+        let mut want = data.clone();
+        want.resize(6 * page, 0);
+        assert!(std::fs::read(&path).unwrap() == want);
     }
 
     #[test]
