@@ -212,3 +212,43 @@ fn stop_before_start_is_not_lost() {
     drop(inst);
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn snapshot_flag_reads_snapshot_raw() {
+    let inst = instance("snap", 256);
+    let cpu = cpus(&inst)[0];
+    let dir = tmpdir("snap");
+    let flags = RecordFlags {
+        snapshot: true,
+        ..Default::default()
+    };
+    let input = Input::Buffer {
+        dir: inst.path().to_path_buf(),
+        cpu,
+    };
+    let raw = inst.path().join(format!("per_cpu/cpu{cpu}/snapshot_raw"));
+    let res = CpuRecorder::to_file(input, &dir.join("out"), 0, flags);
+    if !raw.exists() {
+        // This kernel has no snapshot support: the error must name the file.
+        let err = res.expect_err("snapshot_raw does not exist");
+        assert_eq!(err.errno(), libc::ENOENT);
+        assert!(err.to_string().contains("snapshot_raw"), "{err}");
+        assert!(!dir.join("out").exists(), "failed recorder left its file");
+    } else {
+        let mut rec = res.expect("create snapshot recorder");
+        let d = inst.path().to_path_buf();
+        std::thread::spawn(move || write_markers(d, "snap", cpu, 50))
+            .join()
+            .unwrap();
+        inst.write("snapshot", "1").expect("take a snapshot");
+        rec.stop();
+        rec.record(Duration::ZERO).expect("record");
+        let page_size = rec.page_size();
+        rec.finish().unwrap();
+        let data = std::fs::read(dir.join("out")).unwrap();
+        let found = markers_in(&parse_all(&data, page_size), "snap");
+        assert_eq!(found.len(), 50, "markers missing from the snapshot");
+    }
+    drop(inst);
+    std::fs::remove_dir_all(dir).unwrap();
+}
