@@ -36,6 +36,7 @@
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/time.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -130,6 +131,8 @@ static char tracing_dir[256];
 static char inst_name[64];
 static char inst_dir[PATH_MAX];
 static bool inst_made;
+static bool in_child;
+static volatile pid_t child_pid;
 static volatile sig_atomic_t interrupted;
 
 /* ---- small helpers ------------------------------------------------- */
@@ -143,7 +146,8 @@ static void die(const char *fmt, ...)
 	vfprintf(stderr, fmt, ap);
 	va_end(ap);
 	fputc('\n', stderr);
-	if (inst_made && rmdir(inst_dir) < 0)
+	/* after the fork the parent removes the instance */
+	if (inst_made && !in_child && rmdir(inst_dir) < 0)
 		fprintf(stderr, "bench: could not remove %s: %s\n", inst_dir, strerror(errno));
 	exit(1);
 }
@@ -263,6 +267,8 @@ static void pin_self(int cpu)
 		die("cannot pin a thread to CPU %d", cpu);
 }
 
+static void remove_instance(void);
+
 static void on_nudge(int sig)
 {
 	(void)sig;
@@ -272,6 +278,52 @@ static void on_int(int sig)
 {
 	(void)sig;
 	interrupted = 1;
+}
+
+/* parent: pass SIGINT/SIGTERM on; the child finishes its run and reports */
+static void on_int_parent(int sig)
+{
+	if (child_pid > 0)
+		kill(child_pid, sig);
+}
+
+/*
+ * The benchmark runs in a child process; the parent only waits and then removes
+ * the instance, so that even a crash inside a library (or a shared library
+ * overwritten under the running process) leaves tracefs as found.  An instance
+ * cannot be removed while files in it are open, so this must happen after the
+ * child has gone.
+ */
+static int run_in_child(void)
+{
+	struct sigaction sa;
+	int status;
+	pid_t pid;
+
+	fflush(NULL);
+	pid = fork();
+	if (pid < 0)
+		die("fork: %s", strerror(errno));
+	if (pid == 0) {
+		in_child = true;
+		return -1;
+	}
+	child_pid = pid;
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_handler = on_int_parent;
+	sigaction(SIGINT, &sa, NULL);
+	sigaction(SIGTERM, &sa, NULL);
+	while (waitpid(pid, &status, 0) < 0) {
+		if (errno != EINTR)
+			die("waitpid: %s", strerror(errno));
+	}
+	remove_instance();
+	if (WIFSIGNALED(status)) {
+		fprintf(stderr, "bench: benchmark process killed by signal %d (%s)\n",
+			WTERMSIG(status), strsignal(WTERMSIG(status)));
+		return 128 + WTERMSIG(status);
+	}
+	return WIFEXITED(status) ? WEXITSTATUS(status) : 1;
 }
 
 /* ---- libraries ------------------------------------------------------- */
@@ -892,6 +944,8 @@ static void remove_instance(void)
 {
 	if (inst_made && rmdir(inst_dir) < 0)
 		fprintf(stderr, "bench: could not remove %s: %s\n", inst_dir, strerror(errno));
+	else if (inst_made && access(inst_dir, F_OK) == 0)
+		fprintf(stderr, "bench: %s still exists after rmdir\n", inst_dir);
 	inst_made = false;
 }
 
@@ -1005,6 +1059,12 @@ int main(int argc, char **argv)
 	if (mkdir(cfg.outdir, 0755) < 0 && errno != EEXIST)
 		die("mkdir %s: %s", cfg.outdir, strerror(errno));
 
+	find_tracing_dir();
+	make_instance();
+	i = run_in_child();
+	if (i >= 0)
+		return i;
+
 	rust.path = cfg.rust_lib;
 	c.path = cfg.c_lib;
 	if (!cfg.only_c) {
@@ -1023,8 +1083,6 @@ int main(int argc, char **argv)
 	sigaction(SIGINT, &sa, NULL);
 	sigaction(SIGTERM, &sa, NULL);
 
-	find_tracing_dir();
-	make_instance();
 	if (!cfg.only_rust) {
 		c.instance = c.inst_alloc(tracing_dir, inst_name);
 		if (!c.instance)
@@ -1116,6 +1174,6 @@ int main(int argc, char **argv)
 
 	if (!cfg.only_rust)
 		c.inst_free(c.instance);
-	remove_instance();
+	/* the parent removes the instance */
 	return interrupted ? 130 : 0;
 }
