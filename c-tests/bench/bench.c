@@ -112,8 +112,8 @@ static struct {
 	.rust_lib = "../../build/lib/libtracecmd_rs.so",
 	.c_lib = "libtracecmd.so.1",
 	.outdir = "build/out",
-	.secs = 2.0,
-	.rounds = 3,
+	.secs = 1.5,
+	.rounds = 4,
 	.marker = 128,
 	.buffer_kb = 1024,
 	.buffer_percent = 50,
@@ -268,6 +268,14 @@ static void pin_self(int cpu)
 }
 
 static void remove_instance(void);
+
+static void name_self(const char *what, int cpu)
+{
+	char name[16];
+
+	snprintf(name, sizeof(name), "%s-%d", what, cpu);
+	pthread_setname_np(pthread_self(), name);
+}
 
 static void on_nudge(int sig)
 {
@@ -535,6 +543,7 @@ static void *writer_main(void *arg)
 	if (!msg)
 		die("out of memory");
 	memset(msg, 'm', cfg.marker);
+	name_self("writer", w->cpu);
 	pin_self(w->cpu);
 	w->cpu_s = thread_cpu_s();
 	while (!__atomic_load_n(&writers_go, __ATOMIC_ACQUIRE))
@@ -576,6 +585,8 @@ static void *recorder_main(void *arg)
 	struct recorder *r = arg;
 	double c0;
 
+	/* thread names let perf/top tell recorders and writers apart */
+	name_self(r->im->is_c ? "rec-c" : "rec-rust", r->cpu);
 	if (cfg.pin_recorders)
 		pin_self(r->cpu);
 	c0 = thread_cpu_s();
@@ -727,6 +738,7 @@ static void *fifo_writer_main(void *arg)
 	if (!page)
 		die("out of memory");
 	memset(page, 0, page_size);
+	name_self("fifo-writer", 0);
 	fw->cpu_s = thread_cpu_s();
 	while (fw->wrote < fw->bytes && !interrupted) {
 		ssize_t n, off = 0;
