@@ -327,7 +327,10 @@ pub unsafe extern "C" fn tracecmd_start_recording(
         let Some(rec) = (unsafe { recorder_mut(recorder) }) else {
             return -libc::EINVAL;
         };
-        match rec.record(Duration::from_micros(sleep as u64)) {
+        // c_ulong is u32 on 32-bit targets.
+        #[allow(clippy::useless_conversion)]
+        let sleep = Duration::from_micros(u64::from(sleep));
+        match rec.record(sleep) {
             Ok(()) => 0,
             Err(e) => {
                 log::error!("{e}");

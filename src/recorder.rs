@@ -128,9 +128,10 @@ impl RecordFlags {
 
     /// The C flag word.
     pub fn bits(self) -> u32 {
-        (self.nosplice as u32) * Self::NOSPLICE
-            | (self.snapshot as u32) * Self::SNAPSHOT
-            | (self.block as u32) * Self::BLOCK
+        let bit = |on: bool, bit: u32| if on { bit } else { 0 };
+        bit(self.nosplice, Self::NOSPLICE)
+            | bit(self.snapshot, Self::SNAPSHOT)
+            | bit(self.block, Self::BLOCK)
     }
 }
 
@@ -663,10 +664,15 @@ impl CpuRecorder {
         !matches!(self.mover, Mover::Copy { .. })
     }
 
-    /// Records until stopped, then flushes (spec §4.3). `sleep` is the back-off after a
+    /// Records until stopped, then flushes (spec §4.3). Between batches the recorder
+    /// waits in `poll()` for the kernel to wake it (for `trace_pipe_raw`: at the
+    /// buffer's `buffer_percent`). `sleep` (capped at 100 ms) is the back-off after a
     /// round in which the input said it was readable but gave nothing (no whole page
-    /// yet); otherwise the recorder waits in `poll()` for the kernel to wake it.
-    /// The stop that ends this call is consumed, so the next call records again.
+    /// yet, or a FIFO without writer); with a FIFO input and a non-zero `sleep`, a
+    /// short move is also followed by a 1 ms pause so that data is moved in batches.
+    /// A stop ends any wait at once. The stop that ends this call is consumed, so the
+    /// next call records again; a stop that came before the call makes it flush and
+    /// return.
     pub fn record(&mut self, sleep: Duration) -> Result<(), RecorderError> {
         let mut input_was_ready = false;
         loop {
