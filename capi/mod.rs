@@ -21,5 +21,11 @@ macro_rules! ffi_guard {
 #[allow(unused_imports)]
 pub(crate) use ffi_guard;
 
-pub mod recorder;
 pub mod types;
+// The ABI modules are declared through a macro so that cbindgen, which build.rs
+// points at every capi/*.rs file itself, does not also follow these declarations
+// and emit each function twice.
+macro_rules! abi_modules {
+    ($($m:ident),* $(,)?) => { $(pub mod $m;)* };
+}
+abi_modules!(recorder);

@@ -311,7 +311,7 @@ unsafe fn recorder_mut<'a>(recorder: *mut tracecmd_recorder) -> Option<&'a mut C
 }
 
 /// Records until `tracecmd_stop_recording`, then flushes. After an idle round in
-/// which the input gave no whole page, waits `sleep` microseconds (at most 20 ms)
+/// which the input gave no whole page, waits `sleep` microseconds (at most 100 ms)
 /// before trying again. Returns 0, or a negative errno value (-EINVAL for NULL).
 /// A stop that arrived before this call makes it flush and return at once.
 ///
