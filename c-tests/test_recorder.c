@@ -24,7 +24,9 @@
 
 #define PAGE 4096
 #define HDR 16
-#define COMMIT_FLAGS ((1ULL << 31) | (1ULL << 30))
+/* Length part of the commit word; the missed-events flags (bits 31, 30) are added
+ * as an int and arrive sign-extended on 64-bit, so mask like libtraceevent does. */
+#define COMMIT_MASK ((1ULL << 27) - 1)
 #define NR_MARKERS 2000
 #define MAX_CPUS 64
 
@@ -100,7 +102,7 @@ static int check_pages(const unsigned char *data, size_t len, uint64_t *ts_out)
 
 		memcpy(&ts, data + i * PAGE, 8);
 		memcpy(&commit, data + i * PAGE + 8, 8);
-		commit &= ~COMMIT_FLAGS;
+		commit &= COMMIT_MASK;
 		if (commit > PAGE - HDR) {
 			fprintf(stderr, "page %zu: commit %#llx beyond the page\n", i,
 				(unsigned long long)commit);
@@ -125,7 +127,7 @@ static void find_markers(const unsigned char *data, size_t len, const char *tag,
 		const unsigned char *d = data + p + HDR, *end, *hit;
 
 		memcpy(&commit, data + p + 8, 8);
-		commit &= ~COMMIT_FLAGS;
+		commit &= COMMIT_MASK;
 		end = d + commit;
 		while (d < end && (hit = memmem(d, end - d, prefix, plen))) {
 			int idx = 0;

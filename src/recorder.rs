@@ -38,6 +38,8 @@ const FIFO_BATCH: usize = 128 * 1024;
 const DIRECT_CHUNK: usize = 1 << 20;
 /// Size the splice pipe is grown to when the system allows (pipe-max-size caps it).
 const PIPE_TARGET: usize = 1 << 20;
+/// Flush budget base when the input's size is unknown (sockets, regular files).
+const FLUSH_FALLBACK_BUDGET: u64 = 256 << 20;
 /// Pages per read/write batch on the copy (NOSPLICE) path.
 const COPY_BATCH_PAGES: usize = 64;
 /// How long a stopping recorder waits for an output that accepts nothing.
@@ -460,6 +462,9 @@ pub struct CpuRecorder {
     mover: Mover,
     /// Read, padding and merge unit: the ring buffer's sub-buffer (page) size.
     page_size: usize,
+    /// Most bytes one flush moves, so that a writer that never pauses cannot keep a
+    /// stopping recorder busy for ever.
+    flush_budget: u64,
     flags: RecordFlags,
     stop: Arc<StopState>,
 }
@@ -488,6 +493,23 @@ fn subbuf_size(dir: &Path, page: usize) -> usize {
             page
         }
     }
+}
+
+/// The per-CPU ring-buffer size of a buffer directory in bytes (`buffer_size_kb`,
+/// which may read "7 (expanded: 1408)"), if it can be read.
+fn buffer_bytes(dir: &Path, cpu: usize) -> Option<u64> {
+    let per_cpu = dir.join(format!("per_cpu/cpu{cpu}/buffer_size_kb"));
+    let text = std::fs::read_to_string(per_cpu)
+        .or_else(|_| std::fs::read_to_string(dir.join("buffer_size_kb")))
+        .ok()?;
+    let expanded = text.split("expanded:").nth(1).unwrap_or(&text);
+    let digits: String = expanded
+        .trim()
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    let kb: u64 = digits.parse().ok()?;
+    Some(kb.saturating_mul(1024))
 }
 
 fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
@@ -538,7 +560,7 @@ impl CpuRecorder {
         flags: RecordFlags,
     ) -> Result<CpuRecorder, RecorderError> {
         let page = system_page_size();
-        let (input, ring_buffer_input, page_size) = match input {
+        let (input, ring_buffer_input, page_size, input_bytes) = match input {
             Input::Buffer { dir, cpu } => {
                 let name = if flags.snapshot {
                     "snapshot_raw"
@@ -551,11 +573,12 @@ impl CpuRecorder {
                     .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
                     .open(&path)
                     .map_err(|source| RecorderError::Open { path, source })?;
-                (OwnedFd::from(file), true, subbuf_size(&dir, page))
+                let size = buffer_bytes(&dir, cpu);
+                (OwnedFd::from(file), true, subbuf_size(&dir, page), size)
             }
             Input::Fd(fd) => {
                 set_nonblocking(fd.as_fd()).map_err(RecorderError::Input)?;
-                (fd, false, page)
+                (fd, false, page, None)
             }
         };
         let (files, max_kb) = match output {
@@ -614,7 +637,20 @@ impl CpuRecorder {
                 pending: 0,
             }
         };
+        // What one flush may move: what the input can hold at most, twice for slack.
+        let held = input_bytes
+            .or_else(|| {
+                fcntl(input.as_raw_fd(), FcntlArg::F_GETPIPE_SZ)
+                    .ok()
+                    .map(|n| n as u64)
+            })
+            .unwrap_or(FLUSH_FALLBACK_BUDGET);
+        let in_pipe = match &mover {
+            Mover::Splice { capacity, .. } => *capacity as u64,
+            _ => 0,
+        };
         Ok(CpuRecorder {
+            flush_budget: 2 * held + in_pipe + page_size as u64,
             input,
             ring_buffer_input,
             sink,
@@ -711,7 +747,7 @@ impl CpuRecorder {
     /// bytes written, padding included.
     pub fn flush(&mut self) -> Result<u64, RecorderError> {
         let mut total = 0u64;
-        loop {
+        while total < self.flush_budget {
             match self.step(true)? {
                 Step::Moved(n) => total += n as u64,
                 Step::Retry => {}
@@ -721,7 +757,7 @@ impl CpuRecorder {
         if self.ring_buffer_input {
             // Splice hands out full pages only; read() also returns the partial one.
             let mut page = vec![0u8; self.page_size];
-            loop {
+            while total < self.flush_budget {
                 match nix::unistd::read(self.input.as_raw_fd(), &mut page) {
                     Ok(0) | Err(Errno::EAGAIN) => break,
                     Ok(n) => {
@@ -732,6 +768,9 @@ impl CpuRecorder {
                     Err(e) => return Err(RecorderError::Input(sys(e))),
                 }
             }
+        }
+        if total >= self.flush_budget {
+            log::warn!("flush ended after {total} bytes: the input kept producing data");
         }
         let partial = (self.sink.cur_bytes % self.page_size as u64) as usize;
         if partial != 0 {
@@ -1118,6 +1157,19 @@ mod tests {
         let mut want = data.clone();
         want.resize(6 * page, 0);
         assert!(std::fs::read(&path).unwrap() == want);
+    }
+
+    #[test]
+    fn buffer_size_is_read_in_both_kernel_formats() {
+        let dir = tmp("bufsize");
+        std::fs::create_dir_all(dir.join("per_cpu/cpu1")).unwrap();
+        std::fs::write(dir.join("buffer_size_kb"), "7 (expanded: 1408)\n").unwrap();
+        assert_eq!(buffer_bytes(&dir, 0), Some(1408 * 1024));
+        std::fs::write(dir.join("per_cpu/cpu1/buffer_size_kb"), "1027\n").unwrap();
+        assert_eq!(buffer_bytes(&dir, 1), Some(1027 * 1024));
+        std::fs::write(dir.join("buffer_size_kb"), "garbage").unwrap();
+        assert_eq!(buffer_bytes(&dir, 0), None);
+        assert_eq!(buffer_bytes(Path::new("/nonexistent"), 0), None);
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use recorder_util::*;
-use tracecmd_rs::recorder::{CpuRecorder, Input, RecordFlags};
+use tracecmd_rs::recorder::{CpuRecorder, RecordFlags};
 
 const MARKERS: usize = 3000;
 
@@ -18,10 +18,7 @@ fn markers_per_cpu(tag: &'static str, flags: RecordFlags) {
     let mut handles = Vec::new();
     let mut stops = Vec::new();
     for &cpu in &cpus {
-        let input = Input::Buffer {
-            dir: inst.path().to_path_buf(),
-            cpu,
-        };
+        let input = buffer_input(&inst, cpu);
         let mut rec = CpuRecorder::to_file(input, &dir.join(format!("cpu{cpu}")), 0, flags)
             .expect("create recorder");
         stops.push(rec.stop_handle());
@@ -86,16 +83,11 @@ fn nosplice_records_every_marker_in_whole_pages() {
 }
 
 fn max_kb_keeps_bounds(tag: &'static str, flags: RecordFlags) {
-    let inst = instance(tag, 2048);
-    let cpu = cpus(&inst)[0];
-    let dir = tmpdir(tag);
+    let (inst, cpu, dir) = setup(tag, 2048);
     let file = dir.join("ring");
     let page = 4096;
     let max_kb = 64; // 8 pages per half
-    let input = Input::Buffer {
-        dir: inst.path().to_path_buf(),
-        cpu,
-    };
+    let input = buffer_input(&inst, cpu);
     let mut rec = CpuRecorder::to_file(input, &file, max_kb, flags).expect("create recorder");
     assert!(!Path::new(&format!("{}.1", file.display())).exists());
     let stop = rec.stop_handle();
@@ -153,13 +145,8 @@ fn max_kb_ring_stays_within_bounds_nosplice() {
 
 #[test]
 fn stop_from_another_thread_ends_an_idle_recording() {
-    let inst = instance("xstop", 64);
-    let cpu = cpus(&inst)[0];
-    let dir = tmpdir("xstop");
-    let input = Input::Buffer {
-        dir: inst.path().to_path_buf(),
-        cpu,
-    };
+    let (inst, cpu, dir) = setup("xstop", 64);
+    let input = buffer_input(&inst, cpu);
     let mut rec = CpuRecorder::to_file(input, &dir.join("out"), 0, RecordFlags::default())
         .expect("create recorder");
     let stop = rec.stop_handle();
@@ -183,13 +170,8 @@ fn stop_from_another_thread_ends_an_idle_recording() {
 
 #[test]
 fn stop_before_start_is_not_lost() {
-    let inst = instance("early", 256);
-    let cpu = cpus(&inst)[0];
-    let dir = tmpdir("early");
-    let input = Input::Buffer {
-        dir: inst.path().to_path_buf(),
-        cpu,
-    };
+    let (inst, cpu, dir) = setup("early", 256);
+    let input = buffer_input(&inst, cpu);
     let mut rec = CpuRecorder::to_file(input, &dir.join("out"), 0, RecordFlags::default())
         .expect("create recorder");
     let d = inst.path().to_path_buf();
@@ -215,17 +197,12 @@ fn stop_before_start_is_not_lost() {
 
 #[test]
 fn snapshot_flag_reads_snapshot_raw() {
-    let inst = instance("snap", 256);
-    let cpu = cpus(&inst)[0];
-    let dir = tmpdir("snap");
+    let (inst, cpu, dir) = setup("snap", 256);
     let flags = RecordFlags {
         snapshot: true,
         ..Default::default()
     };
-    let input = Input::Buffer {
-        dir: inst.path().to_path_buf(),
-        cpu,
-    };
+    let input = buffer_input(&inst, cpu);
     let raw = inst.path().join(format!("per_cpu/cpu{cpu}/snapshot_raw"));
     let res = CpuRecorder::to_file(input, &dir.join("out"), 0, flags);
     if !raw.exists() {
@@ -248,6 +225,50 @@ fn snapshot_flag_reads_snapshot_raw() {
         let data = std::fs::read(dir.join("out")).unwrap();
         let found = markers_in(&parse_all(&data, page_size), "snap");
         assert_eq!(found.len(), 50, "markers missing from the snapshot");
+    }
+    drop(inst);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn flush_ends_while_a_writer_never_pauses() {
+    let (inst, cpu, dir) = setup("busy", 256);
+    for flags in [
+        RecordFlags::default(),
+        RecordFlags {
+            nosplice: true,
+            ..Default::default()
+        },
+    ] {
+        let mut rec = CpuRecorder::to_file(buffer_input(&inst, cpu), &dir.join("out"), 0, flags)
+            .expect("create recorder");
+        let busy = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let load = {
+            let busy = busy.clone();
+            let d = inst.path().to_path_buf();
+            std::thread::spawn(move || {
+                while busy.load(std::sync::atomic::Ordering::SeqCst) {
+                    write_markers(d.clone(), "busy", cpu, 100);
+                }
+            })
+        };
+        std::thread::sleep(Duration::from_millis(50));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let t = std::thread::spawn(move || {
+            let n = rec.flush().expect("flush");
+            tx.send(n).unwrap();
+            rec
+        });
+        let res = rx.recv_timeout(Duration::from_secs(5));
+        busy.store(false, std::sync::atomic::Ordering::SeqCst);
+        load.join().unwrap();
+        let n = res.expect("flush did not end within 5 s under a constant writer");
+        assert!(n > 0, "flush moved nothing although markers were written");
+        let rec = t.join().unwrap();
+        let page_size = rec.page_size();
+        rec.finish().unwrap();
+        let data = std::fs::read(dir.join("out")).unwrap();
+        assert!(!markers_in(&parse_all(&data, page_size), "busy").is_empty());
     }
     drop(inst);
     std::fs::remove_dir_all(dir).unwrap();

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
 use recorder_util::*;
-use tracecmd_rs::recorder::{CpuRecorder, Input, RecordFlags, StopHandle};
+use tracecmd_rs::recorder::{CpuRecorder, RecordFlags, StopHandle};
 
 static STOP: OnceLock<StopHandle> = OnceLock::new();
 
@@ -22,13 +22,8 @@ extern "C" fn on_sigint(_: libc::c_int) {
 
 #[test]
 fn sigint_handler_stops_a_busy_recording_within_100ms() {
-    let inst = instance("sigint", 1024);
-    let cpu = cpus(&inst)[0];
-    let dir = tmpdir("sigint");
-    let input = Input::Buffer {
-        dir: inst.path().to_path_buf(),
-        cpu,
-    };
+    let (inst, cpu, dir) = setup("sigint", 1024);
+    let input = buffer_input(&inst, cpu);
     let mut rec = CpuRecorder::to_file(input, &dir.join("out"), 0, RecordFlags::default())
         .expect("create recorder");
     let stop = rec.stop_handle();

@@ -9,8 +9,11 @@ use tracecmd_rs::tracefs::{self, Instance};
 
 /// Size of the ring-buffer page header on 64-bit kernels: u64 timestamp + 8-byte commit.
 pub const PAGE_HEADER: usize = 16;
-/// Flag bits the kernel keeps in the commit word (missed events, missed count stored).
-const COMMIT_FLAGS: u64 = (1 << 31) | (1 << 30);
+/// The length part of the commit word. The kernel keeps flags above it (missed
+/// events = bit 31, missed count stored = bit 30, added as an `int`, so on 64-bit
+/// they arrive sign-extended into the upper half); readers such as libtraceevent's
+/// kbuffer mask the length with 2^27 - 1.
+const COMMIT_MASK: u64 = (1 << 27) - 1;
 
 /// A private instance with an explicit buffer size; panics with the reason when the
 /// machine cannot run kernel tests.
@@ -77,7 +80,7 @@ pub fn parse_page(page: &[u8], page_size: usize) -> Result<Page<'_>, String> {
     }
     let timestamp = u64::from_le_bytes(page[..8].try_into().unwrap());
     let raw = u64::from_le_bytes(page[8..16].try_into().unwrap());
-    let commit = raw & !COMMIT_FLAGS;
+    let commit = raw & COMMIT_MASK;
     if commit as usize > page_size - PAGE_HEADER {
         return Err(format!("commit {commit:#x} (raw {raw:#x}) beyond the page"));
     }
@@ -151,4 +154,19 @@ pub fn markers_in(pages: &[Page<'_>], tag: &str) -> std::collections::HashSet<St
         }
     }
     found
+}
+
+/// The ring buffer of `cpu` in `inst` as a recorder input.
+pub fn buffer_input(inst: &Instance, cpu: usize) -> tracecmd_rs::recorder::Input {
+    tracecmd_rs::recorder::Input::Buffer {
+        dir: inst.path().to_path_buf(),
+        cpu,
+    }
+}
+
+/// A private instance, its first usable CPU and a fresh output directory.
+pub fn setup(tag: &str, buffer_kb: u32) -> (Instance, usize, PathBuf) {
+    let inst = instance(tag, buffer_kb);
+    let cpu = cpus(&inst)[0];
+    (inst, cpu, tmpdir(tag))
 }
