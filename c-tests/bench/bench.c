@@ -165,13 +165,22 @@ static double tv_s(struct timeval tv)
 	return tv.tv_sec + tv.tv_usec / 1e6;
 }
 
-static double thread_cpu_s(void)
+/* CPU seconds of the calling thread, user+sys; its user part in *user */
+static double thread_cpu_user_s(double *user)
 {
 	struct rusage ru;
 
 	if (getrusage(RUSAGE_THREAD, &ru) < 0)
-		return 0;
+		return *user = 0;
+	*user = tv_s(ru.ru_utime);
 	return tv_s(ru.ru_utime) + tv_s(ru.ru_stime);
+}
+
+static double thread_cpu_s(void)
+{
+	double user;
+
+	return thread_cpu_user_s(&user);
 }
 
 static double proc_cpu_s(void)
@@ -528,6 +537,7 @@ struct recorder {
 	int cpu;
 	int ret;
 	double cpu_s;
+	double user_s;
 	int nudges;
 	volatile int done;
 };
@@ -583,15 +593,16 @@ static void *writer_main(void *arg)
 static void *recorder_main(void *arg)
 {
 	struct recorder *r = arg;
-	double c0;
+	double c0, u0, u1;
 
 	/* thread names let perf/top tell recorders and writers apart */
 	name_self(r->im->is_c ? "rec-c" : "rec-rust", r->cpu);
 	if (cfg.pin_recorders)
 		pin_self(r->cpu);
-	c0 = thread_cpu_s();
+	c0 = thread_cpu_user_s(&u0);
 	r->ret = rec_start(r->im, r->rec);
-	r->cpu_s = thread_cpu_s() - c0;
+	r->cpu_s = thread_cpu_user_s(&u1) - c0;
+	r->user_s = u1 - u0;
 	__atomic_store_n(&r->done, 1, __ATOMIC_RELEASE);
 	return NULL;
 }
@@ -627,6 +638,7 @@ done:
 struct result {
 	double wall;		/* writer phase */
 	double cpu_s;		/* recorder threads, user+sys */
+	double user_s;		/* the user part of it */
 	double untracked_s;	/* process CPU outside writers, recorders, main */
 	uint64_t written;
 	uint64_t write_fail;
@@ -706,6 +718,7 @@ static void run_markers(struct impl *im, long rate, struct result *res)
 		if (s > res->stop_s)
 			res->stop_s = s;
 		res->cpu_s += r[cpu].cpu_s;
+		res->user_s += r[cpu].user_s;
 		if (r[cpu].ret < 0)
 			res->rec_err++;
 		rec_free(im, r[cpu].rec);
@@ -814,6 +827,7 @@ static void run_fifo(struct impl *im, struct result *res)
 	res->wall = now_s() - t0;
 	res->stop_s = stop_recorder(&r);
 	res->cpu_s = r.cpu_s;
+	res->user_s = r.user_s;
 	res->rec_err = r.ret < 0;
 	rec_free(im, r.rec);	/* closes rfd: the recorder owns trace_fd */
 	res->untracked_s = proc_cpu_s() - self0 - (thread_cpu_s() - main0) - fw.cpu_s - r.cpu_s;
@@ -824,7 +838,8 @@ static void run_fifo(struct impl *im, struct result *res)
 /* ---- reporting -------------------------------------------------------- */
 
 struct agg {
-	double wall, cpu_s, stop_max, untracked_s;
+	double wall, cpu_s, user_s, stop_max, untracked_s;
+	double run_min, run_max;	/* per-run CPU-s/GiB spread */
 	uint64_t written, lost, bytes, markers, others, bad, partial, fail, err;
 	int n;
 };
@@ -833,6 +848,15 @@ static void agg_add(struct agg *a, const struct result *r)
 {
 	a->wall += r->wall;
 	a->cpu_s += r->cpu_s;
+	a->user_s += r->user_s;
+	if (r->ps.bytes) {
+		double g = r->cpu_s / (r->ps.bytes / 1073741824.0);
+
+		if (!a->n || g < a->run_min)
+			a->run_min = g;
+		if (!a->n || g > a->run_max)
+			a->run_max = g;
+	}
 	a->untracked_s += r->untracked_s;
 	if (r->stop_s > a->stop_max)
 		a->stop_max = r->stop_s;
@@ -873,8 +897,9 @@ static void print_run(const char *what, struct impl *im, int round, const struct
 
 static void print_header(void)
 {
-	printf("%-9s %-4s %11s %8s %10s %10s %8s %9s %8s %s\n", "rate/cpu", "impl",
-	       "written/s", "MB/s", "CPU-s/GiB", "lost", "lost%", "unacc", "stop-ms", "notes");
+	printf("%-9s %-4s %11s %8s %10s %11s %5s %10s %8s %6s %8s %s\n", "rate/cpu", "impl",
+	       "written/s", "MB/s", "CPU-s/GiB", "runs", "usr%", "lost", "lost%", "unacc",
+	       "stop-ms", "notes");
 }
 
 static void print_agg(const char *label, const char *impl, const struct agg *a)
@@ -896,10 +921,11 @@ static void print_agg(const char *label, const char *impl, const struct agg *a)
 	/* CPU burnt outside the recorder threads (helper threads of a library?) */
 	if (a->untracked_s > 0.05 + 0.1 * a->cpu_s)
 		l += snprintf(notes + l, sizeof(notes) - l, "untracked-cpu=%.2fs ", a->untracked_s);
-	printf("%-9s %-4s %11.0f %8.1f %10.3f %10" PRIu64 " %7.3f%% %9" PRId64 " %8.1f %s\n",
+	printf("%-9s %-4s %11.0f %8.1f %10.3f %5.2f-%-5.2f %4.0f%% %10" PRIu64 " %7.3f%% %6" PRId64
+	       " %8.1f %s\n",
 	       label, impl, a->wall > 0 ? a->written / a->wall : 0, mbps(a), cpu_per_gib(a),
-	       a->lost, a->written ? 100.0 * a->lost / a->written : 0, unacc, a->stop_max * 1e3,
-	       notes);
+	       a->run_min, a->run_max, a->cpu_s > 0 ? 100 * a->user_s / a->cpu_s : 0, a->lost,
+	       a->written ? 100.0 * a->lost / a->written : 0, unacc, a->stop_max * 1e3, notes);
 }
 
 static void print_ratio(const char *label, const struct agg *rs, const struct agg *c)
@@ -1156,8 +1182,8 @@ int main(int argc, char **argv)
 		printf("FIFO source: %d MiB of page-sized writes per run through "
 		       "tracecmd_create_recorder_virt\n",
 		       cfg.fifo_mib);
-		printf("%-9s %-4s %8s %10s %12s %8s %s\n", "", "impl", "MB/s", "CPU-s/GiB",
-		       "bytes-out", "stop-ms", "notes");
+		printf("%-9s %-4s %8s %10s %11s %5s %12s %8s %s\n", "", "impl", "MB/s",
+		       "CPU-s/GiB", "runs", "usr%", "bytes-out", "stop-ms", "notes");
 		for (round = 0; round < cfg.rounds && !interrupted; round++) {
 			for (i = 0; i < nimpl && !interrupted; i++) {
 				struct result res;
@@ -1172,8 +1198,11 @@ int main(int argc, char **argv)
 			}
 		}
 		for (i = 0; i < nimpl; i++)
-			printf("%-9s %-4s %8.1f %10.3f %12" PRIu64 " %8.1f %s%s%s\n", "fifo",
-			       order[i]->name, mbps(&a[i]), cpu_per_gib(&a[i]), a[i].bytes,
+			printf("%-9s %-4s %8.1f %10.3f %5.2f-%-5.2f %4.0f%% %12" PRIu64
+			       " %8.1f %s%s%s\n",
+			       "fifo", order[i]->name, mbps(&a[i]), cpu_per_gib(&a[i]),
+			       a[i].run_min, a[i].run_max,
+			       a[i].cpu_s > 0 ? 100 * a[i].user_s / a[i].cpu_s : 0, a[i].bytes,
 			       a[i].stop_max * 1e3,
 			       a[i].bytes != a[i].written ? "OUTPUT != INPUT " : "",
 			       a[i].err ? "RECORDER ERROR " : "",
