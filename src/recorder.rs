@@ -107,7 +107,9 @@ pub struct RecordFlags {
     pub nosplice: bool,
     /// Read `snapshot_raw` instead of `trace_pipe_raw`.
     pub snapshot: bool,
-    /// Blocking output side of splice (otherwise SPLICE_F_NONBLOCK).
+    /// Blocking output side of splice (otherwise SPLICE_F_NONBLOCK): a full output
+    /// pipe or socket then holds the recorder in splice until its reader takes data
+    /// (a signal without SA_RESTART interrupts it); a stopping recorder never blocks.
     pub block: bool,
 }
 
@@ -998,10 +1000,34 @@ mod tests {
         (r, File::from(w))
     }
 
-    fn tmp(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("tcrs-rec-unit-{}", std::process::id()));
+    /// A path in a per-test temporary directory, removed with the directory on drop.
+    struct TmpPath(PathBuf);
+
+    impl std::ops::Deref for TmpPath {
+        type Target = Path;
+        fn deref(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl AsRef<Path> for TmpPath {
+        fn as_ref(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for TmpPath {
+        fn drop(&mut self) {
+            if let Some(dir) = self.0.parent() {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+        }
+    }
+
+    fn tmp(name: &str) -> TmpPath {
+        let dir = std::env::temp_dir().join(format!("tcrs-rec-unit-{}-{name}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        dir.join(name)
+        TmpPath(dir.join(name))
     }
 
     /// Page `i` of a fake ring: its first 8 bytes hold `i`, the rest a pattern.
