@@ -294,24 +294,37 @@ impl StopState {
         while let Ok(64) = nix::unistd::read(self.wake_read.as_raw_fd(), &mut buf) {}
     }
 
-    /// Waits up to `ms` for `events` on `fd` (if any) or a stop; true if `fd` reported
-    /// anything. A signal ends the wait early too (poll is never restarted).
-    fn wait(&self, fd: Option<BorrowedFd<'_>>, events: PollFlags, ms: u16) -> bool {
+    /// Waits up to `ms` for `events` on `fd` (if any) or, with `watch_stop`, a stop;
+    /// true if `fd` reported anything. A signal ends the wait early too (poll is never
+    /// restarted). Without `watch_stop` a pending stop's byte cannot end the wait, so a
+    /// caller that already knows about the stop does not spin.
+    fn wait(
+        &self,
+        fd: Option<BorrowedFd<'_>>,
+        events: PollFlags,
+        ms: u16,
+        watch_stop: bool,
+    ) -> bool {
         let wake = self.wake_read.as_fd();
         let mut fds = [
-            PollFd::new(wake, PollFlags::POLLIN),
             PollFd::new(fd.unwrap_or(wake), events),
+            PollFd::new(wake, PollFlags::POLLIN),
         ];
-        let n = if fd.is_some() { 2 } else { 1 };
-        if !matches!(poll(&mut fds[..n], PollTimeout::from(ms)), Ok(k) if k > 0) {
+        let (from, to) = match (fd.is_some(), watch_stop) {
+            (true, true) => (0, 2),
+            (true, false) => (0, 1),
+            (false, true) => (1, 2),
+            (false, false) => (0, 0),
+        };
+        if !matches!(poll(&mut fds[from..to], PollTimeout::from(ms)), Ok(k) if k > 0) {
             return false;
         }
         let fired = |p: &PollFd| p.revents().is_some_and(|r| !r.is_empty());
-        if fired(&fds[0]) && !self.pending() {
+        if watch_stop && fired(&fds[1]) && !self.pending() {
             // A byte left over from a stop that was already taken.
             self.drain();
         }
-        n == 2 && fired(&fds[1])
+        fd.is_some() && fired(&fds[0])
     }
 }
 
@@ -723,7 +736,7 @@ impl CpuRecorder {
                     if !self.ring_buffer_input && n < FIFO_BATCH && !sleep.is_zero() {
                         // A FIFO trickles in a page at a time; a 1 ms pause lets a
                         // batch build up instead of spending a splice on every page.
-                        self.stop.wait(None, PollFlags::empty(), 1);
+                        self.stop.wait(None, PollFlags::empty(), 1, true);
                     }
                 }
                 Step::Retry => {}
@@ -731,13 +744,16 @@ impl CpuRecorder {
                     // Readable but nothing came (no whole page yet, or end of file):
                     // back off instead of spinning.
                     let ms = sleep.as_millis().clamp(1, WAIT_SLICE_MS as u128) as u16;
-                    self.stop.wait(None, PollFlags::empty(), ms);
+                    self.stop.wait(None, PollFlags::empty(), ms, true);
                     input_was_ready = false;
                 }
                 Step::Idle => {
-                    input_was_ready =
-                        self.stop
-                            .wait(Some(self.input.as_fd()), PollFlags::POLLIN, WAIT_SLICE_MS)
+                    input_was_ready = self.stop.wait(
+                        Some(self.input.as_fd()),
+                        PollFlags::POLLIN,
+                        WAIT_SLICE_MS,
+                        true,
+                    )
                 }
             }
         }
@@ -976,8 +992,14 @@ impl CpuRecorder {
         if (stopping || self.stop.pending()) && since.elapsed() > STALL_LIMIT {
             return Err(RecorderError::OutputStalled);
         }
-        self.stop
-            .wait(Some(self.sink.fd()), PollFlags::POLLOUT, WAIT_SLICE_MS);
+        // Once a stop is pending its byte would end every wait at once: do not watch it.
+        let watch_stop = !self.stop.pending();
+        self.stop.wait(
+            Some(self.sink.fd()),
+            PollFlags::POLLOUT,
+            WAIT_SLICE_MS,
+            watch_stop,
+        );
         Ok(())
     }
 }
@@ -1196,6 +1218,35 @@ mod tests {
         std::fs::write(dir.join("buffer_size_kb"), "garbage").unwrap();
         assert_eq!(buffer_bytes(&dir, 0), None);
         assert_eq!(buffer_bytes(Path::new("/nonexistent"), 0), None);
+    }
+
+    #[test]
+    fn stalled_output_ends_a_stopping_recorder_with_an_error() {
+        // Nobody reads the output pipe: the recorder must not hang once stopped.
+        let (r, mut w) = pipe();
+        let (_out_r, out_w) = pipe();
+        let mut rec = CpuRecorder::new(
+            Input::Fd(r),
+            Output::Stream(out_w.into()),
+            Default::default(),
+        )
+        .unwrap();
+        let stop = rec.stop_handle();
+        let t = std::thread::spawn(move || {
+            let res = rec.record(Duration::from_millis(1));
+            (res, Instant::now())
+        });
+        let chunk = vec![7u8; 4096];
+        // 160 KiB: more than the output pipe holds, less than it, the splice pipe and
+        // the input pipe hold together (so this writer does not block for ever).
+        for _ in 0..40 {
+            w.write_all(&chunk).unwrap();
+        }
+        let stopped = Instant::now();
+        stop.stop();
+        let (res, done) = t.join().unwrap();
+        assert!(matches!(res, Err(RecorderError::OutputStalled)), "{res:?}");
+        assert!(done.duration_since(stopped) < STALL_LIMIT * 3);
     }
 
     #[test]
