@@ -365,6 +365,80 @@ static void test_sigint_stop(void)
 	unlink(file);
 }
 
+/* trace-record's pattern: SIGUSR1 (flush) ends one pass of start_recording and the
+ * caller starts the next; SIGINT (finish) sets `finished` and stops for good. */
+static volatile sig_atomic_t usr_finished;
+static struct tracecmd_recorder *usr_rec;
+
+static void on_usr1(int sig)
+{
+	(void)sig;
+	tracecmd_stop_recording(usr_rec);
+}
+
+static void on_finish(int sig)
+{
+	(void)sig;
+	usr_finished = 1;
+	tracecmd_stop_recording(usr_rec);
+}
+
+static void *record_passes(void *arg)
+{
+	int *passes = arg;
+
+	while (!usr_finished) {
+		if (tracecmd_start_recording(usr_rec, 1000) < 0)
+			break;
+		(*passes)++;
+	}
+	return NULL;
+}
+
+static void test_sigusr1_passes(void)
+{
+	struct sigaction usr = { .sa_handler = on_usr1 }, fin = { .sa_handler = on_finish };
+	struct sigaction old_usr, old_int;
+	char file[512], seen[300] = { 0 };
+	unsigned char *data;
+	pthread_t th;
+	size_t len;
+	int passes = 0, i, missing = 0;
+
+	out_path(file, sizeof(file), "passes");
+	usr_finished = 0;
+	usr_rec = tracecmd_create_buffer_recorder(file, 0, 0, inst);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(usr_rec);
+	sigemptyset(&usr.sa_mask);
+	sigemptyset(&fin.sa_mask);
+	sigaction(SIGUSR1, &usr, &old_usr);
+	sigaction(SIGINT, &fin, &old_int);
+	pthread_create(&th, NULL, record_passes, &passes);
+	run_writers("pass1", 150, 0); /* recorded by the first pass */
+	usleep(50000);
+	pthread_kill(th, SIGUSR1);
+	usleep(50000);
+	run_writers("pass2", 150, 0); /* by the next one */
+	usleep(50000);
+	pthread_kill(th, SIGINT);
+	pthread_join(th, NULL);
+	sigaction(SIGUSR1, &old_usr, NULL);
+	sigaction(SIGINT, &old_int, NULL);
+	CU_ASSERT(passes >= 2);
+	tracecmd_free_recorder(usr_rec);
+	usr_rec = NULL;
+	data = slurp(file, &len);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(data);
+	CU_ASSERT(check_pages(data, len, NULL) > 0);
+	find_markers(data, len, "pass1", 0, seen, 150);
+	find_markers(data, len, "pass2", 0, seen + 150, 150);
+	for (i = 0; i < 300; i++)
+		missing += !seen[i];
+	CU_ASSERT_EQUAL(missing, 0);
+	free(data);
+	unlink(file);
+}
+
 struct fifo_writer {
 	const char *path;
 	const unsigned char *data;
@@ -611,6 +685,7 @@ int main(void)
 	CU_add_test(s, "markers per CPU, NOSPLICE", test_markers_nosplice);
 	CU_add_test(s, "maxkb ring bounds and order", test_maxkb_bounds);
 	CU_add_test(s, "SIGINT stop within 100 ms", test_sigint_stop);
+	CU_add_test(s, "SIGUSR1 ends a pass, SIGINT the recording", test_sigusr1_passes);
 	CU_add_test(s, "virt FIFO: splice == NOSPLICE", test_virt_fifo_splice_equals_nosplice);
 	CU_add_test(s, "stop before start", test_stop_before_start);
 	CU_add_test(s, "NULL safety and errors", test_null_and_errors);
