@@ -1,7 +1,7 @@
 //! The recorder's C ABI (spec §2.3, §7): thin wrappers around
 //! [`crate::recorder::CpuRecorder`].
 //!
-//! A `struct tracecmd_recorder *` points to a [`RecorderHandle`]. Its stop handle is a
+//! A `struct tracecmd_recorder *` points to a `RecorderHandle`. Its stop handle is a
 //! separate field so that `tracecmd_stop_recording` (from a signal handler, or another
 //! thread) never forms a reference to the recorder that `tracecmd_start_recording` is
 //! using at the same time.

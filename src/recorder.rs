@@ -5,7 +5,7 @@
 //! together with a self-pipe that [`StopHandle::stop`] writes to, so a stop ends the
 //! wait at once, whether it comes from a signal handler in the recording thread or from
 //! another thread. Data goes `input → pipe → output` with `splice()`, as many pages per
-//! call as the pipe holds; the pipe is grown towards [`PIPE_TARGET`] and its real
+//! call as the pipe holds; the pipe is grown towards 1 MiB (`PIPE_TARGET`) and its real
 //! capacity is used (spec §5.2 item 25). The pipe is only refilled once it is empty:
 //! the kernel's ring-buffer splice drops pages that do not fit into a partly full pipe.
 //! A FIFO input (a guest's per-CPU channel) recorded into a file is spliced straight
@@ -72,7 +72,7 @@ pub enum RecorderError {
     /// Writing to the output failed (disk full, reader gone...).
     #[error("writing trace data to the output failed: {0}")]
     Output(io::Error),
-    /// While stopping, the output accepted nothing for [`STALL_LIMIT`].
+    /// While stopping, the output accepted nothing for 2 s (`STALL_LIMIT`).
     #[error("the output accepted no data for {} s while the recording was stopping; is its reader still running?", STALL_LIMIT.as_secs())]
     OutputStalled,
     /// Putting the two max-kb ring files back together failed.
