@@ -126,11 +126,12 @@ pub unsafe extern "C" fn tracecmd_create_buffer_recorder_fd2(
     maxkb: c_int,
 ) -> *mut tracecmd_recorder {
     ffi_guard!(ptr::null_mut(), {
+        // Take fd2 first so that it is closed too when fd is bad.
+        let second = if fd2 >= 0 { own_fd(fd2).ok() } else { None };
         let first = match own_fd(fd) {
             Ok(f) => f,
             Err(e) => return fail(e),
         };
-        let second = if fd2 >= 0 { own_fd(fd2).ok() } else { None };
         let res = (|| {
             let max_kb = max_kb(maxkb)?;
             let output = match second {
