@@ -462,6 +462,9 @@ enum Step {
     Moved(usize),
     /// The input has nothing (more) right now.
     Idle,
+    /// A FIFO, socket or file input is at its end (no writer): nothing will come
+    /// soon, so the recorder waits a whole slice instead of polling a hang-up.
+    Ended,
     /// Interrupted, or the mover changed: just go round again.
     Retry,
 }
@@ -740,6 +743,11 @@ impl CpuRecorder {
                     }
                 }
                 Step::Retry => {}
+                Step::Ended => {
+                    self.stop
+                        .wait(None, PollFlags::empty(), WAIT_SLICE_MS, true);
+                    input_was_ready = false;
+                }
                 Step::Idle if input_was_ready => {
                     // Readable but nothing came (no whole page yet, or end of file):
                     // back off instead of spinning.
@@ -769,7 +777,7 @@ impl CpuRecorder {
             match self.step(true)? {
                 Step::Moved(n) => total += n as u64,
                 Step::Retry => {}
-                Step::Idle => break,
+                Step::Idle | Step::Ended => break,
             }
         }
         if self.ring_buffer_input {
@@ -817,7 +825,8 @@ impl CpuRecorder {
                     let len = (*capacity / self.page_size).max(1) * self.page_size;
                     let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
                     match nix::fcntl::splice(&self.input, None, &*write_end, None, len, flags) {
-                        Ok(0) | Err(Errno::EAGAIN) => return Ok(Step::Idle),
+                        Ok(0) => return Ok(self.at_end()),
+                        Err(Errno::EAGAIN) => return Ok(Step::Idle),
                         Ok(n) => *pending = n,
                         Err(Errno::EINTR) => return Ok(Step::Retry),
                         Err(Errno::EINVAL) => {
@@ -845,7 +854,8 @@ impl CpuRecorder {
         let len = DIRECT_CHUNK.min(self.sink.room());
         let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
         match nix::fcntl::splice(&self.input, None, self.sink.fd(), None, len, flags) {
-            Ok(0) | Err(Errno::EAGAIN) => Ok(Step::Idle),
+            Ok(0) => Ok(self.at_end()),
+            Err(Errno::EAGAIN) => Ok(Step::Idle),
             Ok(n) => {
                 self.sink.advance(n)?;
                 Ok(Step::Moved(n))
@@ -862,15 +872,29 @@ impl CpuRecorder {
         }
     }
 
+    /// What a zero-byte read means: the end of a FIFO/socket/file, but only "no data"
+    /// for a ring buffer, which must keep being polled.
+    fn at_end(&self) -> Step {
+        if self.ring_buffer_input {
+            Step::Idle
+        } else {
+            Step::Ended
+        }
+    }
+
     /// The read/write path: fills `buf` from the input as far as it has data, then
     /// writes it out.
     fn copy_batch(&mut self, buf: &mut [u8], stopping: bool) -> Result<Step, RecorderError> {
         let mut filled = 0;
-        let mut idle = false;
+        let mut idle = None;
         while filled < buf.len() {
             match nix::unistd::read(self.input.as_raw_fd(), &mut buf[filled..]) {
-                Ok(0) | Err(Errno::EAGAIN) => {
-                    idle = true;
+                Ok(0) => {
+                    idle = Some(self.at_end());
+                    break;
+                }
+                Err(Errno::EAGAIN) => {
+                    idle = Some(Step::Idle);
                     break;
                 }
                 Ok(n) => filled += n,
@@ -879,7 +903,7 @@ impl CpuRecorder {
             }
         }
         if filled == 0 {
-            return Ok(if idle { Step::Idle } else { Step::Retry });
+            return Ok(idle.unwrap_or(Step::Retry));
         }
         self.write_out(&buf[..filled], stopping)?;
         Ok(Step::Moved(filled))
