@@ -192,6 +192,25 @@ static double proc_cpu_s(void)
 	return tv_s(ru.ru_utime) + tv_s(ru.ru_stime);
 }
 
+/* machine-wide CPU time from /proc/stat: idle (idle+iowait) and total, in ticks */
+static void machine_ticks(uint64_t *idle, uint64_t *total)
+{
+	unsigned long long v[10] = { 0 };
+	FILE *f = fopen("/proc/stat", "r");
+	int i;
+
+	*idle = *total = 0;
+	if (!f)
+		return;
+	if (fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1],
+		   &v[2], &v[3], &v[4], &v[5], &v[6], &v[7], &v[8], &v[9]) >= 5) {
+		for (i = 0; i < 8; i++)	/* guest times are already in user */
+			*total += v[i];
+		*idle = v[3] + v[4];
+	}
+	fclose(f);
+}
+
 static void inst_path(char *buf, size_t len, const char *file)
 {
 	if ((size_t)snprintf(buf, len, "%s/%s", inst_dir, file) >= len)
@@ -640,6 +659,8 @@ struct result {
 	double cpu_s;		/* recorder threads, user+sys */
 	double user_s;		/* the user part of it */
 	double untracked_s;	/* process CPU outside writers, recorders, main */
+	double writer_cpu_s;	/* marker writers, to see how the recorder slows them */
+	double machine_busy;	/* share of all CPUs not idle during the writer phase */
 	uint64_t written;
 	uint64_t write_fail;
 	uint64_t lost;
@@ -660,6 +681,7 @@ static void run_markers(struct impl *im, long rate, struct result *res)
 	uint64_t lost0[MAX_CPUS];
 	char path[PATH_MAX], file[PATH_MAX];
 	double t0, self0, main0, others = 0;
+	uint64_t idle0, total0, idle1, total1;
 	int cpu;
 
 	memset(res, 0, sizeof(*res));
@@ -699,17 +721,22 @@ static void run_markers(struct impl *im, long rate, struct result *res)
 	}
 	/* let the recorders reach their first blocking read */
 	usleep(20000);
+	machine_ticks(&idle0, &total0);
 	t0 = now_s();
 	__atomic_store_n(&writers_go, 1, __ATOMIC_RELEASE);
 	while (now_s() - t0 < cfg.secs && !interrupted)
 		usleep(10000);
 	__atomic_store_n(&writers_stop, 1, __ATOMIC_RELAXED);
+	machine_ticks(&idle1, &total1);
+	if (total1 > total0)
+		res->machine_busy = 1.0 - (double)(idle1 - idle0) / (total1 - total0);
 	for (cpu = 0; cpu < ncpus; cpu++) {
 		pthread_join(w[cpu].th, NULL);
 		close(w[cpu].fd);
 		res->written += w[cpu].written;
 		res->write_fail += w[cpu].failed;
 		others += w[cpu].cpu_s;
+		res->writer_cpu_s += w[cpu].cpu_s;
 	}
 	res->wall = now_s() - t0;
 	for (cpu = 0; cpu < ncpus; cpu++) {
@@ -840,6 +867,7 @@ static void run_fifo(struct impl *im, struct result *res)
 struct agg {
 	double wall, cpu_s, user_s, stop_max, untracked_s;
 	double run_min, run_max;	/* per-run CPU-s/GiB spread */
+	double busy;			/* sum of machine_busy */
 	uint64_t written, lost, bytes, markers, others, bad, partial, fail, err;
 	int n;
 };
@@ -849,6 +877,7 @@ static void agg_add(struct agg *a, const struct result *r)
 	a->wall += r->wall;
 	a->cpu_s += r->cpu_s;
 	a->user_s += r->user_s;
+	a->busy += r->machine_busy;
 	if (r->ps.bytes) {
 		double g = r->cpu_s / (r->ps.bytes / 1073741824.0);
 
@@ -890,16 +919,19 @@ static void print_run(const char *what, struct impl *im, int round, const struct
 		return;
 	printf("  %-10s %-4s #%d  wall %.2fs  written %" PRIu64 "  captured %" PRIu64
 	       "  lost %" PRIu64 "  unaccounted %" PRId64 "  bytes %" PRIu64
-	       "  cpu %.3fs (+%.3fs untracked)  stop %.1fms%s\n",
+	       "  cpu %.3fs (+%.3fs untracked)  writers %.2fs %.0fns/marker  machine busy %.0f%%"
+	       "  stop %.1fms%s\n",
 	       what, im->name, round, r->wall, r->written, r->ps.markers, r->lost, miss,
-	       r->ps.bytes, r->cpu_s, r->untracked_s, r->stop_s * 1e3, r->rec_err ? "  RECORDER ERROR" : "");
+	       r->ps.bytes, r->cpu_s, r->untracked_s, r->writer_cpu_s,
+	       r->written ? r->writer_cpu_s * 1e9 / r->written : 0, 100 * r->machine_busy,
+	       r->stop_s * 1e3, r->rec_err ? "  RECORDER ERROR" : "");
 }
 
 static void print_header(void)
 {
-	printf("%-9s %-4s %11s %8s %10s %11s %5s %10s %8s %6s %8s %s\n", "rate/cpu", "impl",
-	       "written/s", "MB/s", "CPU-s/GiB", "runs", "usr%", "lost", "lost%", "unacc",
-	       "stop-ms", "notes");
+	printf("%-9s %-4s %11s %8s %10s %11s %5s %10s %8s %6s %8s %5s %s\n", "rate/cpu",
+	       "impl", "written/s", "MB/s", "CPU-s/GiB", "runs", "usr%", "lost", "lost%", "unacc",
+	       "stop-ms", "busy", "notes");
 }
 
 static void print_agg(const char *label, const char *impl, const struct agg *a)
@@ -922,10 +954,11 @@ static void print_agg(const char *label, const char *impl, const struct agg *a)
 	if (a->untracked_s > 0.05 + 0.1 * a->cpu_s)
 		l += snprintf(notes + l, sizeof(notes) - l, "untracked-cpu=%.2fs ", a->untracked_s);
 	printf("%-9s %-4s %11.0f %8.1f %10.3f %5.2f-%-5.2f %4.0f%% %10" PRIu64 " %7.3f%% %6" PRId64
-	       " %8.1f %s\n",
+	       " %8.1f %4.0f%% %s\n",
 	       label, impl, a->wall > 0 ? a->written / a->wall : 0, mbps(a), cpu_per_gib(a),
 	       a->run_min, a->run_max, a->cpu_s > 0 ? 100 * a->user_s / a->cpu_s : 0, a->lost,
-	       a->written ? 100.0 * a->lost / a->written : 0, unacc, a->stop_max * 1e3, notes);
+	       a->written ? 100.0 * a->lost / a->written : 0, unacc, a->stop_max * 1e3,
+	       a->n ? 100 * a->busy / a->n : 0, notes);
 }
 
 static void print_ratio(const char *label, const struct agg *rs, const struct agg *c)
@@ -1136,7 +1169,9 @@ int main(int argc, char **argv)
 	       cfg.secs, cfg.rounds, cfg.marker, cfg.sleep_us, cfg.flags,
 	       cfg.pin_recorders ? ", recorders pinned" : "");
 	printf("lost = overrun + dropped events (per_cpu stats); unacc = written - captured - "
-	       "lost (should be 0)\n\n");
+	       "lost (should be 0);\nruns = min-max CPU-s/GiB of single runs; usr%% = user share "
+	       "of the recorder CPU;\nbusy = all CPUs of the machine busy during the load (other "
+	       "work on the machine shows here)\n\n");
 
 	if (cfg.do_steps) {
 		bool c_lost_seen = false;
