@@ -500,16 +500,23 @@ fn subbuf_size(dir: &Path, page: usize) -> usize {
     let Ok(text) = std::fs::read_to_string(dir.join("buffer_subbuf_size_kb")) else {
         return page;
     };
+    parse_subbuf_kb(&text, page).unwrap_or_else(|| {
+        log::warn!(
+            "ignoring unexpected buffer_subbuf_size_kb {:?} in {}",
+            text.trim(),
+            dir.display()
+        );
+        page
+    })
+}
+
+/// `buffer_subbuf_size_kb` text → bytes (a power of two up to 1 MiB, at least `page`).
+fn parse_subbuf_kb(text: &str, page: usize) -> Option<usize> {
     match text.trim().parse::<usize>() {
-        Ok(kb) if kb > 0 && kb <= 1024 && (kb * 1024).is_power_of_two() => (kb * 1024).max(page),
-        _ => {
-            log::warn!(
-                "ignoring unexpected buffer_subbuf_size_kb {:?} in {}",
-                text.trim(),
-                dir.display()
-            );
-            page
+        Ok(kb) if kb > 0 && kb <= 1024 && (kb * 1024).is_power_of_two() => {
+            Some((kb * 1024).max(page))
         }
+        _ => None,
     }
 }
 
@@ -520,7 +527,12 @@ fn buffer_bytes(dir: &Path, cpu: usize) -> Option<u64> {
     let text = std::fs::read_to_string(per_cpu)
         .or_else(|_| std::fs::read_to_string(dir.join("buffer_size_kb")))
         .ok()?;
-    let expanded = text.split("expanded:").nth(1).unwrap_or(&text);
+    parse_size_kb(&text)
+}
+
+/// `buffer_size_kb` text ("1027" or "7 (expanded: 1408)", the larger one) → bytes.
+fn parse_size_kb(text: &str) -> Option<u64> {
+    let expanded = text.split("expanded:").nth(1).unwrap_or(text);
     let digits: String = expanded
         .trim()
         .chars()
@@ -1271,6 +1283,34 @@ mod tests {
         let (res, done) = t.join().unwrap();
         assert!(matches!(res, Err(RecorderError::OutputStalled)), "{res:?}");
         assert!(done.duration_since(stopped) < STALL_LIMIT * 3);
+    }
+
+    #[test]
+    fn size_parsers_never_panic_on_random_text() {
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let alphabet = b"0123456789 ()expanded:\n\t-+kKx\xff";
+        for round in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let len = (x % 24) as usize;
+            let bytes: Vec<u8> = (0..len)
+                .map(|i| alphabet[((x >> (i % 50)) as usize + i * 7 + round) % alphabet.len()])
+                .collect();
+            let text = String::from_utf8_lossy(&bytes);
+            if let Some(b) = parse_subbuf_kb(&text, 4096) {
+                assert!(
+                    b.is_power_of_two() && (4096..=1 << 20).contains(&b),
+                    "{text:?}"
+                );
+            }
+            let _ = parse_size_kb(&text);
+        }
+        assert_eq!(parse_subbuf_kb("8\n", 4096), Some(8192));
+        assert_eq!(parse_subbuf_kb("3\n", 4096), None);
+        assert_eq!(parse_subbuf_kb("99999999999999999999999", 4096), None);
+        assert_eq!(parse_size_kb("99999999999999999999"), None);
+        assert_eq!(parse_size_kb("18446744073709551615"), Some(u64::MAX));
     }
 
     #[test]
