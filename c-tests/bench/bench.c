@@ -52,21 +52,23 @@ typedef void *(*vs_create_fd_t)(int fd, int cpu, unsigned flags, const char *buf
 typedef void *(*vs_create_virt_t)(const char *file, int cpu, int trace_fd);
 typedef int (*vs_start_t)(void *rec, unsigned long sleep);
 typedef void (*vs_stop_t)(void *rec);
-typedef long (*vs_flush_t)(void *rec);
+typedef long (*vs_flush_t)(void *rec); /* documents the ABI; unused */
 typedef void (*vs_free_t)(void *rec);
 
-/* Debian libtracecmd 3.1.6 (lib/trace-cmd/trace-recorder.c at v3.1.6,
- * checked against the disassembly of libtracecmd.so.1) */
+/* Debian libtracecmd 3.1.6: the tracefs_cpu-based recorder of upstream
+ * lib/trace-cmd/trace-recorder.c, checked against the disassembly of Debian's
+ * libtracecmd.so.1 (flush tests its bool, virt passes four arguments on). */
 typedef void *(*c_create_fd_t)(int fd, int cpu, unsigned flags, void *tracefs_instance);
 typedef void *(*c_create_virt_t)(const char *file, int cpu, unsigned flags, int trace_fd);
 typedef int (*c_start_t)(void *rec, unsigned long sleep);
 typedef int (*c_stop_t)(void *rec);
-typedef long (*c_flush_t)(void *rec, bool finish);
+typedef long (*c_flush_t)(void *rec, bool finish); /* documents the ABI; unused */
 /* libtracefs 1.6 */
 typedef void *(*tfs_instance_alloc_t)(const char *tracing_dir, const char *name);
 typedef void (*tfs_instance_free_t)(void *instance);
 
-/* The recorder symbols both libraries export, looked up by the same names. */
+/* The recorder symbols both libraries export, looked up by the same names.
+ * flush is only checked for: tracecmd_start_recording flushes by itself. */
 enum { F_CREATE_FD, F_CREATE_VIRT, F_START, F_STOP, F_FLUSH, F_FREE, NFN };
 static const char *const fn_names[NFN] = {
 	"tracecmd_create_buffer_recorder_fd", "tracecmd_create_recorder_virt",
