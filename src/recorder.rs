@@ -1272,17 +1272,33 @@ mod tests {
             let res = rec.record(Duration::from_millis(1));
             (res, Instant::now())
         });
-        let chunk = vec![7u8; 4096];
-        // 160 KiB: more than the output pipe holds, less than it, the splice pipe and
-        // the input pipe hold together (so this writer does not block for ever).
-        for _ in 0..40 {
-            w.write_all(&chunk).unwrap();
+        // 256 KiB, more than the output pipe holds. Once the output is full the
+        // recorder stops taking input, so this writer may block until the recorder
+        // ends and closes the input (then it gets EPIPE, which is fine).
+        let (wrote_tx, wrote_rx) = std::sync::mpsc::channel();
+        let writer = std::thread::spawn(move || {
+            let chunk = vec![7u8; 4096];
+            let mut wrote = 0;
+            while wrote < 256 * 1024 && w.write_all(&chunk).is_ok() {
+                wrote += chunk.len();
+                let _ = wrote_tx.send(wrote);
+            }
+        });
+        // Wait until more than the output pipe's 64 KiB went in.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while wrote_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("writer stuck")
+            <= 80 * 1024
+        {
+            assert!(Instant::now() < deadline, "recorder took no input");
         }
         let stopped = Instant::now();
         stop.stop();
         let (res, done) = t.join().unwrap();
         assert!(matches!(res, Err(RecorderError::OutputStalled)), "{res:?}");
         assert!(done.duration_since(stopped) < STALL_LIMIT * 3);
+        writer.join().unwrap();
     }
 
     #[test]
