@@ -25,15 +25,20 @@ use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::fcntl::{fcntl, FcntlArg, OFlag, SpliceFFlags};
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::poll::{ppoll, PollFd, PollFlags};
+use nix::sys::time::TimeSpec;
 
 use crate::tracefs;
 
 /// Longest single wait (input or output) before the loop looks around again. A stop
 /// ends a wait at once (self-pipe); this only bounds waits nothing else ends.
-const WAIT_SLICE_MS: u16 = 100;
-/// Below this many bytes per move from a FIFO, the recorder pauses to batch.
+const WAIT_SLICE: Duration = Duration::from_millis(100);
+/// Below this many bytes per move from a non-ring input, the recorder pauses to batch
+/// (for a FIFO: an eighth of its capacity; this value for sockets and files)...
 const FIFO_BATCH: usize = 128 * 1024;
+/// ... for this long: a 1 MiB FIFO takes 1 ms to fill even at 1 GB/s, so a writer
+/// does not wait for the recorder, and a trickle is still moved in batches.
+const FIFO_PAUSE: Duration = Duration::from_micros(250);
 /// Bytes asked for per splice on the direct FIFO → file path.
 const DIRECT_CHUNK: usize = 1 << 20;
 /// Size the splice pipe is grown to when the system allows (pipe-max-size caps it).
@@ -294,7 +299,7 @@ impl StopState {
         while let Ok(64) = nix::unistd::read(self.wake_read.as_raw_fd(), &mut buf) {}
     }
 
-    /// Waits up to `ms` for `events` on `fd` (if any) or, with `watch_stop`, a stop;
+    /// Waits up to `timeout` for `events` on `fd` (if any) or, with `watch_stop`, a stop;
     /// true if `fd` reported anything. A signal ends the wait early too (poll is never
     /// restarted). Without `watch_stop` a pending stop's byte cannot end the wait, so a
     /// caller that already knows about the stop does not spin.
@@ -302,7 +307,7 @@ impl StopState {
         &self,
         fd: Option<BorrowedFd<'_>>,
         events: PollFlags,
-        ms: u16,
+        timeout: Duration,
         watch_stop: bool,
     ) -> bool {
         let wake = self.wake_read.as_fd();
@@ -316,7 +321,8 @@ impl StopState {
             (false, true) => (1, 2),
             (false, false) => (0, 0),
         };
-        if !matches!(poll(&mut fds[from..to], PollTimeout::from(ms)), Ok(k) if k > 0) {
+        let timeout = Some(TimeSpec::from_duration(timeout));
+        if !matches!(ppoll(&mut fds[from..to], timeout, None), Ok(k) if k > 0) {
             return false;
         }
         let fired = |p: &PollFd| p.revents().is_some_and(|r| !r.is_empty());
@@ -480,6 +486,9 @@ pub struct CpuRecorder {
     mover: Mover,
     /// Read, padding and merge unit: the ring buffer's sub-buffer (page) size.
     page_size: usize,
+    /// Moves from a FIFO shorter than this are followed by a short pause: an eighth of
+    /// the FIFO's capacity.
+    batch: usize,
     /// Most bytes one flush moves, so that a writer that never pauses cannot keep a
     /// stopping recorder busy for ever.
     flush_budget: u64,
@@ -679,7 +688,11 @@ impl CpuRecorder {
             Mover::Splice { capacity, .. } => *capacity as u64,
             _ => 0,
         };
+        let batch = fcntl(input.as_raw_fd(), FcntlArg::F_GETPIPE_SZ)
+            .map(|n| n as usize / 8)
+            .unwrap_or(FIFO_BATCH);
         Ok(CpuRecorder {
+            batch,
             flush_budget: 2 * held + in_pipe + page_size as u64,
             input,
             ring_buffer_input,
@@ -735,7 +748,7 @@ impl CpuRecorder {
     /// buffer's `buffer_percent`). `sleep` (capped at 100 ms) is the back-off after a
     /// round in which the input said it was readable but gave nothing (no whole page
     /// yet, or a FIFO without writer); with a FIFO input and a non-zero `sleep`, a
-    /// short move is also followed by a 1 ms pause so that data is moved in batches.
+    /// short move is also followed by a 250 µs pause so that data is moved in batches.
     /// A stop ends any wait at once. The stop that ends this call is consumed, so the
     /// next call records again; a stop that came before the call makes it flush and
     /// return.
@@ -748,30 +761,29 @@ impl CpuRecorder {
             match self.step(false)? {
                 Step::Moved(n) => {
                     input_was_ready = false;
-                    if !self.ring_buffer_input && n < FIFO_BATCH && !sleep.is_zero() {
-                        // A FIFO trickles in a page at a time; a 1 ms pause lets a
+                    if !self.ring_buffer_input && n < self.batch && !sleep.is_zero() {
+                        // A FIFO trickles in a page at a time; a short pause lets a
                         // batch build up instead of spending a splice on every page.
-                        self.stop.wait(None, PollFlags::empty(), 1, true);
+                        self.stop.wait(None, PollFlags::empty(), FIFO_PAUSE, true);
                     }
                 }
                 Step::Retry => {}
                 Step::Ended => {
-                    self.stop
-                        .wait(None, PollFlags::empty(), WAIT_SLICE_MS, true);
+                    self.stop.wait(None, PollFlags::empty(), WAIT_SLICE, true);
                     input_was_ready = false;
                 }
                 Step::Idle if input_was_ready => {
                     // Readable but nothing came (no whole page yet, or end of file):
                     // back off instead of spinning.
-                    let ms = sleep.as_millis().clamp(1, WAIT_SLICE_MS as u128) as u16;
-                    self.stop.wait(None, PollFlags::empty(), ms, true);
+                    let pause = sleep.clamp(Duration::from_millis(1), WAIT_SLICE);
+                    self.stop.wait(None, PollFlags::empty(), pause, true);
                     input_was_ready = false;
                 }
                 Step::Idle => {
                     input_was_ready = self.stop.wait(
                         Some(self.input.as_fd()),
                         PollFlags::POLLIN,
-                        WAIT_SLICE_MS,
+                        WAIT_SLICE,
                         true,
                     )
                 }
@@ -1033,7 +1045,7 @@ impl CpuRecorder {
         self.stop.wait(
             Some(self.sink.fd()),
             PollFlags::POLLOUT,
-            WAIT_SLICE_MS,
+            WAIT_SLICE,
             watch_stop,
         );
         Ok(())
