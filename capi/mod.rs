@@ -28,4 +28,4 @@ pub mod types;
 macro_rules! abi_modules {
     ($($m:ident),* $(,)?) => { $(pub mod $m;)* };
 }
-abi_modules!(msg, socket);
+abi_modules!(msg, recorder, socket);
