@@ -70,7 +70,8 @@ impl Instance {
 
     /// Reads a control file of this instance, e.g. `buffer_size_kb`.
     pub fn read(&self, file: &str) -> std::io::Result<String> {
-        std::fs::read_to_string(self.path.join(file))
+        String::from_utf8(read_file(&self.path.join(file))?)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
     }
 
     /// Writes a control file of this instance, e.g. `tracing_on` or `events/sched/enable`.
@@ -173,13 +174,30 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TracefsError + '_ {
     }
 }
 
-/// Reads a whole file (tracefs pseudo files have no size, so read to EOF).
+/// Reads a whole tracefs or /proc file.
+///
+/// These files report size 0, and some (events/header_page) return their
+/// contents only to the first read() and EOF to the next, so a small first read
+/// (what `std::fs::read` does for a size-0 file) would truncate them: read into a
+/// large buffer from the start.
+pub fn read_file(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path)?;
+    let mut buf = Vec::with_capacity(64 * 1024);
+    f.read_to_end(&mut buf)?;
+    Ok(buf)
+}
+
 fn read_bytes(path: &Path) -> Result<Vec<u8>, TracefsError> {
-    std::fs::read(path).map_err(io_err(path))
+    read_file(path).map_err(io_err(path))
 }
 
 fn read_text(path: &Path) -> Result<String, TracefsError> {
-    std::fs::read_to_string(path).map_err(io_err(path))
+    let b = read_bytes(path)?;
+    String::from_utf8(b).map_err(|_| TracefsError::Parse {
+        path: path.to_path_buf(),
+        detail: "the file is not valid UTF-8 text".to_string(),
+    })
 }
 
 fn write_text(path: &Path, contents: &str) -> Result<(), TracefsError> {
@@ -583,7 +601,7 @@ impl Instance {
 /// `/proc/kallsyms`, verbatim (empty if the file does not exist).
 pub fn kallsyms() -> Result<Vec<u8>, TracefsError> {
     let path = Path::new("/proc/kallsyms");
-    match std::fs::read(path) {
+    match read_file(path) {
         Ok(b) => Ok(b),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
         Err(e) => Err(io_err(path)(e)),
