@@ -248,6 +248,8 @@ pub fn walk_page<'a>(
                 break; // the rest of the page is unused
             }
             need(8)?;
+            // A discarded event keeps its delta (kernel rb_event_discard).
+            ts = ts.wrapping_add(u64::from(delta));
             off + 4 + u32_at(off + 4) as usize
         } else if type_len == el.time_extend || type_len == el.time_stamp {
             need(8)?;
