@@ -680,10 +680,11 @@ impl TracefsState {
             if was == on {
                 continue;
             }
+            // A failed write changed nothing, so only successes are remembered.
+            self.instance.set_event_enabled(ev, on)?;
             if !self.events.iter().any(|(e, _)| e == ev) {
                 self.events.push((ev.clone(), was));
             }
-            self.instance.set_event_enabled(ev, on)?;
         }
         Ok(())
     }
