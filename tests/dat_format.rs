@@ -5,9 +5,10 @@
 use std::path::PathBuf;
 
 use tracecmd_rs::output::layout::{count_events, walk_page, EventLayout, PageError, PageLayout};
-use tracecmd_rs::output::reader::{DatError, TraceDat};
+use tracecmd_rs::output::reader::{DatError, InitialHeader, TraceDat};
 use tracecmd_rs::output::{
-    option_id, write_options_block, write_trace_dat, BufferData, DatOption, Metadata,
+    bracketed_clock, option_id, write_options_block, write_trace_dat, BufferData, DatOption,
+    Metadata,
 };
 
 const HEADER_PAGE: &str = "\tfield: u64 timestamp;\toffset:0;\tsize:8;\tsigned:0;\n\
@@ -175,12 +176,12 @@ fn synthetic_file(t: &Tmp) -> (PathBuf, Vec<u8>) {
     std::fs::write(&paths[2], &g0).unwrap();
     let top = BufferData {
         name: String::new(),
-        clock: Some("local".into()),
+        trailing_clock: Some(bracketed_clock("local")),
         cpu_files: vec![Some(paths[0].clone()), Some(paths[1].clone())],
     };
     let guest = BufferData {
         name: "guest".into(),
-        clock: Some("local".into()),
+        trailing_clock: Some(bracketed_clock("local")),
         cpu_files: vec![None, Some(paths[2].clone())],
     };
     let opts = [
@@ -384,4 +385,42 @@ fn reader_never_panics_on_random_or_truncated_input() {
         p[8..16].copy_from_slice(&commit.to_le_bytes());
         let _ = count_events(&p, 4096, &pl, &el, rng.below(2) == 0);
     }
+}
+
+#[test]
+fn initial_header_and_listener_style_trailing_clock() {
+    let m = meta().to_bytes().unwrap();
+    let h = InitialHeader::parse(&m[..18]).unwrap();
+    assert_eq!(
+        (h.version, h.big_endian, h.long_size, h.page_size, h.len),
+        (6, false, 8, 4096, 18)
+    );
+    assert!(InitialHeader::parse(&m[..17]).is_err());
+    // A virt-server listener writes its whole trace_clock file as the trailing clock.
+    let t = Tmp::new("clock");
+    let file = t.0.join("c.dat");
+    let top = BufferData {
+        name: String::new(),
+        trailing_clock: Some(b"[global] local counter\n".to_vec()),
+        cpu_files: vec![],
+    };
+    let opts = [DatOption::trace_clock("[global] local counter\n")];
+    write_trace_dat(&file, &meta(), 1, &opts, &top, &[]).unwrap();
+    let b = std::fs::read(&file).unwrap();
+    let d = TraceDat::parse(&b).unwrap();
+    assert_eq!(d.buffers[0].clock.as_deref(), Some("global"));
+    assert_eq!(d.buffers[0].cpu_data.len(), 1);
+    assert_eq!(d.buffers[0].cpu_data[0].1, 0);
+    assert_eq!(d.buffers[0].cpu_data[0].0 % 4096, 0);
+    assert_eq!(
+        b.len() as u64,
+        d.buffers[0].cpu_data[0].0,
+        "file ends at the aligned offset"
+    );
+    // More buffers than the declared CPU count is refused.
+    let wide = BufferData {
+        cpu_files: vec![None, None],
+        ..top
+    };
+    assert!(write_trace_dat(&file, &meta(), 1, &opts, &wide, &[]).is_err());
 }

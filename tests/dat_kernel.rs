@@ -9,7 +9,8 @@ use std::path::Path;
 use dat_common::{per_cpu, record, report, Recording, TempDir};
 use tracecmd_rs::output::reader::TraceDat;
 use tracecmd_rs::output::{
-    attach_cpu_data, standard_options, write_trace_dat, BufferData, DatOption, Metadata,
+    attach_cpu_data, bracketed_clock, standard_options, write_trace_dat, BufferData, DatOption,
+    Metadata,
 };
 use tracecmd_rs::tracefs::{self, Instance};
 
@@ -34,7 +35,7 @@ fn workload_n(inst: &Instance, n: usize) {
 fn top_buffer(rec: &Recording) -> BufferData {
     BufferData {
         name: String::new(),
-        clock: Some("local".into()),
+        trailing_clock: Some(bracketed_clock("local")),
         cpu_files: rec.cpu_files.iter().cloned().map(Some).collect(),
     }
 }
@@ -184,7 +185,7 @@ fn named_buffer() {
     // Only CPU 0's file is given; the other CPUs are written as empty.
     let guest_buf = BufferData {
         name: "guest".into(),
-        clock: Some("local".into()),
+        trailing_clock: Some(bracketed_clock("local")),
         cpu_files: vec![Some(rec_guest.cpu_files[0].clone())],
     };
     let file = dir.path().join("trace.dat");

@@ -180,9 +180,25 @@ fn bad(offset: usize, detail: impl Into<String>) -> DatError {
     }
 }
 
-impl TraceDat {
-    /// Parses a whole file.
-    pub fn parse(b: &[u8]) -> Result<TraceDat, DatError> {
+/// The fixed start of every trace.dat (doc §2.1 rows 1–6): what a listener reads
+/// back from a streamed metadata file before attaching CPU data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InitialHeader {
+    /// 6 or 7.
+    pub version: u32,
+    /// True for big-endian files.
+    pub big_endian: bool,
+    /// `sizeof(long)` of the writer.
+    pub long_size: u8,
+    /// Page (sub-buffer) size.
+    pub page_size: u32,
+    /// Bytes the header occupies (where header_page starts in v6).
+    pub len: usize,
+}
+
+impl InitialHeader {
+    /// Parses the header from the first bytes of a file (at most 32 are needed).
+    pub fn parse(b: &[u8]) -> Result<InitialHeader, DatError> {
         let mut c = Cur {
             b,
             pos: 0,
@@ -213,6 +229,26 @@ impl TraceDat {
         };
         let long_size = c.uint(1, "long size")? as u8;
         let page_size = c.u32("page size")?;
+        Ok(InitialHeader {
+            version,
+            big_endian: c.be,
+            long_size,
+            page_size,
+            len: c.pos,
+        })
+    }
+}
+
+impl TraceDat {
+    /// Parses a whole file.
+    pub fn parse(b: &[u8]) -> Result<TraceDat, DatError> {
+        let h = InitialHeader::parse(b)?;
+        let mut c = Cur {
+            b,
+            pos: h.len,
+            be: h.big_endian,
+        };
+        let (version, long_size, page_size) = (h.version, h.long_size, h.page_size);
         let mut d = TraceDat {
             version,
             big_endian: c.be,
@@ -375,12 +411,17 @@ impl TraceDat {
             let at = c.pos;
             let n = c.u64("trailing clock length")?;
             if n > 0 {
-                if n > 64 {
+                if n > 4096 {
                     return Err(bad(at, format!("trailing clock of {n} bytes")));
                 }
                 let r = c.take(n, "trailing clock")?;
                 let s = String::from_utf8_lossy(&c.b[r]).into_owned();
-                clock = Some(s.trim_start_matches('[').trim_end_matches(']').to_string());
+                // "[local]" (3.x) or a whole trace_clock file (virt-server listener).
+                let name = match (s.find('['), s.find(']')) {
+                    (Some(a), Some(z)) if a < z => s[a + 1..z].to_string(),
+                    _ => s.trim().to_string(),
+                };
+                clock = Some(name);
             }
         }
         Ok(BufferRef {

@@ -50,7 +50,6 @@ pub fn page_size_of(header_page: &[u8]) -> u32 {
     PageLayout::parse(header_page)
         .and_then(|l| u32::try_from(l.sub_buffer_size()).ok())
         .unwrap_or_else(|| {
-            // SAFETY-free: sysconf through nix.
             nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
                 .ok()
                 .flatten()
@@ -249,11 +248,18 @@ pub fn standard_options(trace_clock_file: &str, stats: &[String]) -> Vec<DatOpti
 pub struct BufferData {
     /// `""` for the top buffer, else the instance name shown by `report`.
     pub name: String,
-    /// The trace clock name (without brackets) for the trailing clock field;
-    /// `None` writes no trailing clock.
-    pub clock: Option<String>,
+    /// The trailing clock field after the CPU table, written verbatim after its
+    /// u64 length; `None` writes no such field. trace-cmd 3.x writes `"[local]"`
+    /// (see [`bracketed_clock`]); the virt-server listener writes its whole
+    /// `trace_clock` file. Readers only look at it when a TRACECLOCK option exists.
+    pub trailing_clock: Option<Vec<u8>>,
     /// One file per CPU, in CPU order; `None` is an empty CPU.
     pub cpu_files: Vec<Option<PathBuf>>,
+}
+
+/// The trailing clock field trace-cmd 3.x writes for clock `name`: `"[name]"`.
+pub fn bracketed_clock(name: &str) -> Vec<u8> {
+    format!("[{name}]").into_bytes()
 }
 
 /// Where one CPU's data landed in the file.
@@ -346,10 +352,9 @@ pub fn append_flyrecord(
     head.extend_from_slice(b"flyrecord\0");
     let table_pos = start + head.len() as u64;
     head.resize(head.len() + 16 * cpus as usize, 0);
-    if let Some(clock) = &buffer.clock {
-        let c = format!("[{clock}]");
-        head.extend_from_slice(&(c.len() as u64).to_le_bytes());
-        head.extend_from_slice(c.as_bytes());
+    if let Some(clock) = &buffer.trailing_clock {
+        head.extend_from_slice(&(clock.len() as u64).to_le_bytes());
+        head.extend_from_slice(clock);
     }
     out.write_all(&head)
         .map_err(write_err(what("the flyrecord header")))?;
