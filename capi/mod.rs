@@ -21,4 +21,5 @@ macro_rules! ffi_guard {
 #[allow(unused_imports)]
 pub(crate) use ffi_guard;
 
+pub mod recorder;
 pub mod types;

@@ -88,4 +88,307 @@ enum tracecmd_record_flags {
   TRACECMD_RECORD_BLOCK = (1 << 2),
 };
 
+/**
+ * The caller's `struct buffer_instance` (private to trace-record.c); never looked at.
+ */
+struct buffer_instance;
+
+/**
+ * An opaque per-CPU recorder; created by the `tracecmd_create_*recorder*`
+ * functions and released only by `tracecmd_free_recorder`.
+ */
+struct tracecmd_recorder;
+
+#ifdef __cplusplus
+extern "C" {
+#endif // __cplusplus
+
+/**
+ * Core constructor: records `<buffer>/per_cpu/cpu<cpu>/trace_pipe_raw` (or
+ * `snapshot_raw` with `TRACECMD_RECORD_SNAPSHOT`) into `fd`; with `maxkb > 0`, `fd`
+ * and `fd2` form the max-kb ring, merged into `fd` by `tracecmd_free_recorder`.
+ * `buffer` NULL means the top-level tracing directory. The recorder owns `fd` and
+ * `fd2` (also when it fails). Returns NULL with errno set on failure.
+ *
+ * # Safety
+ * `buffer` is NULL or a NUL-terminated string.
+ */
+struct tracecmd_recorder *tracecmd_create_buffer_recorder_fd2(int fd,
+                                                              int fd2,
+                                                              int cpu,
+                                                              unsigned int flags,
+                                                              const char *buffer,
+                                                              int maxkb);
+
+/**
+ * Records CPU `cpu` of `buffer` (NULL: the tracing directory) into `fd` (a file,
+ * socket, pipe or virtio port), which the recorder owns and closes. NULL + errno on
+ * failure.
+ *
+ * # Safety
+ * `buffer` is NULL or a NUL-terminated string.
+ */
+struct tracecmd_recorder *tracecmd_create_buffer_recorder_fd(int fd,
+                                                             int cpu,
+                                                             unsigned int flags,
+                                                             const char *buffer);
+
+/**
+ * Records CPU `cpu` of `buffer` (NULL: the tracing directory) into `file`
+ * (created/truncated, mode 0644; removed again on failure). NULL + errno on failure.
+ *
+ * # Safety
+ * `file` and `buffer` are NULL or NUL-terminated strings.
+ */
+struct tracecmd_recorder *tracecmd_create_buffer_recorder(const char *file,
+                                                          int cpu,
+                                                          unsigned int flags,
+                                                          const char *buffer);
+
+/**
+ * As `tracecmd_create_buffer_recorder`, keeping only the last `maxkb` KiB (between
+ * half of it and all of it): `file` and `file.1` (unlinked at once) alternate, and
+ * `tracecmd_free_recorder` merges them into `file` in time order. `maxkb == 0`: no
+ * limit.
+ *
+ * # Safety
+ * `file` and `buffer` are NULL or NUL-terminated strings.
+ */
+struct tracecmd_recorder *tracecmd_create_buffer_recorder_maxkb(const char *file,
+                                                                int cpu,
+                                                                unsigned int flags,
+                                                                const char *buffer,
+                                                                int maxkb);
+
+/**
+ * The listener's virt recorder: copies from the caller's `trace_fd` (a guest's
+ * per-CPU FIFO) into `file` with splice. On success the recorder owns `trace_fd`
+ * (closed by `tracecmd_free_recorder`); on failure it is left to the caller.
+ * NULL + errno on failure.
+ *
+ * # Safety
+ * `file` is NULL or a NUL-terminated string.
+ */
+struct tracecmd_recorder *tracecmd_create_recorder_virt(const char *file, int cpu, int trace_fd);
+
+/**
+ * `tracecmd_create_buffer_recorder_fd` on the top-level tracing directory.
+ */
+struct tracecmd_recorder *tracecmd_create_recorder_fd(int fd, int cpu, unsigned int flags);
+
+/**
+ * `tracecmd_create_buffer_recorder` on the top-level tracing directory.
+ *
+ * # Safety
+ * `file` is NULL or a NUL-terminated string.
+ */
+struct tracecmd_recorder *tracecmd_create_recorder(const char *file, int cpu, unsigned int flags);
+
+/**
+ * `tracecmd_create_buffer_recorder_maxkb` on the top-level tracing directory.
+ *
+ * # Safety
+ * `file` is NULL or a NUL-terminated string.
+ */
+struct tracecmd_recorder *tracecmd_create_recorder_maxkb(const char *file,
+                                                         int cpu,
+                                                         unsigned int flags,
+                                                         int maxkb);
+
+/**
+ * Exported for link compatibility only: `instance` is trace-record.c's private
+ * `struct buffer_instance`, which a library cannot interpret. Always returns NULL
+ * with errno set to ENOSYS.
+ */
+struct tracecmd_recorder *tracecmd_create_agent_recorder(struct buffer_instance *instance,
+                                                         int cpu,
+                                                         unsigned int flags);
+
+/**
+ * Records until `tracecmd_stop_recording`, then flushes. After an idle round in
+ * which the input gave no whole page, waits `sleep` microseconds (at most 20 ms)
+ * before trying again. Returns 0, or a negative errno value (-EINVAL for NULL).
+ * A stop that arrived before this call makes it flush and return at once.
+ *
+ * # Safety
+ * `recorder` is NULL or came from a `tracecmd_create_*recorder*` function and was
+ * not freed.
+ */
+int tracecmd_start_recording(struct tracecmd_recorder *recorder, unsigned long sleep);
+
+/**
+ * Makes `tracecmd_start_recording` flush and return. NULL-safe and
+ * async-signal-safe (a single atomic store): callable from a signal handler in the
+ * recording thread or from any other thread.
+ *
+ * # Safety
+ * `recorder` is NULL or a live recorder.
+ */
+void tracecmd_stop_recording(struct tracecmd_recorder *recorder);
+
+/**
+ * Moves what the input has now, including a ring buffer's partial last page, and
+ * pads the output with zeros to a whole page. Returns the bytes written, or a
+ * negative errno value (-EINVAL for NULL).
+ *
+ * # Safety
+ * `recorder` is NULL or a live recorder not used by another thread.
+ */
+long tracecmd_flush_recording(struct tracecmd_recorder *recorder);
+
+/**
+ * Merges a max-kb ring into its file, closes every fd the recorder owns and frees
+ * it. NULL-safe.
+ *
+ * # Safety
+ * `recorder` is NULL or a live recorder that no other thread uses any more.
+ */
+void tracecmd_free_recorder(struct tracecmd_recorder *recorder);
+
+/**
+ * Core constructor: records `<buffer>/per_cpu/cpu<cpu>/trace_pipe_raw` (or
+ * `snapshot_raw` with `TRACECMD_RECORD_SNAPSHOT`) into `fd`; with `maxkb > 0`, `fd`
+ * and `fd2` form the max-kb ring, merged into `fd` by `tracecmd_free_recorder`.
+ * `buffer` NULL means the top-level tracing directory. The recorder owns `fd` and
+ * `fd2` (also when it fails). Returns NULL with errno set on failure.
+ *
+ * # Safety
+ * `buffer` is NULL or a NUL-terminated string.
+ */
+struct tracecmd_recorder *tracecmd_create_buffer_recorder_fd2(int fd,
+                                                              int fd2,
+                                                              int cpu,
+                                                              unsigned int flags,
+                                                              const char *buffer,
+                                                              int maxkb);
+
+/**
+ * Records CPU `cpu` of `buffer` (NULL: the tracing directory) into `fd` (a file,
+ * socket, pipe or virtio port), which the recorder owns and closes. NULL + errno on
+ * failure.
+ *
+ * # Safety
+ * `buffer` is NULL or a NUL-terminated string.
+ */
+struct tracecmd_recorder *tracecmd_create_buffer_recorder_fd(int fd,
+                                                             int cpu,
+                                                             unsigned int flags,
+                                                             const char *buffer);
+
+/**
+ * Records CPU `cpu` of `buffer` (NULL: the tracing directory) into `file`
+ * (created/truncated, mode 0644; removed again on failure). NULL + errno on failure.
+ *
+ * # Safety
+ * `file` and `buffer` are NULL or NUL-terminated strings.
+ */
+struct tracecmd_recorder *tracecmd_create_buffer_recorder(const char *file,
+                                                          int cpu,
+                                                          unsigned int flags,
+                                                          const char *buffer);
+
+/**
+ * As `tracecmd_create_buffer_recorder`, keeping only the last `maxkb` KiB (between
+ * half of it and all of it): `file` and `file.1` (unlinked at once) alternate, and
+ * `tracecmd_free_recorder` merges them into `file` in time order. `maxkb == 0`: no
+ * limit.
+ *
+ * # Safety
+ * `file` and `buffer` are NULL or NUL-terminated strings.
+ */
+struct tracecmd_recorder *tracecmd_create_buffer_recorder_maxkb(const char *file,
+                                                                int cpu,
+                                                                unsigned int flags,
+                                                                const char *buffer,
+                                                                int maxkb);
+
+/**
+ * The listener's virt recorder: copies from the caller's `trace_fd` (a guest's
+ * per-CPU FIFO) into `file` with splice. On success the recorder owns `trace_fd`
+ * (closed by `tracecmd_free_recorder`); on failure it is left to the caller.
+ * NULL + errno on failure.
+ *
+ * # Safety
+ * `file` is NULL or a NUL-terminated string.
+ */
+struct tracecmd_recorder *tracecmd_create_recorder_virt(const char *file, int cpu, int trace_fd);
+
+/**
+ * `tracecmd_create_buffer_recorder_fd` on the top-level tracing directory.
+ */
+struct tracecmd_recorder *tracecmd_create_recorder_fd(int fd, int cpu, unsigned int flags);
+
+/**
+ * `tracecmd_create_buffer_recorder` on the top-level tracing directory.
+ *
+ * # Safety
+ * `file` is NULL or a NUL-terminated string.
+ */
+struct tracecmd_recorder *tracecmd_create_recorder(const char *file, int cpu, unsigned int flags);
+
+/**
+ * `tracecmd_create_buffer_recorder_maxkb` on the top-level tracing directory.
+ *
+ * # Safety
+ * `file` is NULL or a NUL-terminated string.
+ */
+struct tracecmd_recorder *tracecmd_create_recorder_maxkb(const char *file,
+                                                         int cpu,
+                                                         unsigned int flags,
+                                                         int maxkb);
+
+/**
+ * Exported for link compatibility only: `instance` is trace-record.c's private
+ * `struct buffer_instance`, which a library cannot interpret. Always returns NULL
+ * with errno set to ENOSYS.
+ */
+struct tracecmd_recorder *tracecmd_create_agent_recorder(struct buffer_instance *instance,
+                                                         int cpu,
+                                                         unsigned int flags);
+
+/**
+ * Records until `tracecmd_stop_recording`, then flushes. After an idle round in
+ * which the input gave no whole page, waits `sleep` microseconds (at most 20 ms)
+ * before trying again. Returns 0, or a negative errno value (-EINVAL for NULL).
+ * A stop that arrived before this call makes it flush and return at once.
+ *
+ * # Safety
+ * `recorder` is NULL or came from a `tracecmd_create_*recorder*` function and was
+ * not freed.
+ */
+int tracecmd_start_recording(struct tracecmd_recorder *recorder, unsigned long sleep);
+
+/**
+ * Makes `tracecmd_start_recording` flush and return. NULL-safe and
+ * async-signal-safe (a single atomic store): callable from a signal handler in the
+ * recording thread or from any other thread.
+ *
+ * # Safety
+ * `recorder` is NULL or a live recorder.
+ */
+void tracecmd_stop_recording(struct tracecmd_recorder *recorder);
+
+/**
+ * Moves what the input has now, including a ring buffer's partial last page, and
+ * pads the output with zeros to a whole page. Returns the bytes written, or a
+ * negative errno value (-EINVAL for NULL).
+ *
+ * # Safety
+ * `recorder` is NULL or a live recorder not used by another thread.
+ */
+long tracecmd_flush_recording(struct tracecmd_recorder *recorder);
+
+/**
+ * Merges a max-kb ring into its file, closes every fd the recorder owns and frees
+ * it. NULL-safe.
+ *
+ * # Safety
+ * `recorder` is NULL or a live recorder that no other thread uses any more.
+ */
+void tracecmd_free_recorder(struct tracecmd_recorder *recorder);
+
+#ifdef __cplusplus
+}  // extern "C"
+#endif  // __cplusplus
+
 #endif  /* TRACECMD_RS_TRACE_CMD_H */

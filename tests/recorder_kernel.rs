@@ -1,0 +1,214 @@
+//! The recorder against the real kernel: pages and markers per CPU, max-kb bounds,
+//! stop from another thread and before start. Needs root and tracefs.
+
+mod recorder_util;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use recorder_util::*;
+use tracecmd_rs::recorder::{CpuRecorder, Input, RecordFlags};
+
+const MARKERS: usize = 3000;
+
+fn markers_per_cpu(tag: &'static str, flags: RecordFlags) {
+    let inst = instance(tag, 1024);
+    let cpus = cpus(&inst);
+    let dir = tmpdir(tag);
+    let mut handles = Vec::new();
+    let mut stops = Vec::new();
+    for &cpu in &cpus {
+        let input = Input::Buffer {
+            dir: inst.path().to_path_buf(),
+            cpu,
+        };
+        let mut rec = CpuRecorder::to_file(input, &dir.join(format!("cpu{cpu}")), 0, flags)
+            .expect("create recorder");
+        stops.push(rec.stop_handle());
+        handles.push(std::thread::spawn(move || {
+            rec.record(Duration::from_millis(1)).expect("record");
+            rec.page_size()
+        }));
+    }
+    let writers: Vec<_> = cpus
+        .iter()
+        .map(|&cpu| {
+            let d = inst.path().to_path_buf();
+            std::thread::spawn(move || write_markers(d, tag, cpu, MARKERS))
+        })
+        .collect();
+    for w in writers {
+        w.join().expect("marker writer");
+    }
+    for s in &stops {
+        s.stop();
+    }
+    let page_sizes: Vec<usize> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    for (&cpu, &page_size) in cpus.iter().zip(&page_sizes) {
+        let data = std::fs::read(dir.join(format!("cpu{cpu}"))).unwrap();
+        let pages = parse_all(&data, page_size);
+        assert!(!pages.is_empty(), "CPU {cpu}: nothing recorded");
+        let found = markers_in(&pages, tag);
+        for i in 0..MARKERS {
+            let m = marker(tag, cpu, i);
+            assert!(found.contains(&m), "CPU {cpu}: marker {m} missing");
+        }
+        for &other in cpus.iter().filter(|&&c| c != cpu) {
+            assert!(
+                !found.contains(&marker(tag, other, 0)),
+                "CPU {cpu} holds a marker of CPU {other}"
+            );
+        }
+        let stats = inst.read(&format!("per_cpu/cpu{cpu}/stats")).unwrap();
+        assert!(
+            stats.contains("overrun: 0"),
+            "CPU {cpu} lost events: {stats}"
+        );
+    }
+    drop(inst);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn splice_records_every_marker_in_whole_pages() {
+    markers_per_cpu("splice", RecordFlags::default());
+}
+
+#[test]
+fn nosplice_records_every_marker_in_whole_pages() {
+    markers_per_cpu(
+        "nosplice",
+        RecordFlags {
+            nosplice: true,
+            ..Default::default()
+        },
+    );
+}
+
+fn max_kb_keeps_bounds(tag: &'static str, flags: RecordFlags) {
+    let inst = instance(tag, 2048);
+    let cpu = cpus(&inst)[0];
+    let dir = tmpdir(tag);
+    let file = dir.join("ring");
+    let page = 4096;
+    let max_kb = 64; // 8 pages per half
+    let input = Input::Buffer {
+        dir: inst.path().to_path_buf(),
+        cpu,
+    };
+    let mut rec = CpuRecorder::to_file(input, &file, max_kb, flags).expect("create recorder");
+    assert!(!Path::new(&format!("{}.1", file.display())).exists());
+    let stop = rec.stop_handle();
+    let t = std::thread::spawn(move || {
+        rec.record(Duration::from_millis(1)).expect("record");
+        rec.finish().expect("finish");
+    });
+    // ~ 20000 * 64 bytes = 300 pages: many times the ring.
+    let d = inst.path().to_path_buf();
+    std::thread::spawn(move || write_markers(d, tag, cpu, 20000))
+        .join()
+        .unwrap();
+    stop.stop();
+    t.join().unwrap();
+    let data = std::fs::read(&file).unwrap();
+    let pages = parse_all(&data, page);
+    let half = (max_kb as usize / 4) / 2;
+    assert!(
+        (half..=2 * half).contains(&pages.len()),
+        "{} pages kept, want {half}..={}",
+        pages.len(),
+        2 * half
+    );
+    for w in pages.windows(2) {
+        assert!(
+            w[0].timestamp <= w[1].timestamp,
+            "page timestamps go back: {} then {}",
+            w[0].timestamp,
+            w[1].timestamp
+        );
+    }
+    // The newest marker survived, the oldest did not.
+    let found = markers_in(&pages, tag);
+    assert!(found.contains(&marker(tag, cpu, 19999)));
+    assert!(!found.contains(&marker(tag, cpu, 0)));
+    drop(inst);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn max_kb_ring_stays_within_bounds_splice() {
+    max_kb_keeps_bounds("maxkb-s", RecordFlags::default());
+}
+
+#[test]
+fn max_kb_ring_stays_within_bounds_nosplice() {
+    max_kb_keeps_bounds(
+        "maxkb-n",
+        RecordFlags {
+            nosplice: true,
+            ..Default::default()
+        },
+    );
+}
+
+#[test]
+fn stop_from_another_thread_ends_an_idle_recording() {
+    let inst = instance("xstop", 64);
+    let cpu = cpus(&inst)[0];
+    let dir = tmpdir("xstop");
+    let input = Input::Buffer {
+        dir: inst.path().to_path_buf(),
+        cpu,
+    };
+    let mut rec = CpuRecorder::to_file(input, &dir.join("out"), 0, RecordFlags::default())
+        .expect("create recorder");
+    let stop = rec.stop_handle();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let t = std::thread::spawn(move || {
+        // A long sleep must not delay the stop.
+        rec.record(Duration::from_secs(5)).expect("record");
+        tx.send(Instant::now()).unwrap();
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    let sent = Instant::now();
+    stop.stop();
+    let done = rx
+        .recv_timeout(Duration::from_secs(2))
+        .expect("record() did not return within 2 s of stop()");
+    assert!(done.duration_since(sent) < Duration::from_millis(500));
+    t.join().unwrap();
+    drop(inst);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn stop_before_start_is_not_lost() {
+    let inst = instance("early", 256);
+    let cpu = cpus(&inst)[0];
+    let dir = tmpdir("early");
+    let input = Input::Buffer {
+        dir: inst.path().to_path_buf(),
+        cpu,
+    };
+    let mut rec = CpuRecorder::to_file(input, &dir.join("out"), 0, RecordFlags::default())
+        .expect("create recorder");
+    let d = inst.path().to_path_buf();
+    std::thread::spawn(move || write_markers(d, "early", cpu, 10))
+        .join()
+        .unwrap();
+    rec.stop();
+    let t0 = Instant::now();
+    rec.record(Duration::from_secs(5)).expect("record");
+    assert!(
+        t0.elapsed() < Duration::from_secs(1),
+        "stop before start was lost"
+    );
+    let page_size = rec.page_size();
+    rec.finish().unwrap();
+    let data = std::fs::read(dir.join("out")).unwrap();
+    let pages = parse_all(&data, page_size);
+    let found = markers_in(&pages, "early");
+    assert_eq!(found.len(), 10, "flush at start-after-stop lost markers");
+    drop(inst);
+    std::fs::remove_dir_all(dir).unwrap();
+}
