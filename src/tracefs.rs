@@ -63,6 +63,23 @@ impl Instance {
         })
     }
 
+    /// Opens the existing `instances/<name>`; it is left in place on drop.
+    pub fn open(name: &str) -> std::io::Result<Instance> {
+        let top =
+            tracing_dir().map_err(|e| std::io::Error::new(std::io::ErrorKind::NotFound, e))?;
+        let path = top.join("instances").join(name);
+        if name.is_empty() || name.contains('/') || !path.join("per_cpu").is_dir() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("no tracing instance {name:?} in {}", top.display()),
+            ));
+        }
+        Ok(Instance {
+            path,
+            remove_on_drop: false,
+        })
+    }
+
     /// The instance's directory (what the recorder's `buffer` argument names).
     pub fn path(&self) -> &Path {
         &self.path
@@ -531,6 +548,28 @@ impl Instance {
         write_text(&self.file("tracing_on"), if on { "1" } else { "0" })
     }
 
+    /// The tracer in use (`current_tracer`, e.g. `nop`).
+    pub fn current_tracer(&self) -> Result<String, TracefsError> {
+        Ok(read_text(&self.file("current_tracer"))?.trim().to_string())
+    }
+
+    /// Selects a tracer; the kernel's refusal (e.g. EPERM for `function` on a
+    /// locked-down kernel) comes back as an error naming `current_tracer`.
+    pub fn set_current_tracer(&self, tracer: &str) -> Result<(), TracefsError> {
+        write_text(&self.file("current_tracer"), tracer)
+    }
+
+    /// Discards everything in the ring buffer (opening `trace` with O_TRUNC).
+    pub fn clear_buffer(&self) -> Result<(), TracefsError> {
+        let path = self.file("trace");
+        std::fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(&path)
+            .map(drop)
+            .map_err(io_err(&path))
+    }
+
     /// `per_cpu/cpu<cpu>/stats`, parsed.
     pub fn cpu_stats(&self, cpu: usize) -> Result<CpuStats, TracefsError> {
         let path = self.file(&format!("per_cpu/cpu{cpu}/stats"));
@@ -642,7 +681,7 @@ pub fn uname() -> String {
 
 /// Changes tracefs settings of one instance and remembers the original values, so
 /// that [`TracefsState::restore`] (or dropping the guard) puts back exactly what
-/// was changed: enabled events, buffer size, trace clock and `tracing_on`.
+/// was changed: enabled events, tracer, buffer size, trace clock and `tracing_on`.
 ///
 /// `restore` is idempotent, so a Ctrl-C path can call it and the later drop is a
 /// no-op. Settings changed again after a restore are remembered anew.
@@ -653,6 +692,7 @@ pub struct TracefsState {
     buffer_size_kb: Option<u64>,
     clock: Option<String>,
     tracing_on: Option<bool>,
+    tracer: Option<String>,
 }
 
 impl TracefsState {
@@ -668,6 +708,7 @@ impl TracefsState {
             buffer_size_kb: None,
             clock: None,
             tracing_on: None,
+            tracer: None,
         }
     }
 
@@ -710,6 +751,14 @@ impl TracefsState {
         self.instance.set_trace_clock(clock)
     }
 
+    /// Selects a tracer (`-p`), remembering the original (only once it succeeded).
+    pub fn set_tracer(&mut self, tracer: &str) -> Result<(), TracefsError> {
+        let original = self.instance.current_tracer()?;
+        self.instance.set_current_tracer(tracer)?;
+        self.tracer.get_or_insert(original);
+        Ok(())
+    }
+
     /// Sets `tracing_on`, remembering the original.
     pub fn set_tracing_on(&mut self, on: bool) -> Result<(), TracefsError> {
         if self.tracing_on.is_none() {
@@ -734,6 +783,9 @@ impl TracefsState {
         }
         for (ev, was) in std::mem::take(&mut self.events) {
             note(self.instance.set_event_enabled(&ev, was));
+        }
+        if let Some(tracer) = self.tracer.take() {
+            note(self.instance.set_current_tracer(&tracer));
         }
         if let Some(clock) = self.clock.take() {
             note(write_text(&self.instance.file("trace_clock"), &clock));
