@@ -209,7 +209,12 @@ pub fn run(args: RecordArgs) -> Result<(), String> {
     let mut guard = TracefsState::new(&inst);
     let recorded = record_with(&args, &inst, &mut guard, &events, &cpu_files.0);
     let restored = guard.restore();
-    let recorded = recorded?;
+    let recorded = recorded.map_err(|e| {
+        format!(
+            "{e}; removed the per-CPU files, nothing was written to {}",
+            args.output.display()
+        )
+    })?;
     restored.map_err(|e| format!("recording done, but restoring tracefs failed: {e}"))?;
 
     let name = args.instance.clone().unwrap_or_default();
