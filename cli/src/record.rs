@@ -301,6 +301,15 @@ fn record_with(
     if let Some(c) = &args.clock {
         guard.set_trace_clock(c).map_err(s)?;
     }
+    // Only the requested events go into the file (their formats are saved), so
+    // events someone else left enabled are switched off for the recording.
+    let others: Vec<EventName> = inst
+        .enabled_events()
+        .map_err(s)?
+        .into_iter()
+        .filter(|e| events.binary_search(e).is_err())
+        .collect();
+    guard.set_events(&others, false).map_err(s)?;
     guard.enable_events(events).map_err(s)?;
     inst.clear_buffer().map_err(s)?;
     check_interrupt()?;

@@ -139,6 +139,9 @@ fn sigint(child: &Child) {
 fn record_sched_with_a_command() {
     let inst = fresh("cmd");
     inst.set_tracing_on(true).unwrap();
+    // An event enabled beforehand is off during the recording and on again after.
+    let timer = inst.resolve_events(&["timer:hrtimer_start"]).unwrap();
+    inst.set_event_enabled(&timer[0], true).unwrap();
     let before = settings(&inst);
     let dir = TempDir::new("cmd");
     let file = dir.path().join("t.dat");
@@ -175,6 +178,10 @@ fn record_sched_with_a_command() {
     assert!(
         rep.stdout.contains("sleep"),
         "the command's events are missing"
+    );
+    assert!(
+        !rep.stdout.contains("hrtimer_start"),
+        "an event not asked for was recorded"
     );
     // The per-CPU files are gone.
     let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
@@ -235,8 +242,10 @@ fn record_max_kb_keeps_the_newest_data() {
         &inst,
         &[
             "-q",
+            // A rare event: the markers must be the newest data, whatever the
+            // rest of the machine does between the command's end and the stop.
             "-e",
-            "sched:sched_switch",
+            "sched:sched_kthread_stop",
             "-m",
             "16",
             "-o",
