@@ -259,3 +259,37 @@ fn reads_what_trace_dat_needs() {
     assert!(u.starts_with("Linux "), "{u}");
     assert_eq!(u.split(' ').count(), 4);
 }
+
+/// Little xorshift PRNG for random inputs.
+struct XorShift(u64);
+impl XorShift {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn string(&mut self, max: usize) -> String {
+        const CHARS: &[u8] = b"ab:*?/[] \n_sched012\t";
+        let n = (self.next() % max as u64) as usize;
+        (0..n)
+            .map(|_| CHARS[(self.next() % CHARS.len() as u64) as usize] as char)
+            .collect()
+    }
+}
+
+#[test]
+fn text_parsers_never_panic_on_random_input() {
+    let mut rng = XorShift(0x2545_f491_4f6c_dd1d);
+    let a = sample();
+    for _ in 0..5000 {
+        let s = rng.string(40);
+        let _ = resolve_events(&a, &[&s]);
+        let _ = glob_match(&rng.string(12), &rng.string(20));
+        let _ = parse_trace_clock(&s);
+        let _ = parse_buffer_size_kb(&s);
+        let _ = CpuStats::parse(&s);
+        let _ = tracecmd_rs::output::layout::PageLayout::parse(s.as_bytes());
+        let _ = tracecmd_rs::output::layout::EventLayout::parse(s.as_bytes());
+    }
+}

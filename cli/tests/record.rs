@@ -481,3 +481,51 @@ fn ctrl_c_at_any_moment_leaves_tracefs_as_found() {
         }
     }
 }
+
+#[test]
+fn live_line_on_a_terminal_and_debug_logging() {
+    let inst = fresh("live");
+    let dir = TempDir::new("live");
+    let file = dir.path().join("t.dat");
+    // `script` gives the command a pseudo-terminal as stdout and stderr.
+    assert!(
+        Path::new("/usr/bin/script").exists(),
+        "/usr/bin/script (util-linux) is needed to test the terminal live line"
+    );
+    let cmd = format!(
+        "{BIN} record --debug -B {} -e sched:sched_switch -o {} /bin/sleep 1.3",
+        name_of(&inst),
+        file.display()
+    );
+    let out = Command::new("/usr/bin/script")
+        .args(["-q", "-e", "-c", &cmd, "/dev/null"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("KiB recorded"), "no live line: {text}");
+    assert!(text.contains("trace-cmd: debug: "), "no debug log: {text}");
+    assert!(
+        text.contains("sched_switch/enable"),
+        "debug log lacks the tracefs writes: {text}"
+    );
+    // Without a terminal there is no live line.
+    let plain = record(
+        &inst,
+        &[
+            "-e",
+            "sched:sched_switch",
+            "-o",
+            file.to_str().unwrap(),
+            "/bin/sleep",
+            "1.3",
+        ],
+    );
+    assert!(plain.status.success());
+    assert!(
+        !stderr(&plain).contains("KiB recorded"),
+        "{}",
+        stderr(&plain)
+    );
+}
