@@ -712,11 +712,14 @@ impl TracefsState {
         }
     }
 
-    /// Enables (or disables) the events, remembering each one's original state.
-    /// On an error the events already changed stay remembered for restore.
+    /// Enables (or disables) the events, remembering each one's original state;
+    /// `ftrace` events are skipped (they cannot be switched). On an error the
+    /// events already changed stay remembered for restore.
     pub fn set_events(&mut self, events: &[EventName], on: bool) -> Result<(), TracefsError> {
         let enabled = self.instance.enabled_events()?;
-        for ev in events {
+        // The `ftrace` system's events (print, function, ...) have no switch:
+        // they are recorded whenever their source (trace_marker, a tracer) writes.
+        for ev in events.iter().filter(|e| e.system != "ftrace") {
             let was = enabled.binary_search(ev).is_ok();
             if was == on {
                 continue;

@@ -529,3 +529,35 @@ fn live_line_on_a_terminal_and_debug_logging() {
         stderr(&plain)
     );
 }
+
+#[test]
+fn record_all_events() {
+    let inst = fresh("all");
+    let before = settings(&inst);
+    let dir = TempDir::new("all");
+    let file = dir.path().join("t.dat");
+    let out = record(
+        &inst,
+        &["-q", "-e", "all", "-o", file.to_str().unwrap(), "/bin/true"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(settings(&inst), before, "tracefs not restored");
+    let bytes = std::fs::read(&file).unwrap();
+    let dat = TraceDat::parse(&bytes).unwrap();
+    assert!(
+        dat.systems.len() > 20,
+        "formats of all systems must be saved"
+    );
+    let idx = dat
+        .buffers
+        .iter()
+        .position(|b| b.name == name_of(&inst))
+        .unwrap();
+    let ours = dat.count_events(&bytes, idx).unwrap();
+    let rep = report(&file);
+    assert_eq!(per_cpu(&rep, &name_of(&inst), ours.len()), ours);
+    assert!(
+        !rep.stdout.contains("UNKNOWN EVENT"),
+        "an event without its format"
+    );
+}
