@@ -226,6 +226,9 @@ fn write_text(path: &Path, contents: &str) -> Result<(), TracefsError> {
 // Events
 // ---------------------------------------------------------------------------
 
+/// A system's name and its events' (name, format text) pairs.
+pub type SystemFormats = (String, Vec<(String, Vec<u8>)>);
+
 /// One trace event, `system:event`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct EventName {
@@ -618,14 +621,11 @@ impl Instance {
 
     /// The formats of the given events grouped by system, systems and events sorted;
     /// the `ftrace` system is left out (it has its own section in trace.dat).
-    pub fn system_formats(
-        &self,
-        events: &[EventName],
-    ) -> Result<Vec<(String, Vec<(String, Vec<u8>)>)>, TracefsError> {
+    pub fn system_formats(&self, events: &[EventName]) -> Result<Vec<SystemFormats>, TracefsError> {
         let mut sorted: Vec<&EventName> = events.iter().filter(|e| e.system != "ftrace").collect();
         sorted.sort();
         sorted.dedup();
-        let mut out: Vec<(String, Vec<(String, Vec<u8>)>)> = Vec::new();
+        let mut out: Vec<SystemFormats> = Vec::new();
         for ev in sorted {
             let fmt = self.event_format(ev)?;
             match out.last_mut() {

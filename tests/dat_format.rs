@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use tracecmd_rs::output::layout::{count_events, walk_page, EventLayout, PageError, PageLayout};
 use tracecmd_rs::output::reader::{DatError, InitialHeader, TraceDat};
 use tracecmd_rs::output::{
-    bracketed_clock, option_id, write_options_block, write_trace_dat, BufferData, DatOption,
-    Metadata,
+    attach_cpu_data, bracketed_clock, option_id, write_options_block, write_trace_dat, BufferData,
+    DatOption, Metadata,
 };
 
 const HEADER_PAGE: &str = "\tfield: u64 timestamp;\toffset:0;\tsize:8;\tsigned:0;\n\
@@ -423,4 +423,46 @@ fn initial_header_and_listener_style_trailing_clock() {
         ..top
     };
     assert!(write_trace_dat(&file, &meta(), 1, &opts, &wide, &[]).is_err());
+}
+
+#[test]
+fn listener_attach_golden_bytes() {
+    // What a V1/V2 listener appends to streamed metadata (wire spec §3.2): CPU
+    // count, an empty options block, flyrecord, the table, its own trace_clock
+    // file as {u64 size, contents}, then page-aligned CPU data.
+    let t = Tmp::new("listener");
+    let cpu0 = t.0.join("trace.cpu0");
+    let page0 = page(42, &small_event(1, 1));
+    std::fs::write(&cpu0, &page0).unwrap();
+    let file = t.0.join("trace.dat");
+    let meta_bytes = meta().to_bytes().unwrap();
+    std::fs::write(&file, &meta_bytes).unwrap();
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&file)
+        .unwrap();
+    let clock = b"[local] global\n".to_vec();
+    let top = BufferData {
+        name: String::new(),
+        trailing_clock: Some(clock.clone()),
+        cpu_files: vec![Some(cpu0)],
+    };
+    let ranges = attach_cpu_data(&mut f, 1, &[], &top, &[], 4096).unwrap();
+    drop(f);
+    let b = std::fs::read(&file).unwrap();
+    let m = meta_bytes.len();
+    let mut want = Vec::new();
+    want.extend_from_slice(&1u32.to_le_bytes());
+    want.extend_from_slice(b"options  \0\0\0flyrecord\0");
+    let data_at = (m + want.len() + 16 + 8 + clock.len()).div_ceil(4096) * 4096;
+    want.extend_from_slice(&(data_at as u64).to_le_bytes());
+    want.extend_from_slice(&4096u64.to_le_bytes());
+    want.extend_from_slice(&(clock.len() as u64).to_le_bytes());
+    want.extend_from_slice(&clock);
+    want.resize(data_at - m, 0);
+    want.extend_from_slice(&page0);
+    assert_eq!(&b[..m], &meta_bytes[..]);
+    assert_eq!(&b[m..], &want[..]);
+    assert_eq!(ranges[0][0].offset, data_at as u64);
 }

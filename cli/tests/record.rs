@@ -370,7 +370,10 @@ fn no_tracefs_names_the_mount_command() {
 }
 
 /// A small tmpfs, unmounted on drop.
-struct SmallFs(PathBuf, TempDir);
+struct SmallFs {
+    mount: PathBuf,
+    _dir: TempDir,
+}
 
 impl SmallFs {
     fn new(tag: &str, size: &str) -> SmallFs {
@@ -381,13 +384,16 @@ impl SmallFs {
             .status()
             .expect("run mount");
         assert!(st.success(), "cannot mount a tmpfs (needs root)");
-        SmallFs(dir.path().to_path_buf(), dir)
+        SmallFs {
+            mount: dir.path().to_path_buf(),
+            _dir: dir,
+        }
     }
 }
 
 impl Drop for SmallFs {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
+        let _ = Command::new("umount").arg(&self.mount).status();
     }
 }
 
@@ -395,7 +401,7 @@ fn check_disk_full(size: &str, markers: usize) {
     let inst = fresh("full");
     let before = settings(&inst);
     let fs = SmallFs::new("full", size);
-    let file = fs.0.join("t.dat");
+    let file = fs.mount.join("t.dat");
     let script = format!(
         "i=0; while [ $i -lt {markers} ]; do echo tcrs-full-$i > {}; i=$((i+1)); done",
         inst.path().join("trace_marker").display()
@@ -418,7 +424,7 @@ fn check_disk_full(size: &str, markers: usize) {
     assert!(err.contains("No space left on device"), "{err}");
     assert_eq!(settings(&inst), before);
     // Either no file at all (said so) or a valid one.
-    let left: Vec<_> = std::fs::read_dir(&fs.0)
+    let left: Vec<_> = std::fs::read_dir(&fs.mount)
         .unwrap()
         .map(|e| e.unwrap().path())
         .collect();

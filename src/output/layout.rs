@@ -113,8 +113,7 @@ impl EventLayout {
         let mut l = EventLayout::default();
         let last_num = |s: &str| -> Option<u32> {
             s.split(|c: char| !c.is_ascii_digit())
-                .filter(|w| !w.is_empty())
-                .last()?
+                .rfind(|w| !w.is_empty())?
                 .parse()
                 .ok()
         };
