@@ -19,6 +19,12 @@ enum Cmd {
     Record(record::RecordArgs),
     /// Print the version.
     Version,
+    /// Internal: unblock SIGINT/SIGTERM, then exec the command (used by record).
+    #[command(name = "__exec", hide = true)]
+    Exec {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        command: Vec<String>,
+    },
 }
 
 fn main() {
@@ -28,6 +34,7 @@ fn main() {
             logger::init(args.verbose, args.debug);
             record::run(args)
         }
+        Cmd::Exec { command } => record::exec_unblocked(&command),
         Cmd::Version => {
             println!("trace-cmd (tracecmd-rs) {}", env!("CARGO_PKG_VERSION"));
             Ok(())

@@ -77,13 +77,19 @@ fn check_interrupt() -> Result<(), String> {
     }
 }
 
-/// Blocks SIGINT/SIGTERM in this and every later thread and turns them into a flag
-/// from a dedicated thread, so no work is cut short inside a signal handler.
-/// Children started with `Command` get an empty signal mask again (std resets it).
-fn watch_signals() -> Result<(), String> {
+fn stop_signals() -> SigSet {
     let mut set = SigSet::empty();
     set.add(Signal::SIGINT);
     set.add(Signal::SIGTERM);
+    set
+}
+
+/// Blocks SIGINT/SIGTERM in this and every later thread and turns them into a flag
+/// from a dedicated thread, so no work is cut short inside a signal handler.
+/// A blocked mask survives exec, so the traced command is started through
+/// `trace-cmd __exec` ([`exec_unblocked`]), which unblocks them first.
+fn watch_signals() -> Result<(), String> {
+    let set = stop_signals();
     set.thread_block()
         .map_err(|e| format!("cannot block SIGINT: {e}"))?;
     std::thread::Builder::new()
@@ -167,6 +173,33 @@ struct Recorded {
     meta: Metadata,
 }
 
+/// `trace-cmd __exec COMMAND...`: unblocks SIGINT/SIGTERM and replaces itself with
+/// the command, so the command sees Ctrl-C as usual. Returns only on failure.
+pub fn exec_unblocked(command: &[String]) -> Result<(), String> {
+    use std::os::unix::process::CommandExt;
+    stop_signals()
+        .thread_unblock()
+        .map_err(|e| format!("cannot unblock signals: {e}"))?;
+    let (prog, rest) = command
+        .split_first()
+        .ok_or_else(|| "no command given".to_string())?;
+    let err = Command::new(prog).args(rest).exec();
+    Err(format!("cannot run {prog:?}: {err}"))
+}
+
+/// Whether `prog` names an executable file, directly or through `$PATH`.
+fn program_exists(prog: &str) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    let is_exec = |p: &std::path::Path| {
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if prog.contains('/') {
+        return is_exec(std::path::Path::new(prog));
+    }
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|d| is_exec(&d.join(prog))))
+}
+
 /// Runs `trace-cmd record`.
 pub fn run(args: RecordArgs) -> Result<(), String> {
     watch_signals()?;
@@ -188,6 +221,13 @@ pub fn run(args: RecordArgs) -> Result<(), String> {
             .or_else(|_| Instance::create(name))
             .map_err(|e| format!("cannot use tracing instance {name:?}: {e}"))?,
     };
+    if let Some(prog) = args.command.first() {
+        if !program_exists(prog) {
+            return Err(format!(
+                "cannot run {prog:?}: no such program (not found in PATH)"
+            ));
+        }
+    }
     let selectors: Vec<&str> = args.events.iter().map(String::as_str).collect();
     // Resolve every selector before changing anything: a typo leaves tracefs as is.
     let events = if selectors.is_empty() {
@@ -348,13 +388,19 @@ fn record_with(
         cpu_files.len()
     );
 
-    let mut child = match args.command.split_first() {
-        Some((prog, rest)) => Some(
-            Command::new(prog)
-                .args(rest)
-                .spawn()
-                .map_err(|e| format!("cannot run {prog:?}: {e}"))?,
-        ),
+    let mut child = match args.command.first() {
+        Some(prog) => {
+            let me = std::env::current_exe()
+                .map_err(|e| format!("cannot find the trace-cmd executable: {e}"))?;
+            Some(
+                Command::new(me)
+                    .arg("__exec")
+                    .arg("--")
+                    .args(&args.command)
+                    .spawn()
+                    .map_err(|e| format!("cannot run {prog:?}: {e}"))?,
+            )
+        }
         None => {
             if !args.quiet {
                 eprintln!("Hit Ctrl^C to stop recording");
@@ -392,13 +438,16 @@ fn wait_for_end(
 ) {
     let live = !args.quiet && std::io::stderr().is_terminal();
     let mut last = Instant::now();
+    // Ends the command as Ctrl-C would (on a terminal it got the signal too).
+    let interrupt_child = |child: &mut Option<Child>| {
+        if let Some(c) = child {
+            let pid = nix::unistd::Pid::from_raw(c.id() as i32);
+            let _ = nix::sys::signal::kill(pid, Signal::SIGINT);
+        }
+    };
     loop {
         if interrupted() {
-            if let Some(c) = child {
-                // The terminal sent it to the command as well; make sure of it.
-                let pid = nix::unistd::Pid::from_raw(c.id() as i32);
-                let _ = nix::sys::signal::kill(pid, Signal::SIGINT);
-            }
+            interrupt_child(child);
             break;
         }
         if let Some(c) = child {
@@ -407,7 +456,10 @@ fn wait_for_end(
             }
         }
         if running.any_finished() {
+            // A recorder only stops on its own on an error (e.g. disk full):
+            // the recording is over, so is the command.
             log::warn!("a recorder stopped early; ending the recording");
+            interrupt_child(child);
             break;
         }
         if live && last.elapsed() >= Duration::from_secs(1) {

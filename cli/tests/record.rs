@@ -403,8 +403,13 @@ fn check_disk_full(size: &str, markers: usize) {
     let fs = SmallFs::new("full", size);
     let file = fs.mount.join("t.dat");
     let script = format!(
-        "i=0; while [ $i -lt {markers} ]; do echo tcrs-full-$i > {}; i=$((i+1)); done",
-        inst.path().join("trace_marker").display()
+        "i=0; while [ $i -lt {markers} ]; do echo tcrs-full-$i > {}; i=$((i+1)); done; {}",
+        inst.path().join("trace_marker").display(),
+        if markers > 1000 {
+            "exec sleep 60"
+        } else {
+            "true"
+        }
     );
     let out = record(
         &inst,
@@ -444,7 +449,14 @@ fn check_disk_full(size: &str, markers: usize) {
 
 #[test]
 fn disk_full_while_recording() {
+    // The command writes markers, then would sleep for a minute: record must end
+    // it when the recording fails instead of waiting for it.
+    let start = Instant::now();
     check_disk_full("32k", 20000);
+    assert!(
+        start.elapsed() < Duration::from_secs(30),
+        "record waited for the command"
+    );
 }
 
 #[test]
@@ -566,4 +578,62 @@ fn record_all_events() {
         !rep.stdout.contains("UNKNOWN EVENT"),
         "an event without its format"
     );
+}
+
+#[test]
+fn missing_command_is_an_error_before_anything_changes() {
+    let inst = fresh("nocmd");
+    let before = settings(&inst);
+    let dir = TempDir::new("nocmd");
+    let file = dir.path().join("t.dat");
+    let out = record(
+        &inst,
+        &[
+            "-e",
+            "sched",
+            "-o",
+            file.to_str().unwrap(),
+            "no-such-program-tcrs",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("no-such-program-tcrs"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(settings(&inst), before);
+    assert!(!file.exists());
+}
+
+#[test]
+fn ctrl_c_ends_the_command_and_the_recording() {
+    let inst = fresh("cmdint");
+    let before = settings(&inst);
+    let dir = TempDir::new("cmdint");
+    let file = dir.path().join("t.dat");
+    let mut child = Command::new(BIN)
+        .args(["record", "-q", "-B", &name_of(&inst), "-e", "sched", "-o"])
+        .arg(&file)
+        .args(["/bin/sleep", "60"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while !inst.tracing_on().unwrap() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "recording never started"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    sigint(&child);
+    let st = wait_timeout(&mut child, Duration::from_secs(15));
+    assert!(
+        st.success(),
+        "{}",
+        stderr(&child.wait_with_output().unwrap())
+    );
+    assert_eq!(settings(&inst), before);
+    check(&file, &name_of(&inst), &kernel_recorded(&inst));
 }
