@@ -189,46 +189,6 @@ fn record_sched_with_a_command() {
 }
 
 #[test]
-fn record_until_ctrl_c_several_systems() {
-    let inst = fresh("ctrlc");
-    let before = settings(&inst);
-    let dir = TempDir::new("ctrlc");
-    let file = dir.path().join("t.dat");
-    let mut child = Command::new(BIN)
-        .args(["record", "-q", "-B", &name_of(&inst)])
-        .args(["-e", "sched:sched_switch", "-e", "timer", "-e", "irq", "-o"])
-        .arg(&file)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let start = Instant::now();
-    while !inst.tracing_on().unwrap() {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "recording never started"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    for cpu in 0..tracefs::cpu_count(&inst).unwrap() {
-        dat_common::markers_on_cpu(&inst, cpu, 200);
-    }
-    std::thread::sleep(Duration::from_millis(100));
-    sigint(&child);
-    let st = wait_timeout(&mut child, Duration::from_secs(20));
-    let out = child.wait_with_output().unwrap();
-    assert!(st.success(), "{}", stderr(&out));
-    assert_eq!(settings(&inst), before, "tracefs not restored");
-    check(&file, &name_of(&inst), &kernel_recorded(&inst));
-    let rep = report(&file);
-    assert!(
-        rep.stdout.contains("tcrs marker 199 on cpu 1"),
-        "markers missing"
-    );
-    assert!(rep.stdout.contains("sched_switch"));
-}
-
-#[test]
 fn record_max_kb_keeps_the_newest_data() {
     let inst = fresh("maxkb");
     let dir = TempDir::new("maxkb");
@@ -275,62 +235,6 @@ fn record_max_kb_keeps_the_newest_data() {
         rep.stdout.contains("tcrs-maxkb-3999"),
         "the newest marker must be kept"
     );
-}
-
-#[test]
-fn unknown_event_lists_matches_and_changes_nothing() {
-    let inst = fresh("unknown");
-    let before = settings(&inst);
-    let dir = TempDir::new("unknown");
-    let file = dir.path().join("t.dat");
-    let out = record(
-        &inst,
-        &[
-            "-e",
-            "sched:sched_switch",
-            "-e",
-            "sched:sched_swich",
-            "-o",
-            file.to_str().unwrap(),
-        ],
-    );
-    assert_eq!(out.status.code(), Some(1));
-    let err = stderr(&out);
-    assert!(
-        err.contains("sched:sched_swich") && err.contains("did you mean"),
-        "{err}"
-    );
-    assert!(err.contains("sched:sched_switch"), "{err}");
-    assert_eq!(settings(&inst), before);
-    assert!(!file.exists());
-}
-
-#[test]
-fn function_tracer_is_refused_cleanly() {
-    let inst = fresh("func");
-    let before = settings(&inst);
-    let dir = TempDir::new("func");
-    let file = dir.path().join("t.dat");
-    let out = record(
-        &inst,
-        &[
-            "-p",
-            "function",
-            "-e",
-            "sched",
-            "-o",
-            file.to_str().unwrap(),
-        ],
-    );
-    assert_eq!(out.status.code(), Some(1));
-    let err = stderr(&out);
-    assert!(
-        err.contains("current_tracer"),
-        "error must name the file: {err}"
-    );
-    assert!(err.contains("os error"), "error must give the errno: {err}");
-    assert_eq!(settings(&inst), before);
-    assert!(!file.exists());
 }
 
 #[test]
@@ -580,42 +484,62 @@ fn record_all_events() {
     );
 }
 
-#[test]
-fn missing_command_is_an_error_before_anything_changes() {
-    let inst = fresh("nocmd");
+/// Runs `record -B <fresh instance> ARGS -o FILE` expecting a refusal: exit 1,
+/// every needle in the error, the instance unchanged and no file written.
+fn assert_refused(tag: &str, args: &[&str], needles: &[&str]) {
+    let inst = fresh(tag);
     let before = settings(&inst);
-    let dir = TempDir::new("nocmd");
+    let dir = TempDir::new(tag);
     let file = dir.path().join("t.dat");
-    let out = record(
-        &inst,
-        &[
-            "-e",
-            "sched",
-            "-o",
-            file.to_str().unwrap(),
-            "no-such-program-tcrs",
-        ],
-    );
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stderr(&out).contains("no-such-program-tcrs"),
-        "{}",
-        stderr(&out)
-    );
-    assert_eq!(settings(&inst), before);
-    assert!(!file.exists());
+    let mut all: Vec<&str> = vec!["-o", file.to_str().unwrap()];
+    all.extend_from_slice(args);
+    let out = record(&inst, &all);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    for n in needles {
+        assert!(err.contains(n), "error lacks {n:?}: {err}");
+    }
+    assert_eq!(settings(&inst), before, "tracefs changed");
+    assert!(!file.exists(), "a file was written");
 }
 
 #[test]
-fn ctrl_c_ends_the_command_and_the_recording() {
-    let inst = fresh("cmdint");
-    let before = settings(&inst);
-    let dir = TempDir::new("cmdint");
-    let file = dir.path().join("t.dat");
-    let mut child = Command::new(BIN)
-        .args(["record", "-q", "-B", &name_of(&inst), "-e", "sched", "-o"])
-        .arg(&file)
-        .args(["/bin/sleep", "60"])
+fn unknown_event_lists_matches_and_changes_nothing() {
+    assert_refused(
+        "unknown",
+        &["-e", "sched:sched_switch", "-e", "sched:sched_swich"],
+        &["sched:sched_swich", "did you mean", "sched:sched_switch"],
+    );
+}
+
+#[test]
+fn function_tracer_is_refused_cleanly() {
+    // The error names the file and the errno.
+    assert_refused(
+        "func",
+        &["-p", "function", "-e", "sched"],
+        &["current_tracer", "os error"],
+    );
+}
+
+#[test]
+fn missing_command_is_an_error_before_anything_changes() {
+    assert_refused(
+        "nocmd",
+        &["-e", "sched", "no-such-program-tcrs"],
+        &["no-such-program-tcrs"],
+    );
+}
+
+/// Starts `record -q -B <inst> ARGS -o FILE [COMMAND]` and waits until it records.
+fn spawn_recording(inst: &Instance, args: &[&str], file: &Path, command: &[&str]) -> Child {
+    let child = Command::new(BIN)
+        .args(["record", "-q", "-B", &name_of(inst)])
+        .args(args)
+        .arg("-o")
+        .arg(file)
+        .args(command)
+        .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -627,13 +551,55 @@ fn ctrl_c_ends_the_command_and_the_recording() {
         );
         std::thread::sleep(Duration::from_millis(5));
     }
+    child
+}
+
+/// Sends SIGINT and expects a clean exit, tracefs as before and a file whose
+/// per-CPU counts match the kernel's.
+fn interrupt_and_check(inst: &Instance, mut child: Child, file: &Path, before: &Settings) {
     sigint(&child);
-    let st = wait_timeout(&mut child, Duration::from_secs(15));
+    let st = wait_timeout(&mut child, Duration::from_secs(20));
     assert!(
         st.success(),
         "{}",
         stderr(&child.wait_with_output().unwrap())
     );
-    assert_eq!(settings(&inst), before);
-    check(&file, &name_of(&inst), &kernel_recorded(&inst));
+    assert_eq!(&settings(inst), before, "tracefs not restored");
+    check(file, &name_of(inst), &kernel_recorded(inst));
+}
+
+#[test]
+fn record_until_ctrl_c_several_systems() {
+    let inst = fresh("ctrlc");
+    let before = settings(&inst);
+    let dir = TempDir::new("ctrlc");
+    let file = dir.path().join("t.dat");
+    let events = ["-e", "sched:sched_switch", "-e", "timer", "-e", "irq"];
+    let child = spawn_recording(&inst, &events, &file, &[]);
+    for cpu in 0..tracefs::cpu_count(&inst).unwrap() {
+        dat_common::markers_on_cpu(&inst, cpu, 200);
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    interrupt_and_check(&inst, child, &file, &before);
+    let rep = report(&file);
+    assert!(
+        rep.stdout.contains("tcrs marker 199 on cpu 1"),
+        "markers missing"
+    );
+    assert!(rep.stdout.contains("sched_switch"));
+}
+
+#[test]
+fn ctrl_c_ends_the_command_and_the_recording() {
+    let inst = fresh("cmdint");
+    let before = settings(&inst);
+    let dir = TempDir::new("cmdint");
+    let file = dir.path().join("t.dat");
+    let child = spawn_recording(&inst, &["-e", "sched"], &file, &["/bin/sleep", "60"]);
+    let start = Instant::now();
+    interrupt_and_check(&inst, child, &file, &before);
+    assert!(
+        start.elapsed() < Duration::from_secs(15),
+        "record waited for the command"
+    );
 }
