@@ -63,6 +63,23 @@ impl Instance {
         })
     }
 
+    /// Opens the existing `instances/<name>`; it is left in place on drop.
+    pub fn open(name: &str) -> std::io::Result<Instance> {
+        let top =
+            tracing_dir().map_err(|e| std::io::Error::new(std::io::ErrorKind::NotFound, e))?;
+        let path = top.join("instances").join(name);
+        if name.is_empty() || name.contains('/') || !path.join("per_cpu").is_dir() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("no tracing instance {name:?} in {}", top.display()),
+            ));
+        }
+        Ok(Instance {
+            path,
+            remove_on_drop: false,
+        })
+    }
+
     /// The instance's directory (what the recorder's `buffer` argument names).
     pub fn path(&self) -> &Path {
         &self.path
@@ -70,7 +87,8 @@ impl Instance {
 
     /// Reads a control file of this instance, e.g. `buffer_size_kb`.
     pub fn read(&self, file: &str) -> std::io::Result<String> {
-        std::fs::read_to_string(self.path.join(file))
+        String::from_utf8(read_file(&self.path.join(file))?)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
     }
 
     /// Writes a control file of this instance, e.g. `tracing_on` or `events/sched/enable`.
@@ -100,6 +118,696 @@ pub fn cpu_count(instance: &Instance) -> std::io::Result<usize> {
         .filter(|e| e.file_name().to_string_lossy().starts_with("cpu"))
         .count();
     Ok(n)
+}
+
+// ---------------------------------------------------------------------------
+// Errors of the tracefs control API
+// ---------------------------------------------------------------------------
+
+/// What can go wrong while reading or changing tracefs.
+#[derive(Debug, thiserror::Error)]
+pub enum TracefsError {
+    /// Neither tracefs nor debugfs is mounted.
+    #[error(transparent)]
+    NotMounted(#[from] NotMounted),
+    /// A tracefs or /proc file could not be read or written.
+    #[error("could not access {}: {source}", path.display())]
+    Io {
+        /// The file that failed.
+        path: PathBuf,
+        /// The error the kernel returned.
+        source: std::io::Error,
+    },
+    /// An `-e` selector matched no event.
+    #[error("no trace event matches `{selector}`{}", suggestion_text(suggestions))]
+    UnknownEvent {
+        /// The selector as given.
+        selector: String,
+        /// Close event or system names (may be empty).
+        suggestions: Vec<String>,
+    },
+    /// The requested trace clock is not offered by the kernel.
+    #[error("trace clock `{clock}` is not available; choose one of: {}", available.join(" "))]
+    UnknownClock {
+        /// The clock asked for.
+        clock: String,
+        /// The clocks listed in `trace_clock`.
+        available: Vec<String>,
+    },
+    /// A tracefs file did not have the expected contents.
+    #[error("unexpected contents in {}: {detail}", path.display())]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What was wrong.
+        detail: String,
+    },
+}
+
+fn suggestion_text(s: &[String]) -> String {
+    if s.is_empty() {
+        "; `trace-cmd list -e` shows the available events".to_string()
+    } else {
+        format!("; did you mean: {}?", s.join(", "))
+    }
+}
+
+impl TracefsError {
+    /// The errno the C layer reports for this error.
+    pub fn errno(&self) -> i32 {
+        match self {
+            TracefsError::NotMounted(_) => libc::ENODEV,
+            TracefsError::Io { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
+            TracefsError::UnknownEvent { .. } => libc::ENOENT,
+            TracefsError::UnknownClock { .. } | TracefsError::Parse { .. } => libc::EINVAL,
+        }
+    }
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TracefsError + '_ {
+    move |source| TracefsError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Reads a whole tracefs or /proc file.
+///
+/// These files report size 0, and some (events/header_page) return their
+/// contents only to the first read() and EOF to the next, so a small first read
+/// (what `std::fs::read` does for a size-0 file) would truncate them: read into a
+/// large buffer from the start.
+pub fn read_file(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path)?;
+    let mut buf = Vec::with_capacity(64 * 1024);
+    f.read_to_end(&mut buf)?;
+    Ok(buf)
+}
+
+fn read_bytes(path: &Path) -> Result<Vec<u8>, TracefsError> {
+    read_file(path).map_err(io_err(path))
+}
+
+fn read_text(path: &Path) -> Result<String, TracefsError> {
+    let b = read_bytes(path)?;
+    String::from_utf8(b).map_err(|_| TracefsError::Parse {
+        path: path.to_path_buf(),
+        detail: "the file is not valid UTF-8 text".to_string(),
+    })
+}
+
+fn write_text(path: &Path, contents: &str) -> Result<(), TracefsError> {
+    log::debug!("write {:?} to {}", contents, path.display());
+    std::fs::write(path, contents).map_err(io_err(path))
+}
+
+// ---------------------------------------------------------------------------
+// Events
+// ---------------------------------------------------------------------------
+
+/// A system's name and its events' (name, format text) pairs.
+pub type SystemFormats = (String, Vec<(String, Vec<u8>)>);
+
+/// One trace event, `system:event`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct EventName {
+    /// The event's system (directory under `events/`).
+    pub system: String,
+    /// The event's name (directory under `events/<system>/`).
+    pub event: String,
+}
+
+impl std::fmt::Display for EventName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.system, self.event)
+    }
+}
+
+/// Shell-style match of `pattern` (`*`, `?`) against `name`.
+pub fn glob_match(pattern: &str, name: &str) -> bool {
+    let p: Vec<char> = pattern.chars().collect();
+    let n: Vec<char> = name.chars().collect();
+    // Iterative matcher with one backtrack point for the last `*`.
+    let (mut pi, mut ni) = (0usize, 0usize);
+    let mut star: Option<(usize, usize)> = None;
+    while ni < n.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == n[ni]) {
+            pi += 1;
+            ni += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some((pi, ni));
+            pi += 1;
+        } else if let Some((sp, sn)) = star {
+            pi = sp + 1;
+            ni = sn + 1;
+            star = Some((sp, sn + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == '*')
+}
+
+/// Levenshtein distance, for "did you mean" suggestions.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, &cb) in b.iter().enumerate() {
+            let cost = usize::from(ca != cb);
+            cur[j + 1] = (prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+/// Resolves trace-cmd `-e` selectors against a list of available events.
+///
+/// A selector is `all`, `system`, `system:event` (or `system/event`) or a bare
+/// `event`; each part may be a glob. A selector that matches nothing is an
+/// [`TracefsError::UnknownEvent`] listing close names. The result is sorted and
+/// free of duplicates.
+pub fn resolve_events(
+    available: &[EventName],
+    selectors: &[&str],
+) -> Result<Vec<EventName>, TracefsError> {
+    let mut out = std::collections::BTreeSet::new();
+    for &sel in selectors {
+        let sel = sel.trim();
+        let matched: Vec<&EventName> = if sel == "all" {
+            available.iter().collect()
+        } else if let Some((sys, ev)) = sel.split_once(':').or_else(|| sel.split_once('/')) {
+            let ev = if ev.is_empty() { "*" } else { ev };
+            available
+                .iter()
+                .filter(|e| glob_match(sys, &e.system) && glob_match(ev, &e.event))
+                .collect()
+        } else {
+            // A bare word names a system, or else an event of any system.
+            let by_system: Vec<&EventName> = available
+                .iter()
+                .filter(|e| glob_match(sel, &e.system))
+                .collect();
+            if by_system.is_empty() {
+                available
+                    .iter()
+                    .filter(|e| glob_match(sel, &e.event))
+                    .collect()
+            } else {
+                by_system
+            }
+        };
+        if sel.is_empty() || matched.is_empty() {
+            return Err(TracefsError::UnknownEvent {
+                selector: sel.to_string(),
+                suggestions: suggest(available, sel),
+            });
+        }
+        out.extend(matched.into_iter().cloned());
+    }
+    Ok(out.into_iter().collect())
+}
+
+/// Up to five event or system names close to `sel` (prefix or small edit distance).
+fn suggest(available: &[EventName], sel: &str) -> Vec<String> {
+    let key = sel.replace('/', ":");
+    let mut names: Vec<String> = available.iter().map(|e| e.to_string()).collect();
+    let mut systems: Vec<String> = available.iter().map(|e| e.system.clone()).collect();
+    systems.dedup();
+    names.extend(systems);
+    let limit = (key.chars().count() / 4).max(2);
+    let mut scored: Vec<(usize, String)> = names
+        .into_iter()
+        .filter_map(|n| {
+            let event_part = n.split_once(':').map(|(_, e)| e).unwrap_or(&n);
+            let d = edit_distance(&key, &n).min(edit_distance(&key, event_part));
+            let prefix = !key.is_empty() && (n.starts_with(&key) || event_part.starts_with(&key));
+            (d <= limit || prefix).then_some((if prefix { 0 } else { d }, n))
+        })
+        .collect();
+    scored.sort();
+    scored.dedup_by(|a, b| a.1 == b.1);
+    scored.into_iter().take(5).map(|(_, n)| n).collect()
+}
+
+/// Parses the `trace_clock` file: `"[local] global counter"` → (`local`, all clocks).
+pub fn parse_trace_clock(text: &str) -> Option<(String, Vec<String>)> {
+    let mut current = None;
+    let mut all = Vec::new();
+    for word in text.split_whitespace() {
+        if let Some(inner) = word.strip_prefix('[').and_then(|w| w.strip_suffix(']')) {
+            current = Some(inner.to_string());
+            all.push(inner.to_string());
+        } else {
+            all.push(word.to_string());
+        }
+    }
+    current.map(|c| (c, all))
+}
+
+/// Parses `buffer_size_kb`: `"1410"` or `"7 (expanded: 1408)"` → the first number.
+pub fn parse_buffer_size_kb(text: &str) -> Option<u64> {
+    text.split_whitespace().next()?.parse().ok()
+}
+
+/// One CPU's `per_cpu/cpuN/stats`, parsed, with the original text kept for CPUSTAT.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CpuStats {
+    /// Events currently in the buffer (not yet read).
+    pub entries: u64,
+    /// Events lost because the buffer wrapped.
+    pub overrun: u64,
+    /// Events lost by nested writes.
+    pub commit_overrun: u64,
+    /// Bytes currently in the buffer.
+    pub bytes: u64,
+    /// Timestamp of the oldest event, as printed by the kernel.
+    pub oldest_event_ts: String,
+    /// The current time of the trace clock, as printed by the kernel.
+    pub now_ts: String,
+    /// Events dropped because the buffer was full (no-overwrite mode).
+    pub dropped_events: u64,
+    /// Events consumed by readers.
+    pub read_events: u64,
+    /// The file as read.
+    pub text: String,
+}
+
+impl CpuStats {
+    /// Parses the stats text; a missing counter is 0, a malformed number an error.
+    pub fn parse(text: &str) -> Result<CpuStats, String> {
+        let mut s = CpuStats {
+            text: text.to_string(),
+            ..CpuStats::default()
+        };
+        for line in text.lines() {
+            let Some((key, value)) = line.split_once(':') else {
+                continue;
+            };
+            let value = value.trim();
+            let num = || {
+                value
+                    .parse::<u64>()
+                    .map_err(|_| format!("`{key}` has a non-numeric value {value:?}"))
+            };
+            match key.trim() {
+                "entries" => s.entries = num()?,
+                "overrun" => s.overrun = num()?,
+                "commit overrun" => s.commit_overrun = num()?,
+                "bytes" => s.bytes = num()?,
+                "oldest event ts" => s.oldest_event_ts = value.to_string(),
+                "now ts" => s.now_ts = value.to_string(),
+                "dropped events" => s.dropped_events = num()?,
+                "read events" => s.read_events = num()?,
+                _ => {}
+            }
+        }
+        Ok(s)
+    }
+}
+
+impl Instance {
+    fn file(&self, name: &str) -> PathBuf {
+        self.path.join(name)
+    }
+
+    /// Every event of this instance (`events/<system>/<event>/`), sorted.
+    pub fn available_events(&self) -> Result<Vec<EventName>, TracefsError> {
+        let dir = self.file("events");
+        let mut out = Vec::new();
+        for sys in std::fs::read_dir(&dir).map_err(io_err(&dir))? {
+            let sys = sys.map_err(io_err(&dir))?;
+            if !sys.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                continue;
+            }
+            let sys_name = sys.file_name().to_string_lossy().into_owned();
+            let sys_dir = sys.path();
+            for ev in std::fs::read_dir(&sys_dir).map_err(io_err(&sys_dir))? {
+                let ev = ev.map_err(io_err(&sys_dir))?;
+                if ev.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                    out.push(EventName {
+                        system: sys_name.clone(),
+                        event: ev.file_name().to_string_lossy().into_owned(),
+                    });
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Resolves `-e` selectors against this instance's events (see [`resolve_events`]).
+    pub fn resolve_events(&self, selectors: &[&str]) -> Result<Vec<EventName>, TracefsError> {
+        resolve_events(&self.available_events()?, selectors)
+    }
+
+    /// The events currently enabled (from `set_event`).
+    pub fn enabled_events(&self) -> Result<Vec<EventName>, TracefsError> {
+        let path = self.file("set_event");
+        let text = read_text(&path)?;
+        let mut out: Vec<EventName> = text
+            .lines()
+            .filter_map(|l| l.trim().split_once(':'))
+            .map(|(s, e)| EventName {
+                system: s.to_string(),
+                event: e.to_string(),
+            })
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
+    /// Enables or disables one event (`events/<sys>/<event>/enable`).
+    pub fn set_event_enabled(&self, ev: &EventName, on: bool) -> Result<(), TracefsError> {
+        let path = self
+            .file("events")
+            .join(&ev.system)
+            .join(&ev.event)
+            .join("enable");
+        write_text(&path, if on { "1" } else { "0" })
+    }
+
+    /// The per-CPU buffer size in KiB (`buffer_size_kb`; for a not yet expanded
+    /// top buffer this is the current, small size).
+    pub fn buffer_size_kb(&self) -> Result<u64, TracefsError> {
+        let path = self.file("buffer_size_kb");
+        let text = read_text(&path)?;
+        parse_buffer_size_kb(&text).ok_or_else(|| TracefsError::Parse {
+            path,
+            detail: format!("expected a size in KiB, found {:?}", text.trim()),
+        })
+    }
+
+    /// Sets the per-CPU buffer size in KiB.
+    pub fn set_buffer_size_kb(&self, kb: u64) -> Result<(), TracefsError> {
+        write_text(&self.file("buffer_size_kb"), &kb.to_string())
+    }
+
+    /// The `trace_clock` file text, e.g. `"[local] global counter ...\n"`.
+    pub fn trace_clock_text(&self) -> Result<String, TracefsError> {
+        read_text(&self.file("trace_clock"))
+    }
+
+    /// The clock in use and every available clock.
+    pub fn trace_clock(&self) -> Result<(String, Vec<String>), TracefsError> {
+        let path = self.file("trace_clock");
+        let text = read_text(&path)?;
+        parse_trace_clock(&text).ok_or_else(|| TracefsError::Parse {
+            path,
+            detail: format!("no `[clock]` marks the current clock in {:?}", text.trim()),
+        })
+    }
+
+    /// Selects the trace clock; an unknown name is an error listing the valid ones.
+    pub fn set_trace_clock(&self, clock: &str) -> Result<(), TracefsError> {
+        let (_, available) = self.trace_clock()?;
+        if !available.iter().any(|c| c == clock) {
+            return Err(TracefsError::UnknownClock {
+                clock: clock.to_string(),
+                available,
+            });
+        }
+        write_text(&self.file("trace_clock"), clock)
+    }
+
+    /// Whether the ring buffer records (`tracing_on`).
+    pub fn tracing_on(&self) -> Result<bool, TracefsError> {
+        let path = self.file("tracing_on");
+        match read_text(&path)?.trim() {
+            "0" => Ok(false),
+            "1" => Ok(true),
+            other => Err(TracefsError::Parse {
+                path,
+                detail: format!("expected 0 or 1, found {other:?}"),
+            }),
+        }
+    }
+
+    /// Turns recording into the ring buffer on or off.
+    pub fn set_tracing_on(&self, on: bool) -> Result<(), TracefsError> {
+        write_text(&self.file("tracing_on"), if on { "1" } else { "0" })
+    }
+
+    /// The tracer in use (`current_tracer`, e.g. `nop`).
+    pub fn current_tracer(&self) -> Result<String, TracefsError> {
+        Ok(read_text(&self.file("current_tracer"))?.trim().to_string())
+    }
+
+    /// Selects a tracer; the kernel's refusal (e.g. EPERM for `function` on a
+    /// locked-down kernel) comes back as an error naming `current_tracer`.
+    pub fn set_current_tracer(&self, tracer: &str) -> Result<(), TracefsError> {
+        write_text(&self.file("current_tracer"), tracer)
+    }
+
+    /// Discards everything in the ring buffer (opening `trace` with O_TRUNC).
+    pub fn clear_buffer(&self) -> Result<(), TracefsError> {
+        let path = self.file("trace");
+        std::fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(&path)
+            .map(drop)
+            .map_err(io_err(&path))
+    }
+
+    /// `per_cpu/cpu<cpu>/stats`, parsed.
+    pub fn cpu_stats(&self, cpu: usize) -> Result<CpuStats, TracefsError> {
+        let path = self.file(&format!("per_cpu/cpu{cpu}/stats"));
+        let text = read_text(&path)?;
+        CpuStats::parse(&text).map_err(|detail| TracefsError::Parse { path, detail })
+    }
+
+    /// The path of `per_cpu/cpu<cpu>/trace_pipe_raw`.
+    pub fn trace_pipe_raw(&self, cpu: usize) -> PathBuf {
+        self.file(&format!("per_cpu/cpu{cpu}/trace_pipe_raw"))
+    }
+
+    /// `events/header_page`, verbatim (the ring-buffer page layout).
+    pub fn header_page(&self) -> Result<Vec<u8>, TracefsError> {
+        read_bytes(&self.file("events/header_page"))
+    }
+
+    /// `events/header_event`, verbatim (the event header layout).
+    pub fn header_event(&self) -> Result<Vec<u8>, TracefsError> {
+        read_bytes(&self.file("events/header_event"))
+    }
+
+    /// The `format` file of one event, verbatim.
+    pub fn event_format(&self, ev: &EventName) -> Result<Vec<u8>, TracefsError> {
+        read_bytes(
+            &self
+                .file("events")
+                .join(&ev.system)
+                .join(&ev.event)
+                .join("format"),
+        )
+    }
+
+    /// Every `events/ftrace/*/format`, in sorted event-name order.
+    pub fn ftrace_formats(&self) -> Result<Vec<(String, Vec<u8>)>, TracefsError> {
+        let events: Vec<EventName> = self
+            .available_events()?
+            .into_iter()
+            .filter(|e| e.system == "ftrace")
+            .collect();
+        events
+            .into_iter()
+            .map(|e| Ok((e.event.clone(), self.event_format(&e)?)))
+            .collect()
+    }
+
+    /// The formats of the given events grouped by system, systems and events sorted;
+    /// the `ftrace` system is left out (it has its own section in trace.dat).
+    pub fn system_formats(&self, events: &[EventName]) -> Result<Vec<SystemFormats>, TracefsError> {
+        let mut sorted: Vec<&EventName> = events.iter().filter(|e| e.system != "ftrace").collect();
+        sorted.sort();
+        sorted.dedup();
+        let mut out: Vec<SystemFormats> = Vec::new();
+        for ev in sorted {
+            let fmt = self.event_format(ev)?;
+            match out.last_mut() {
+                Some((sys, list)) if *sys == ev.system => list.push((ev.event.clone(), fmt)),
+                _ => out.push((ev.system.clone(), vec![(ev.event.clone(), fmt)])),
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// `/proc/kallsyms`, verbatim (empty if the file does not exist).
+pub fn kallsyms() -> Result<Vec<u8>, TracefsError> {
+    let path = Path::new("/proc/kallsyms");
+    match read_file(path) {
+        Ok(b) => Ok(b),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(io_err(path)(e)),
+    }
+}
+
+/// The top-level `printk_formats`, verbatim.
+pub fn printk_formats() -> Result<Vec<u8>, TracefsError> {
+    read_bytes(&tracing_dir()?.join("printk_formats"))
+}
+
+/// The top-level `saved_cmdlines`, verbatim.
+pub fn saved_cmdlines() -> Result<Vec<u8>, TracefsError> {
+    read_bytes(&tracing_dir()?.join("saved_cmdlines"))
+}
+
+/// `"sysname nodename release machine"`, as trace-cmd's UNAME option holds it.
+pub fn uname() -> String {
+    let u = nix::sys::utsname::uname();
+    match u {
+        Ok(u) => format!(
+            "{} {} {} {}",
+            u.sysname().to_string_lossy(),
+            u.nodename().to_string_lossy(),
+            u.release().to_string_lossy(),
+            u.machine().to_string_lossy()
+        ),
+        Err(e) => {
+            log::warn!("uname failed: {e}");
+            String::from("Linux unknown unknown unknown")
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Remembering and restoring what a recording changes
+// ---------------------------------------------------------------------------
+
+/// Changes tracefs settings of one instance and remembers the original values, so
+/// that [`TracefsState::restore`] (or dropping the guard) puts back exactly what
+/// was changed: enabled events, tracer, buffer size, trace clock and `tracing_on`.
+///
+/// `restore` is idempotent, so a Ctrl-C path can call it and the later drop is a
+/// no-op. Settings changed again after a restore are remembered anew.
+#[derive(Debug)]
+pub struct TracefsState {
+    instance: Instance,
+    events: Vec<(EventName, bool)>,
+    buffer_size_kb: Option<u64>,
+    clock: Option<String>,
+    tracing_on: Option<bool>,
+    tracer: Option<String>,
+}
+
+impl TracefsState {
+    /// A guard for the instance at `instance.path()` (the guard does not own or
+    /// remove the instance).
+    pub fn new(instance: &Instance) -> TracefsState {
+        TracefsState {
+            instance: Instance {
+                path: instance.path.clone(),
+                remove_on_drop: false,
+            },
+            events: Vec::new(),
+            buffer_size_kb: None,
+            clock: None,
+            tracing_on: None,
+            tracer: None,
+        }
+    }
+
+    /// Enables (or disables) the events, remembering each one's original state;
+    /// `ftrace` events are skipped (they cannot be switched). On an error the
+    /// events already changed stay remembered for restore.
+    pub fn set_events(&mut self, events: &[EventName], on: bool) -> Result<(), TracefsError> {
+        let enabled = self.instance.enabled_events()?;
+        // The `ftrace` system's events (print, function, ...) have no switch:
+        // they are recorded whenever their source (trace_marker, a tracer) writes.
+        for ev in events.iter().filter(|e| e.system != "ftrace") {
+            let was = enabled.binary_search(ev).is_ok();
+            if was == on {
+                continue;
+            }
+            // A failed write changed nothing, so only successes are remembered.
+            self.instance.set_event_enabled(ev, on)?;
+            if !self.events.iter().any(|(e, _)| e == ev) {
+                self.events.push((ev.clone(), was));
+            }
+        }
+        Ok(())
+    }
+
+    /// Enables the events (see [`TracefsState::set_events`]).
+    pub fn enable_events(&mut self, events: &[EventName]) -> Result<(), TracefsError> {
+        self.set_events(events, true)
+    }
+
+    /// Sets the per-CPU buffer size, remembering the original.
+    pub fn set_buffer_size_kb(&mut self, kb: u64) -> Result<(), TracefsError> {
+        if self.buffer_size_kb.is_none() {
+            self.buffer_size_kb = Some(self.instance.buffer_size_kb()?);
+        }
+        self.instance.set_buffer_size_kb(kb)
+    }
+
+    /// Selects the trace clock, remembering the original.
+    pub fn set_trace_clock(&mut self, clock: &str) -> Result<(), TracefsError> {
+        if self.clock.is_none() {
+            self.clock = Some(self.instance.trace_clock()?.0);
+        }
+        self.instance.set_trace_clock(clock)
+    }
+
+    /// Selects a tracer (`-p`), remembering the original (only once it succeeded).
+    pub fn set_tracer(&mut self, tracer: &str) -> Result<(), TracefsError> {
+        let original = self.instance.current_tracer()?;
+        self.instance.set_current_tracer(tracer)?;
+        self.tracer.get_or_insert(original);
+        Ok(())
+    }
+
+    /// Sets `tracing_on`, remembering the original.
+    pub fn set_tracing_on(&mut self, on: bool) -> Result<(), TracefsError> {
+        if self.tracing_on.is_none() {
+            self.tracing_on = Some(self.instance.tracing_on()?);
+        }
+        self.instance.set_tracing_on(on)
+    }
+
+    /// Puts back every remembered setting. Tries all of them even if one fails and
+    /// returns the first error. Calling it again does nothing.
+    pub fn restore(&mut self) -> Result<(), TracefsError> {
+        let mut first_err = None;
+        let mut note = |r: Result<(), TracefsError>| {
+            if let Err(e) = r {
+                log::warn!("restoring tracefs: {e}");
+                first_err.get_or_insert(e);
+            }
+        };
+        // Stop recording first so that restoring events adds nothing to the buffer.
+        if self.tracing_on == Some(false) {
+            note(self.instance.set_tracing_on(false));
+        }
+        for (ev, was) in std::mem::take(&mut self.events) {
+            note(self.instance.set_event_enabled(&ev, was));
+        }
+        if let Some(tracer) = self.tracer.take() {
+            note(self.instance.set_current_tracer(&tracer));
+        }
+        if let Some(clock) = self.clock.take() {
+            note(write_text(&self.instance.file("trace_clock"), &clock));
+        }
+        if let Some(kb) = self.buffer_size_kb.take() {
+            note(self.instance.set_buffer_size_kb(kb));
+        }
+        if let Some(on) = self.tracing_on.take() {
+            note(self.instance.set_tracing_on(on));
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+}
+
+impl Drop for TracefsState {
+    fn drop(&mut self) {
+        // Errors are logged by restore().
+        let _ = self.restore();
+    }
 }
 
 #[cfg(test)]

@@ -1,14 +1,47 @@
 //! `trace-cmd`: the command line on top of the tracecmd-rs core.
 
+mod logger;
+mod record;
+
+use clap::{Parser, Subcommand};
+
+/// trace-cmd, reimplemented in Rust on the tracecmd-rs core.
+#[derive(Parser, Debug)]
+#[command(name = "trace-cmd", version, disable_help_subcommand = true)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Record trace events into a trace.dat file (version 6).
+    Record(record::RecordArgs),
+    /// Print the version.
+    Version,
+    /// Internal: unblock SIGINT/SIGTERM, then exec the command (used by record).
+    #[command(name = "__exec", hide = true)]
+    Exec {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        command: Vec<String>,
+    },
+}
+
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    match args.get(1).map(String::as_str) {
-        Some("--version") | Some("version") => {
+    let cli = Cli::parse();
+    let result = match cli.cmd {
+        Cmd::Record(args) => {
+            logger::init(args.verbose, args.debug);
+            record::run(args)
+        }
+        Cmd::Exec { command } => record::exec_unblocked(&command),
+        Cmd::Version => {
             println!("trace-cmd (tracecmd-rs) {}", env!("CARGO_PKG_VERSION"));
+            Ok(())
         }
-        _ => {
-            eprintln!("usage: trace-cmd COMMAND [OPTIONS]");
-            std::process::exit(2);
-        }
+    };
+    if let Err(e) = result {
+        eprintln!("trace-cmd: error: {e}");
+        std::process::exit(1);
     }
 }

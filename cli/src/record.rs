@@ -1,0 +1,504 @@
+//! `trace-cmd record` (issue 4 items 3–5): set up tracefs, run one recorder
+//! thread per CPU into `<output>.cpuN`, then write a version 6 trace.dat and put
+//! tracefs back as it was, also on errors and Ctrl-C.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::{Child, Command};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use nix::sys::signal::{SigSet, Signal};
+use tracecmd_rs::output::{
+    bracketed_clock, standard_options, write_trace_dat, BufferData, CpuRange, DatOption, Metadata,
+};
+use tracecmd_rs::recorder::{CpuRecorder, Input, RecordFlags, RecorderError, StopHandle};
+use tracecmd_rs::tracefs::{self, CpuStats, EventName, Instance, NotMounted, TracefsState};
+
+/// Options of `trace-cmd record` (trace-cmd's letters).
+#[derive(Args, Debug)]
+pub struct RecordArgs {
+    /// Event to record: `system`, `system:event`, a glob like `sched:sched_sw*`, or `all`.
+    #[arg(short = 'e', value_name = "EVENT")]
+    events: Vec<String>,
+    /// Output file.
+    #[arg(short = 'o', value_name = "FILE", default_value = "trace.dat")]
+    output: PathBuf,
+    /// Per-CPU ring-buffer size in KiB.
+    #[arg(short = 'b', value_name = "KB")]
+    buffer_kb: Option<u64>,
+    /// Keep at most about this many KiB per CPU (the newest data).
+    #[arg(short = 'm', value_name = "MAXKB")]
+    max_kb: Option<u32>,
+    /// Microseconds a recorder sleeps when the buffer has no full page yet.
+    #[arg(short = 's', value_name = "USECS", default_value_t = 1000)]
+    sleep_us: u64,
+    /// Trace clock (one of the kernel's `trace_clock` entries).
+    #[arg(short = 'C', value_name = "CLOCK")]
+    clock: Option<String>,
+    /// Tracer plugin to use (e.g. `function`).
+    #[arg(short = 'p', value_name = "TRACER")]
+    tracer: Option<String>,
+    /// Record into the tracing instance NAME (created, and removed afterwards,
+    /// if it does not exist); it is stored as a named buffer.
+    #[arg(short = 'B', value_name = "NAME")]
+    instance: Option<String>,
+    /// Quiet: no live line and no summary.
+    #[arg(short = 'q')]
+    quiet: bool,
+    /// Show what is being done.
+    #[arg(short = 'v', long = "verbose")]
+    pub verbose: bool,
+    /// Show debugging detail.
+    #[arg(long)]
+    pub debug: bool,
+    /// Command to trace; without one, record until Ctrl-C.
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "COMMAND"
+    )]
+    command: Vec<String>,
+}
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
+}
+
+fn check_interrupt() -> Result<(), String> {
+    if interrupted() {
+        Err("interrupted before recording started; tracefs was restored".into())
+    } else {
+        Ok(())
+    }
+}
+
+fn stop_signals() -> SigSet {
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGINT);
+    set.add(Signal::SIGTERM);
+    set
+}
+
+/// Blocks SIGINT/SIGTERM in this and every later thread and turns them into a flag
+/// from a dedicated thread, so no work is cut short inside a signal handler.
+/// A blocked mask survives exec, so the traced command is started through
+/// `trace-cmd __exec` ([`exec_unblocked`]), which unblocks them first.
+fn watch_signals() -> Result<(), String> {
+    let set = stop_signals();
+    set.thread_block()
+        .map_err(|e| format!("cannot block SIGINT: {e}"))?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            while let Ok(sig) = set.wait() {
+                log::info!("{sig} received: stopping");
+                INTERRUPTED.store(true, Ordering::SeqCst);
+            }
+        })
+        .map_err(|e| format!("cannot start the signal thread: {e}"))?;
+    Ok(())
+}
+
+/// The per-CPU files `<output>.cpuN`, removed on drop.
+struct CpuFiles(Vec<PathBuf>);
+
+impl Drop for CpuFiles {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            if let Err(e) = std::fs::remove_file(p) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    log::warn!("could not remove {}: {e}", p.display());
+                }
+            }
+        }
+    }
+}
+
+type RecorderThread = JoinHandle<(CpuRecorder, Result<(), RecorderError>)>;
+
+/// The running recorder threads; dropping stops and joins them.
+struct Running {
+    stops: Vec<StopHandle>,
+    threads: Vec<RecorderThread>,
+}
+
+impl Running {
+    fn any_finished(&self) -> bool {
+        self.threads.iter().any(|t| t.is_finished())
+    }
+
+    /// Stops every recorder, waits for its final flush, merges max-kb rings.
+    fn finish(mut self) -> Result<(), String> {
+        for s in &self.stops {
+            s.stop();
+        }
+        let mut first_err = None;
+        for (cpu, t) in std::mem::take(&mut self.threads).into_iter().enumerate() {
+            let res = match t.join() {
+                Ok((rec, res)) => res.and_then(|()| rec.finish()),
+                Err(_) => {
+                    first_err.get_or_insert(format!("the CPU {cpu} recorder thread panicked"));
+                    continue;
+                }
+            };
+            if let Err(e) = res {
+                first_err.get_or_insert(format!("recording CPU {cpu} failed: {e}"));
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        for s in &self.stops {
+            s.stop();
+        }
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// What a finished recording leaves for the file writer.
+struct Recorded {
+    stats: Vec<CpuStats>,
+    clock_text: String,
+    clock: String,
+    meta: Metadata,
+}
+
+/// `trace-cmd __exec COMMAND...`: unblocks SIGINT/SIGTERM and replaces itself with
+/// the command, so the command sees Ctrl-C as usual. Returns only on failure.
+pub fn exec_unblocked(command: &[String]) -> Result<(), String> {
+    use std::os::unix::process::CommandExt;
+    stop_signals()
+        .thread_unblock()
+        .map_err(|e| format!("cannot unblock signals: {e}"))?;
+    let (prog, rest) = command
+        .split_first()
+        .ok_or_else(|| "no command given".to_string())?;
+    let err = Command::new(prog).args(rest).exec();
+    Err(format!("cannot run {prog:?}: {err}"))
+}
+
+/// Whether `prog` names an executable file, directly or through `$PATH`.
+fn program_exists(prog: &str) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    let is_exec = |p: &std::path::Path| {
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if prog.contains('/') {
+        return is_exec(std::path::Path::new(prog));
+    }
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|d| is_exec(&d.join(prog))))
+}
+
+/// Runs `trace-cmd record`.
+pub fn run(args: RecordArgs) -> Result<(), String> {
+    watch_signals()?;
+    if !nix::unistd::geteuid().is_root() {
+        return Err("trace-cmd record needs root: the tracefs control files are writable by root only (try sudo)".into());
+    }
+    let top = Instance::top().map_err(|e| e.to_string())?;
+    if !top.path().join("per_cpu").is_dir() {
+        return Err(NotMounted.to_string());
+    }
+    if args.events.is_empty() && args.tracer.is_none() {
+        return Err(
+            "nothing to record: give events with -e (e.g. -e sched) or a tracer with -p".into(),
+        );
+    }
+    let inst = match &args.instance {
+        None => top,
+        Some(name) => Instance::open(name)
+            .or_else(|_| Instance::create(name))
+            .map_err(|e| format!("cannot use tracing instance {name:?}: {e}"))?,
+    };
+    if let Some(prog) = args.command.first() {
+        if !program_exists(prog) {
+            return Err(format!(
+                "cannot run {prog:?}: no such program (not found in PATH)"
+            ));
+        }
+    }
+    let selectors: Vec<&str> = args.events.iter().map(String::as_str).collect();
+    // Resolve every selector before changing anything: a typo leaves tracefs as is.
+    let events = if selectors.is_empty() {
+        Vec::new()
+    } else {
+        inst.resolve_events(&selectors).map_err(|e| e.to_string())?
+    };
+    check_interrupt()?;
+    let cpus = tracefs::cpu_count(&inst).map_err(|e| format!("cannot count CPUs: {e}"))?;
+    let cpu_files = CpuFiles(
+        (0..cpus)
+            .map(|c| {
+                let mut p = args.output.clone().into_os_string();
+                p.push(format!(".cpu{c}"));
+                PathBuf::from(p)
+            })
+            .collect(),
+    );
+    let mut guard = TracefsState::new(&inst);
+    let recorded = record_with(&args, &inst, &mut guard, &events, &cpu_files.0);
+    let restored = guard.restore();
+    let recorded = recorded.map_err(|e| {
+        format!(
+            "{e}; removed the per-CPU files, nothing was written to {}",
+            args.output.display()
+        )
+    })?;
+    restored.map_err(|e| format!("recording done, but restoring tracefs failed: {e}"))?;
+
+    let name = args.instance.clone().unwrap_or_default();
+    let files: Vec<Option<PathBuf>> = cpu_files.0.iter().cloned().map(Some).collect();
+    let trailing = Some(bracketed_clock(&recorded.clock));
+    let stats_texts: Vec<String> = recorded.stats.iter().map(|s| s.text.clone()).collect();
+    let (options, top_buf, named) = if name.is_empty() {
+        let top_buf = BufferData {
+            name: String::new(),
+            trailing_clock: trailing,
+            cpu_files: files,
+        };
+        (
+            standard_options(&recorded.clock_text, &stats_texts),
+            top_buf,
+            vec![],
+        )
+    } else {
+        let mut options = standard_options(&recorded.clock_text, &[]);
+        options.push(DatOption::buffer_stat_header(&name));
+        options.extend(
+            stats_texts
+                .iter()
+                .enumerate()
+                .map(|(i, s)| DatOption::cpu_stat(i, s)),
+        );
+        let top_buf = BufferData {
+            name: String::new(),
+            trailing_clock: trailing.clone(),
+            cpu_files: vec![],
+        };
+        let named = BufferData {
+            name: name.clone(),
+            trailing_clock: trailing,
+            cpu_files: files,
+        };
+        (options, top_buf, vec![named])
+    };
+    let cpus32 = u32::try_from(cpus).map_err(|_| "too many CPUs".to_string())?;
+    let ranges = match write_trace_dat(
+        &args.output,
+        &recorded.meta,
+        cpus32,
+        &options,
+        &top_buf,
+        &named,
+    ) {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = std::fs::remove_file(&args.output);
+            return Err(format!(
+                "{e}; removed the incomplete {}",
+                args.output.display()
+            ));
+        }
+    };
+    drop(cpu_files);
+    if !args.quiet {
+        print_summary(
+            ranges.last().map(Vec::as_slice).unwrap_or(&[]),
+            &recorded.stats,
+        );
+    }
+    Ok(())
+}
+
+fn record_with(
+    args: &RecordArgs,
+    inst: &Instance,
+    guard: &mut TracefsState,
+    events: &[EventName],
+    cpu_files: &[PathBuf],
+) -> Result<Recorded, String> {
+    let s = |e: tracefs::TracefsError| e.to_string();
+    guard.set_tracing_on(false).map_err(s)?;
+    if let Some(t) = &args.tracer {
+        guard
+            .set_tracer(t)
+            .map_err(|e| format!("cannot use tracer {t:?}: {e}"))?;
+    }
+    if let Some(kb) = args.buffer_kb {
+        guard.set_buffer_size_kb(kb).map_err(s)?;
+    }
+    if let Some(c) = &args.clock {
+        guard.set_trace_clock(c).map_err(s)?;
+    }
+    // Only the requested events go into the file (their formats are saved), so
+    // events someone else left enabled are switched off for the recording.
+    let others: Vec<EventName> = inst
+        .enabled_events()
+        .map_err(s)?
+        .into_iter()
+        .filter(|e| events.binary_search(e).is_err())
+        .collect();
+    guard.set_events(&others, false).map_err(s)?;
+    guard.enable_events(events).map_err(s)?;
+    inst.clear_buffer().map_err(s)?;
+    check_interrupt()?;
+
+    let sleep = Duration::from_micros(args.sleep_us);
+    let mut running = Running {
+        stops: Vec::new(),
+        threads: Vec::new(),
+    };
+    for (cpu, path) in cpu_files.iter().enumerate() {
+        let input = Input::Buffer {
+            dir: inst.path().to_path_buf(),
+            cpu,
+        };
+        let mut rec = CpuRecorder::to_file(
+            input,
+            path,
+            args.max_kb.unwrap_or(0),
+            RecordFlags::default(),
+        )
+        .map_err(|e| format!("cannot start the CPU {cpu} recorder: {e}"))?;
+        running.stops.push(rec.stop_handle());
+        let t = std::thread::Builder::new()
+            .name(format!("record-cpu{cpu}"))
+            .spawn(move || {
+                let res = rec.record(sleep);
+                (rec, res)
+            })
+            .map_err(|e| format!("cannot start a recorder thread: {e}"))?;
+        running.threads.push(t);
+    }
+    guard.set_tracing_on(true).map_err(s)?;
+    log::info!(
+        "recording {} events on {} CPUs",
+        events.len(),
+        cpu_files.len()
+    );
+
+    let mut child = match args.command.first() {
+        Some(prog) => {
+            let me = std::env::current_exe()
+                .map_err(|e| format!("cannot find the trace-cmd executable: {e}"))?;
+            Some(
+                Command::new(me)
+                    .arg("__exec")
+                    .arg("--")
+                    .args(&args.command)
+                    .spawn()
+                    .map_err(|e| format!("cannot run {prog:?}: {e}"))?,
+            )
+        }
+        None => {
+            if !args.quiet {
+                eprintln!("Hit Ctrl^C to stop recording");
+            }
+            None
+        }
+    };
+    wait_for_end(args, &mut child, &running, cpu_files);
+    inst.set_tracing_on(false).map_err(s)?;
+    running.finish()?;
+
+    let stats = (0..cpu_files.len())
+        .map(|c| inst.cpu_stats(c))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(s)?;
+    let clock_text = inst.trace_clock_text().map_err(s)?;
+    let clock = tracefs::parse_trace_clock(&clock_text)
+        .map(|c| c.0)
+        .unwrap_or_else(|| "local".into());
+    let meta = Metadata::from_tracefs(inst, events).map_err(|e| e.to_string())?;
+    Ok(Recorded {
+        stats,
+        clock_text,
+        clock,
+        meta,
+    })
+}
+
+/// Waits until the command exits, Ctrl-C, or a recorder stops on its own (an error).
+fn wait_for_end(
+    args: &RecordArgs,
+    child: &mut Option<Child>,
+    running: &Running,
+    cpu_files: &[PathBuf],
+) {
+    let live = !args.quiet && std::io::stderr().is_terminal();
+    let mut last = Instant::now();
+    // Ends the command as Ctrl-C would (on a terminal it got the signal too).
+    let interrupt_child = |child: &mut Option<Child>| {
+        if let Some(c) = child {
+            let pid = nix::unistd::Pid::from_raw(c.id() as i32);
+            let _ = nix::sys::signal::kill(pid, Signal::SIGINT);
+        }
+    };
+    loop {
+        if interrupted() {
+            interrupt_child(child);
+            break;
+        }
+        if let Some(c) = child {
+            if !matches!(c.try_wait(), Ok(None)) {
+                break;
+            }
+        }
+        if running.any_finished() {
+            // A recorder only stops on its own on an error (e.g. disk full):
+            // the recording is over, so is the command.
+            log::warn!("a recorder stopped early; ending the recording");
+            interrupt_child(child);
+            break;
+        }
+        if live && last.elapsed() >= Duration::from_secs(1) {
+            last = Instant::now();
+            let bytes: u64 = cpu_files
+                .iter()
+                .filter_map(|p| std::fs::metadata(p).ok())
+                .map(|m| m.len())
+                .sum();
+            eprint!("\r{} KiB recorded   ", bytes / 1024);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if live {
+        eprintln!();
+    }
+    if let Some(c) = child {
+        if let Err(e) = c.wait() {
+            log::warn!("waiting for the command failed: {e}");
+        }
+    }
+}
+
+/// Per-CPU summary as trace-cmd prints it.
+fn print_summary(ranges: &[CpuRange], stats: &[CpuStats]) {
+    for (cpu, r) in ranges.iter().enumerate() {
+        println!("CPU{cpu} data recorded at offset=0x{:x}", r.offset);
+        println!("    {} bytes in size", r.size);
+    }
+    for (cpu, s) in stats.iter().enumerate() {
+        println!("CPU: {cpu}");
+        println!("entries: {}", s.entries);
+        println!("overrun: {}", s.overrun);
+        println!("commit overrun: {}", s.commit_overrun);
+        println!("bytes: {}", s.bytes);
+        println!("oldest event ts: {}", s.oldest_event_ts);
+        println!("now ts: {}", s.now_ts);
+        println!("dropped events: {}", s.dropped_events);
+        println!("read events: {}", s.read_events);
+        println!();
+    }
+}
