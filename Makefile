@@ -13,7 +13,7 @@ VERSION := 0.1.0
 # static library so that both definitions link.
 WEAK_SYMS := tracecmd_connect_to_socket receive_fd
 
-.PHONY: deps all lib check rust-check c-check install clean
+.PHONY: record deps all lib check rust-check c-check install clean
 
 all: lib
 
@@ -29,6 +29,13 @@ lib:
 	ln -sf libtracecmd_rs.so.$(VERSION) $(LIBOUT)/libtracecmd_rs.so.0
 	ln -sf libtracecmd_rs.so.0 $(LIBOUT)/libtracecmd_rs.so
 	./c-tests/gen-pc.sh $(CURDIR) $(LIBOUT) $(VERSION) > $(LIBOUT)/pkgconfig/tracecmd-rs.pc
+
+# The main job: a real recording of `sleep 1` with the sched events, shown by
+# Debian's trace-cmd report (the reader people already use).
+record: deps
+	$(CARGO) build --release -p trace-cmd
+	$(TARGET)/trace-cmd record -e sched -o trace.dat sleep 1
+	trace-cmd report -i trace.dat | head -n 20
 
 check: deps lib rust-check c-check
 
