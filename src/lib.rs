@@ -5,6 +5,7 @@
 //! converts between C types and the core (see ARCHITECTURE in the shared docs).
 
 pub mod msg;
+pub mod netrecord;
 pub mod output;
 pub mod recorder;
 pub mod tracefs;
