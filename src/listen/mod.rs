@@ -200,6 +200,15 @@ impl Listener {
         }
     }
 
+    /// Serves clients forever, sending each session's report to `tx` as the
+    /// session ends (reports of sessions that outlive a dropped receiver are
+    /// only logged).
+    pub fn serve_to(&self, tx: mpsc::Sender<SessionReport>) -> Result<(), ListenError> {
+        loop {
+            self.accept_one(Some(tx.clone()))?;
+        }
+    }
+
     /// Serves exactly `n` connections (concurrently) and returns their reports in
     /// the order the sessions ended. For tests and tools.
     pub fn serve_n(&self, n: usize) -> Result<Vec<SessionReport>, ListenError> {

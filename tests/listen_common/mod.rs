@@ -1,0 +1,98 @@
+//! Helpers of the listener tests: a listener on a background thread whose
+//! session reports can be awaited per client port.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::sync::mpsc::{self, Receiver};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tracecmd_rs::listen::{ListenConfig, Listener, SessionReport};
+
+/// A listener serving on its own thread.
+pub struct Running {
+    pub port: u16,
+    rx: Mutex<Receiver<SessionReport>>,
+    stash: Mutex<HashMap<u16, SessionReport>>,
+}
+
+impl Running {
+    pub fn start(cfg: ListenConfig) -> Arc<Running> {
+        let l = Listener::bind(cfg).expect("bind the listener");
+        let port = l.port();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let r = l.serve_to(tx);
+            panic!("the listener stopped serving: {r:?}");
+        });
+        Arc::new(Running {
+            port,
+            rx: Mutex::new(rx),
+            stash: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The report of the session whose client used local port `client_port`.
+    pub fn report_for(&self, client_port: u16, within: Duration) -> SessionReport {
+        let end = Instant::now() + within;
+        loop {
+            if let Some(r) = self.stash.lock().unwrap().remove(&client_port) {
+                return r;
+            }
+            let left = end.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "no session report for client port {client_port} within {within:?}"
+            );
+            let rx = self.rx.lock().unwrap();
+            match rx.recv_timeout(left.min(Duration::from_millis(50))) {
+                Ok(r) => {
+                    self.stash.lock().unwrap().insert(r.peer.port(), r);
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(e) => panic!("listener thread gone: {e}"),
+            }
+        }
+    }
+
+    /// The next report of any session.
+    pub fn any_report(&self, within: Duration) -> SessionReport {
+        if let Some(k) = self.stash.lock().unwrap().keys().next().copied() {
+            return self.stash.lock().unwrap().remove(&k).unwrap();
+        }
+        self.rx
+            .lock()
+            .unwrap()
+            .recv_timeout(within)
+            .expect("a session report")
+    }
+}
+
+/// Serialises tests that make Debian's trace-cmd record on the top-level buffer,
+/// across test threads and (through an flock) across test programs.
+pub struct TopBufferLock {
+    _guard: std::sync::MutexGuard<'static, ()>,
+    _file: nix::fcntl::Flock<std::fs::File>,
+}
+
+static TOP: Mutex<()> = Mutex::new(());
+
+/// Path of the lock file every test program that records on the top buffer takes.
+pub const TOP_LOCK: &str = "/tmp/tracecmd-rs-top-buffer.lock";
+
+pub fn lock_top_buffer() -> TopBufferLock {
+    let guard = TOP.lock().unwrap_or_else(|p| p.into_inner());
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(TOP_LOCK)
+        .expect("open the top-buffer lock file");
+    let file = nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| e)
+        .expect("lock the top buffer");
+    TopBufferLock {
+        _guard: guard,
+        _file: file,
+    }
+}
