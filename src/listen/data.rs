@@ -230,10 +230,14 @@ fn serve(mut cpus: Vec<Cpu>, page_size: usize, stop: OwnedFd, label: &str) -> Ve
                 quiet = Some(Duration::from_millis(u64::from(u32::from_ne_bytes(ms))));
                 drain_end = Some(Instant::now() + MAX_DRAIN);
                 last_data = Instant::now();
-                // A data connection that never came will not come now.
-                for c in cpus.iter_mut() {
+                // A data connection still in the accept queue is taken; one that
+                // never came will not come now.
+                for (i, c) in cpus.iter_mut().enumerate() {
                     if matches!(c.sock, Sock::Listening(_)) {
-                        c.sock = Sock::Done;
+                        service(c, i, &mut buf, page_size, label);
+                        if matches!(c.sock, Sock::Listening(_)) {
+                            c.sock = Sock::Done;
+                        }
                     }
                 }
             }
