@@ -417,3 +417,184 @@ pub fn append_buffer(
         .map_err(werr("the end of the file"))?;
     Ok(ranges)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::output::reader::TraceDat;
+
+    fn section(id: u16, body: &[u8]) -> Vec<u8> {
+        let mut v = section_header(id, false, 0, body.len() as u64).to_vec();
+        v.extend_from_slice(body);
+        v
+    }
+
+    /// What a 3.1.6 client sends in v7: header, one section, options{CPUCOUNT, DONE 0}.
+    fn client_metadata(compression: &str) -> Vec<u8> {
+        let mut m = MAGIC.to_vec();
+        m.extend_from_slice(b"7\0\0\x08");
+        m.extend_from_slice(&4096u32.to_le_bytes());
+        m.extend_from_slice(compression.as_bytes());
+        m.extend_from_slice(b"\x001.5.4\0");
+        let first_at = m.len();
+        m.extend_from_slice(&[0; 8]);
+        m.extend(section(16, b"not really headers"));
+        let opts = m.len() as u64;
+        m[first_at..first_at + 8].copy_from_slice(&opts.to_le_bytes());
+        let mut body = Vec::new();
+        body.extend_from_slice(&option_id::CPUCOUNT.to_le_bytes());
+        body.extend_from_slice(&4u32.to_le_bytes());
+        body.extend_from_slice(&3u32.to_le_bytes());
+        body.extend_from_slice(&[0, 0, 8, 0, 0, 0]);
+        body.extend_from_slice(&0u64.to_le_bytes());
+        m.extend(section(0, &body));
+        m
+    }
+
+    struct Tmp(PathBuf);
+    impl Drop for Tmp {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn pages(n: usize, seed: u8) -> Vec<u8> {
+        (0..n * 4096).map(|i| (i / 7) as u8 ^ seed).collect()
+    }
+
+    #[test]
+    fn appended_buffer_reads_back() {
+        for compression in ["zstd", "none"] {
+            let tmp =
+                Tmp(std::env::temp_dir()
+                    .join(format!("tcrs-v7-{}-{compression}", std::process::id())));
+            std::fs::create_dir_all(&tmp.0).unwrap();
+            let meta_bytes = client_metadata(compression);
+            let meta = parse_metadata(&meta_bytes[..]).unwrap();
+            assert_eq!(meta.page_size, 4096);
+            assert_eq!(meta.cpu_count, Some(3));
+            assert_eq!(meta.compression.is_some(), compression == "zstd");
+            assert_eq!(meta.last_done_next, meta_bytes.len() as u64 - 8);
+            let data = [pages(25, 1), vec![], pages(1, 2)];
+            let mut files = Vec::new();
+            for (i, d) in data.iter().enumerate() {
+                let p = tmp.0.join(format!("cpu{i}"));
+                std::fs::write(&p, d).unwrap();
+                files.push(Some(p));
+            }
+            let path = tmp.0.join("out.dat");
+            std::fs::write(&path, &meta_bytes).unwrap();
+            let mut f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&path)
+                .unwrap();
+            let ranges = append_buffer(&mut f, &meta, "local", &files).unwrap();
+            drop(f);
+            let b = std::fs::read(&path).unwrap();
+            let dat = TraceDat::parse(&b).expect("our reader parses the result");
+            assert_eq!(dat.buffers.len(), 1);
+            assert_eq!(dat.buffers[0].name, "");
+            assert_eq!(dat.buffers[0].clock.as_deref(), Some("local"));
+            for (cpu, d) in data.iter().enumerate() {
+                let r = ranges[cpu];
+                assert_eq!(r.offset % 4096, 0);
+                if d.is_empty() {
+                    assert_eq!(r.size, 0);
+                    continue;
+                }
+                let at = r.offset as usize;
+                let got = if compression == "none" {
+                    b[at..at + d.len()].to_vec()
+                } else {
+                    let n = u32::from_le_bytes(b[at..at + 4].try_into().unwrap()) as usize;
+                    assert_eq!(n, d.len().div_ceil(PAGES_IN_CHUNK * 4096));
+                    let (mut pos, mut out, mut sum) = (at + 4, Vec::new(), 0u64);
+                    for _ in 0..n {
+                        let z = u32::from_le_bytes(b[pos..pos + 4].try_into().unwrap()) as usize;
+                        let raw =
+                            u32::from_le_bytes(b[pos + 4..pos + 8].try_into().unwrap()) as usize;
+                        assert!(raw <= PAGES_IN_CHUNK * 4096);
+                        // Frames carry no content size (doc P11): the magic then a 0 descriptor.
+                        assert_eq!(&b[pos + 8..pos + 13], &[0x28, 0xb5, 0x2f, 0xfd, 0x00]);
+                        out.extend(zstd::bulk::decompress(&b[pos + 8..pos + 8 + z], raw).unwrap());
+                        pos += 8 + z;
+                        sum += 8 + z as u64;
+                    }
+                    assert_eq!(r.size, sum, "3.1.6 records the chunks without the count");
+                    out
+                };
+                assert_eq!(&got, d, "CPU {cpu} ({compression})");
+            }
+            // The chain: the client's DONE now points at the new options section,
+            // whose DONE ends it, and a STRINGS section follows it.
+            let next =
+                u64::from_le_bytes(b[meta.last_done_next as usize..][..8].try_into().unwrap());
+            assert!(next > meta.len);
+            assert_eq!(&b[next as usize..next as usize + 2], &[0, 0]);
+            let reparsed = parse_metadata(&b[..]).unwrap();
+            let opt_size = u64::from_le_bytes(b[next as usize + 8..][..8].try_into().unwrap());
+            let strings = (next + 16 + opt_size) as usize;
+            assert_eq!(u16::from_le_bytes([b[strings], b[strings + 1]]), STRINGS);
+            assert_eq!(reparsed.last_done_next, next + 16 + opt_size - 8);
+            let ssize = u64::from_le_bytes(b[strings + 8..][..8].try_into().unwrap());
+            assert_eq!(
+                strings as u64 + 16 + ssize,
+                b.len() as u64,
+                "STRINGS ends the file"
+            );
+        }
+    }
+
+    #[test]
+    fn other_compressions_are_refused() {
+        let meta = parse_metadata(&client_metadata("zlib")[..]).unwrap();
+        let tmp = std::env::temp_dir().join(format!("tcrs-v7-zlib-{}", std::process::id()));
+        let mut f = File::create(&tmp).unwrap();
+        let e = append_buffer(&mut f, &meta, "local", &[]).unwrap_err();
+        assert!(e.to_string().contains("zlib"), "{e}");
+        assert_eq!(f.metadata().unwrap().len(), 0, "nothing appended");
+        let _ = std::fs::remove_file(tmp);
+    }
+
+    #[test]
+    fn parser_never_panics_on_random_or_truncated_input() {
+        let good = client_metadata("zstd");
+        for cut in 0..good.len() {
+            assert!(parse_metadata(&good[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for _ in 0..20000 {
+            let mut b = good.clone();
+            for _ in 0..(next() % 6 + 1) {
+                let i = (next() % b.len() as u64) as usize;
+                b[i] = next() as u8;
+            }
+            let len = (next() % (b.len() as u64 + 1)) as usize;
+            let _ = parse_metadata(&b[..len]);
+            let junk: Vec<u8> = (0..next() % 200).map(|_| next() as u8).collect();
+            let _ = parse_metadata(&junk[..]);
+        }
+    }
+
+    #[test]
+    fn option_loops_end() {
+        // A DONE pointing back at its own section.
+        let mut m = client_metadata("none");
+        let first = u64::from_le_bytes(
+            m[MAGIC.len() + 2 + 2 + 4 + b"none\0".len() + b"1.5.4\0".len()..][..8]
+                .try_into()
+                .unwrap(),
+        );
+        let n = m.len();
+        m[n - 8..].copy_from_slice(&first.to_le_bytes());
+        let e = parse_metadata(&m[..]).unwrap_err();
+        assert!(e.to_string().contains("loop"), "{e}");
+    }
+}
