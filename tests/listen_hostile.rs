@@ -11,15 +11,14 @@ use std::os::fd::AsFd;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use listen_common::Running;
+use listen_common::{metadata, Running, PAGE};
 use tracecmd_rs::listen::{ListenConfig, ListenError, Outcome, Protocol, SessionReport};
 use tracecmd_rs::msg::handshake::{self, Negotiated};
 use tracecmd_rs::msg::v1::ClientInit;
 use tracecmd_rs::msg::{session as msess, v3, Channel, Wait};
 use tracecmd_rs::output::reader::TraceDat;
-use tracecmd_rs::output::{write_options_block, DatOption, Metadata};
+use tracecmd_rs::output::{write_options_block, DatOption};
 
-const PAGE: usize = 4096;
 const TIMEOUT: Duration = Duration::from_secs(2);
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -64,27 +63,6 @@ fn connect() -> (TcpStream, u16) {
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let p = s.local_addr().unwrap().port();
     (s, p)
-}
-
-/// A small but well-formed v6 metadata prefix (header … cmdlines).
-fn metadata() -> Vec<u8> {
-    let header_page = b"\tfield: u64 timestamp;\toffset:0;\tsize:8;\tsigned:0;\n\
-\tfield: local_t commit;\toffset:8;\tsize:8;\tsigned:1;\n\
-\tfield: int overwrite;\toffset:8;\tsize:1;\tsigned:1;\n\
-\tfield: char data;\toffset:16;\tsize:4080;\tsigned:0;\n";
-    Metadata {
-        page_size: PAGE as u32,
-        long_size: 8,
-        header_page: header_page.to_vec(),
-        header_event: b"# compressed entry header\n\ttype_len    :    5 bits\n\ttime_delta  :   27 bits\n\tarray       :   32 bits\n\n\tpadding     : type == 29\n\ttime_extend : type == 30\n\ttime_stamp : type == 31\n\tdata max type_len  == 28\n".to_vec(),
-        ftrace_formats: vec![],
-        systems: vec![],
-        kallsyms: vec![],
-        printk_formats: vec![],
-        cmdlines: b"1 init\n".to_vec(),
-    }
-    .to_bytes()
-    .unwrap()
 }
 
 /// What a V3 client with `--file-version 6` sends: metadata + CPU count + options.

@@ -8,6 +8,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tracecmd_rs::listen::{ListenConfig, Listener, SessionReport};
+use tracecmd_rs::output::Metadata;
+
+/// Page size of the scripted clients.
+pub const PAGE: usize = 4096;
 
 /// A listener serving on its own thread.
 pub struct Running {
@@ -95,4 +99,25 @@ pub fn lock_top_buffer() -> TopBufferLock {
         _guard: guard,
         _file: file,
     }
+}
+
+/// A small but well-formed v6 metadata prefix (header … cmdlines).
+pub fn metadata() -> Vec<u8> {
+    let header_page = b"\tfield: u64 timestamp;\toffset:0;\tsize:8;\tsigned:0;\n\
+\tfield: local_t commit;\toffset:8;\tsize:8;\tsigned:1;\n\
+\tfield: int overwrite;\toffset:8;\tsize:1;\tsigned:1;\n\
+\tfield: char data;\toffset:16;\tsize:4080;\tsigned:0;\n";
+    Metadata {
+        page_size: PAGE as u32,
+        long_size: 8,
+        header_page: header_page.to_vec(),
+        header_event: b"# compressed entry header\n\ttype_len    :    5 bits\n\ttime_delta  :   27 bits\n\tarray       :   32 bits\n\n\tpadding     : type == 29\n\ttime_extend : type == 30\n\ttime_stamp : type == 31\n\tdata max type_len  == 28\n".to_vec(),
+        ftrace_formats: vec![],
+        systems: vec![],
+        kallsyms: vec![],
+        printk_formats: vec![],
+        cmdlines: b"1 init\n".to_vec(),
+    }
+    .to_bytes()
+    .unwrap()
 }
