@@ -175,7 +175,13 @@ fn session(
     };
 
     let ended = receive_metadata(&ch, proto, &mut dat, cfg, &label);
-    report.cpu_bytes = data.finish(cfg.drain_quiet);
+    // Data still in flight matters only when a file will be built.
+    let quiet = if ended.is_ok() {
+        cfg.drain_quiet
+    } else {
+        std::time::Duration::ZERO
+    };
+    report.cpu_bytes = data.finish(quiet);
     let outcome = match ended {
         Ok(o) => o,
         Err(e) => {
