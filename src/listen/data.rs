@@ -20,6 +20,10 @@ use super::ListenError;
 
 /// Bytes moved per splice call.
 const SPLICE_LEN: usize = 1 << 20;
+/// Most bytes taken from one TCP stream before the others get their turn.
+const TURN_BYTES: u64 = 8 << 20;
+/// Most datagrams taken from one UDP socket before the others get their turn.
+const TURN_DATAGRAMS: usize = 256;
 
 enum Sock {
     Udp(UdpSocket),
@@ -141,9 +145,15 @@ impl DataPorts {
                 what: "a stop pipe".into(),
                 source: e.into(),
             })?;
+        // The thread gets its own copy of the read end, so that the stop write
+        // never meets a pipe without readers (no SIGPIPE, whenever it ends).
+        let thread_stop = stop_r.try_clone().map_err(|e| ListenError::Io {
+            what: "a stop pipe".into(),
+            source: e,
+        })?;
         let handle = std::thread::Builder::new()
             .name(format!("data {label}"))
-            .spawn(move || serve(self.cpus, self.page_size, stop_r, &label))
+            .spawn(move || serve(self.cpus, self.page_size, thread_stop, &label))
             .map_err(|e| ListenError::Io {
                 what: "starting the data thread".into(),
                 source: e,
@@ -151,6 +161,7 @@ impl DataPorts {
         Ok(DataThread {
             handle,
             stop: stop_w,
+            _stop_r: stop_r,
         })
     }
 }
@@ -159,6 +170,7 @@ impl DataPorts {
 pub(crate) struct DataThread {
     handle: JoinHandle<Vec<u64>>,
     stop: OwnedFd,
+    _stop_r: OwnedFd,
 }
 
 /// How long data may keep trickling in after the session ended, in all.
@@ -275,41 +287,43 @@ fn service(c: &mut Cpu, cpu: usize, buf: &mut [u8], page_size: usize, label: &st
                 c.sock = Sock::Done;
             }
         },
-        Sock::Udp(s) => loop {
-            match s.recv(buf) {
-                Ok(0) => continue,
-                Ok(n) => {
-                    let n = if n > page_size {
-                        if !c.warned_short {
-                            log::warn!("{label}: CPU {cpu}: datagram longer than a page ({page_size} bytes); cut");
-                            c.warned_short = true;
+        Sock::Udp(s) => {
+            for _ in 0..TURN_DATAGRAMS {
+                match s.recv(buf) {
+                    Ok(0) => continue,
+                    Ok(n) => {
+                        let n = if n > page_size {
+                            if !c.warned_short {
+                                log::warn!("{label}: CPU {cpu}: datagram longer than a page ({page_size} bytes); cut");
+                                c.warned_short = true;
+                            }
+                            page_size
+                        } else {
+                            if n < page_size && !c.warned_short {
+                                log::warn!("{label}: CPU {cpu}: datagram of {n} bytes is shorter than a page; padded");
+                                c.warned_short = true;
+                            }
+                            buf[n..page_size].fill(0);
+                            page_size
+                        };
+                        if let Err(e) = c.file.write_all(&buf[..n]) {
+                            log::error!("{label}: CPU {cpu}: writing the data file failed: {e}");
+                            c.sock = Sock::Done;
+                            break;
                         }
-                        page_size
-                    } else {
-                        if n < page_size && !c.warned_short {
-                            log::warn!("{label}: CPU {cpu}: datagram of {n} bytes is shorter than a page; padded");
-                            c.warned_short = true;
-                        }
-                        buf[n..page_size].fill(0);
-                        page_size
-                    };
-                    if let Err(e) = c.file.write_all(&buf[..n]) {
-                        log::error!("{label}: CPU {cpu}: writing the data file failed: {e}");
-                        c.sock = Sock::Done;
+                        c.bytes += n as u64;
+                        got = true;
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        // ICMP errors from a vanished client: keep the socket.
+                        log::debug!("{label}: CPU {cpu}: {e}");
                         break;
                     }
-                    c.bytes += n as u64;
-                    got = true;
-                }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    // ICMP errors from a vanished client: keep the socket.
-                    log::debug!("{label}: CPU {cpu}: {e}");
-                    break;
                 }
             }
-        },
+        }
         Sock::Stream { sock, pipe } => {
             let r = match pipe {
                 Some((pr, pw)) => splice_some(sock, pr, pw, &c.file),
@@ -353,7 +367,7 @@ fn splice_some(
     file: &File,
 ) -> std::io::Result<Moved> {
     let mut total = 0u64;
-    loop {
+    while total < TURN_BYTES {
         let n = match splice(
             sock,
             None,
@@ -380,13 +394,14 @@ fn splice_some(
         }
         total += n as u64;
     }
+    Ok(Moved::Bytes(total))
 }
 
 /// The read/write fallback where splice is not available.
 fn copy_some(mut sock: &TcpStream, file: &mut File, buf: &mut [u8]) -> std::io::Result<Moved> {
     use std::io::Read;
     let mut total = 0u64;
-    loop {
+    while total < TURN_BYTES {
         match sock.read(buf) {
             Ok(0) => return Ok(Moved::End(total)),
             Ok(n) => {
@@ -398,4 +413,5 @@ fn copy_some(mut sock: &TcpStream, file: &mut File, buf: &mut [u8]) -> std::io::
             Err(e) => return Err(e),
         }
     }
+    Ok(Moved::Bytes(total))
 }
