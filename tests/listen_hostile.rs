@@ -517,3 +517,82 @@ fn output_stays_in_the_directory() {
     assert_eq!(f.parent().unwrap(), DIR.get().unwrap().as_path());
     check_file(&r, &[1]);
 }
+
+/// What a 3.x client sends with file version 7 (zstd): header, one options
+/// section {CPUCOUNT, DONE(0)}; the sections 16–21 do not matter to the listener.
+fn metadata_v7(cpus: u32) -> Vec<u8> {
+    let mut m = b"\x17\x08\x44tracing7\0\0\x08".to_vec();
+    m.extend_from_slice(&(PAGE as u32).to_le_bytes());
+    m.extend_from_slice(b"zstd\x001.5.4\0");
+    let opts = m.len() as u64 + 8;
+    m.extend_from_slice(&opts.to_le_bytes());
+    let mut body = vec![8, 0, 4, 0, 0, 0];
+    body.extend_from_slice(&cpus.to_le_bytes());
+    body.extend_from_slice(&[0, 0, 8, 0, 0, 0]);
+    body.extend_from_slice(&0u64.to_le_bytes());
+    m.extend_from_slice(&[0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff]);
+    m.extend_from_slice(&(body.len() as u64).to_le_bytes());
+    m.extend(body);
+    m
+}
+
+#[test]
+fn v7_client_complete_and_partial() {
+    for close in [true, false] {
+        let (s, port) = connect();
+        let ch = Channel::new(s.as_fd()).with_timeout(Some(Duration::from_secs(10)));
+        v3_handshake(&ch);
+        v3::send(
+            &ch,
+            &v3::Msg::TInit {
+                cpus: 2,
+                page_size: PAGE as u32,
+                options: vec![],
+            },
+        )
+        .unwrap();
+        let v3::Msg::RInit { ports } = v3::recv(&ch, Wait::Timed).unwrap() else {
+            panic!("no RINIT")
+        };
+        v3::send(&ch, &v3::Msg::SendData(metadata_v7(2))).unwrap();
+        v3::send(&ch, &v3::Msg::FinData).unwrap();
+        send_data(&ports, false, &[12, 0]);
+        if close {
+            v3::send(&ch, &v3::Msg::Close).unwrap();
+        }
+        drop(s);
+        let r = listener().report_for(port, WAIT);
+        let want = if close {
+            Outcome::Complete
+        } else {
+            Outcome::Partial
+        };
+        assert!(matches!(r.result, Ok(o) if o == want), "{:?}", r.result);
+        let file = r.output.unwrap();
+        let b = std::fs::read(&file).unwrap();
+        let dat = TraceDat::parse(&b).unwrap();
+        assert_eq!(dat.version, 7);
+        assert_eq!(dat.buffers.len(), 1);
+        let (off, size) = dat.buffers[0].cpu_data[0];
+        assert_eq!(
+            dat.buffers[0].cpu_data.len(),
+            1,
+            "the empty CPU is not listed"
+        );
+        assert_eq!(off % PAGE as u64, 0);
+        // 12 pages = chunks of 10 and 2 pages.
+        let at = off as usize;
+        assert_eq!(u32::from_le_bytes(b[at..at + 4].try_into().unwrap()), 2);
+        let z = u32::from_le_bytes(b[at + 4..at + 8].try_into().unwrap()) as usize;
+        let raw = u32::from_le_bytes(b[at + 8..at + 12].try_into().unwrap()) as usize;
+        assert_eq!(raw, 10 * PAGE);
+        let pages = zstd_decode(&b[at + 12..at + 12 + z], raw);
+        assert_eq!(&pages[..PAGE], &page(0, 0)[..]);
+        assert!(size > z as u64);
+        let _ = std::fs::remove_file(file);
+    }
+}
+
+fn zstd_decode(frame: &[u8], raw: usize) -> Vec<u8> {
+    zstd::bulk::decompress(frame, raw).expect("a valid zstd frame")
+}
