@@ -377,7 +377,7 @@ fn absurd_cpu_counts_are_refused() {
         let (mut s, port) = connect();
         let mut g = [0u8; 8];
         s.read_exact(&mut g).unwrap();
-        s.write_all(format!("{cpus}\0{PAGE}\0000\0").as_bytes())
+        s.write_all(format!("{cpus}\0{PAGE}\x000\0").as_bytes())
             .unwrap();
         let e = expect_error(port);
         assert!(
@@ -428,7 +428,7 @@ fn slow_loris_does_not_delay_a_normal_client() {
     let l = listener();
     let (mut slow, slow_port) = connect();
     let trickle = std::thread::spawn(move || {
-        for b in b"-1V3\0766679\0\0" {
+        for b in b"-1V3\x00766679\0\0" {
             if slow.write_all(&[*b]).is_err() {
                 break;
             }
