@@ -195,6 +195,21 @@ fn v3_client_udp_and_tcp() {
 }
 
 #[test]
+fn v2_client_vanishing_after_metadata_leaves_a_partial_file() {
+    let (s, port) = connect();
+    let ch = Channel::new(s.as_fd()).with_timeout(Some(Duration::from_secs(10)));
+    assert_eq!(handshake::client_negotiate(&ch).unwrap(), Negotiated::V2);
+    let r = msess::send_init(&ch, 2, PAGE as u32, true).unwrap();
+    msess::send_metadata(&ch, &metadata()).unwrap();
+    msess::finish_metadata(&ch).unwrap();
+    send_data(&r.ports, true, &[0, 2]);
+    drop(s);
+    let r = listener().report_for(port, WAIT);
+    assert!(matches!(r.result, Ok(Outcome::Partial)), "{:?}", r.result);
+    check_file(&r, &[0, 2]);
+}
+
+#[test]
 fn v2_client() {
     for tcp in [false, true] {
         let (s, port) = connect();
