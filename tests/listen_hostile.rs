@@ -67,8 +67,12 @@ fn connect() -> (TcpStream, u16) {
 
 /// What a V3 client with `--file-version 6` sends: metadata + CPU count + options.
 fn metadata_v3(cpus: u32) -> Vec<u8> {
+    metadata_v3_clock(cpus, "[local] global\n")
+}
+
+fn metadata_v3_clock(cpus: u32, trace_clock: &str) -> Vec<u8> {
     let mut m = metadata();
-    write_options_block(&mut m, cpus, &[DatOption::trace_clock("[local] global\n")]).unwrap();
+    write_options_block(&mut m, cpus, &[DatOption::trace_clock(trace_clock)]).unwrap();
     m
 }
 
@@ -114,6 +118,10 @@ fn v3_handshake(ch: &Channel<'_>) {
 
 /// A V3 client (file version 6 metadata); `close` false vanishes before CLOSE.
 fn v3_client(tcp: bool, pages: &[usize], close: bool) -> u16 {
+    v3_client_with(tcp, pages, close, &metadata_v3(pages.len() as u32))
+}
+
+fn v3_client_with(tcp: bool, pages: &[usize], close: bool, meta: &[u8]) -> u16 {
     let (s, port) = connect();
     let ch = Channel::new(s.as_fd()).with_timeout(Some(Duration::from_secs(10)));
     v3_handshake(&ch);
@@ -132,7 +140,7 @@ fn v3_client(tcp: bool, pages: &[usize], close: bool) -> u16 {
         panic!("no RINIT")
     };
     assert_eq!(ports.len(), pages.len());
-    for c in metadata_v3(cpus).chunks(8180) {
+    for c in meta.chunks(8180) {
         v3::send(&ch, &v3::Msg::SendData(c.to_vec())).unwrap();
     }
     v3::send(&ch, &v3::Msg::FinData).unwrap();
@@ -610,4 +618,17 @@ fn v7_client_complete_and_partial() {
 
 fn zstd_decode(frame: &[u8], raw: usize) -> Vec<u8> {
     zstd::bulk::decompress(frame, raw).expect("a valid zstd frame")
+}
+
+#[test]
+fn v6_file_of_a_v3_client_names_the_clients_clock() {
+    // 3.x listeners write their own clock here (doc P6); the client's is right.
+    let meta = metadata_v3_clock(1, "local global [mono] x86-tsc\n");
+    let p = v3_client_with(false, &[1], true, &meta);
+    let r = listener().report_for(p, WAIT);
+    assert!(matches!(r.result, Ok(Outcome::Complete)), "{:?}", r.result);
+    let b = std::fs::read(r.output.as_ref().unwrap()).unwrap();
+    let dat = TraceDat::parse(&b).unwrap();
+    assert_eq!(dat.buffers[0].clock.as_deref(), Some("mono"));
+    check_file(&r, &[1]);
 }

@@ -22,6 +22,7 @@
 //! partial.
 
 mod data;
+mod meta6;
 pub mod name;
 mod session;
 

@@ -408,11 +408,19 @@ fn assemble(
             output::attach_cpu_data(dat, cpus, &[], &buffer, &[], page)?;
         }
         (Protocol::V3, "6") => {
+            // The client's own clock, where 3.x listeners write theirs (doc P6).
+            let buffer = BufferData {
+                trailing_clock: super::meta6::client_clock(&*dat)
+                    .or(clock)
+                    .as_deref()
+                    .map(output::bracketed_clock),
+                ..buffer
+            };
             output::append_flyrecord(dat, cpus, page, &buffer)?;
         }
         (Protocol::V3, "7") => {
             let meta = v7::parse_metadata(&*dat)?;
-            let clock = clock.unwrap_or_else(|| {
+            let clock = meta.trace_clock.clone().or(clock).unwrap_or_else(|| {
                 log::warn!(
                     "cannot read this machine's trace clock; the BUFFER option says \"local\""
                 );

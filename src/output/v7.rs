@@ -83,6 +83,8 @@ pub struct V7Metadata {
     pub last_done_next: u64,
     /// The CPUCOUNT option, if the client sent one.
     pub cpu_count: Option<u32>,
+    /// The current clock named by the client's TRACECLOCK option, if any.
+    pub trace_clock: Option<String>,
     /// Length of the metadata (where the appended sections start).
     pub len: u64,
 }
@@ -160,6 +162,7 @@ pub fn parse_metadata(src: &(impl ReadAt + ?Sized)) -> Result<V7Metadata, Output
     let mut section = u64::from_le_bytes(read(src, off, "the first options offset")?);
     let compression = (cname != "none").then_some((cname, cver));
     let mut cpu_count = None;
+    let mut trace_clock = None;
     for _ in 0..MAX_OPTION_SECTIONS {
         let h: [u8; 16] = read(src, section, "an options section header")?;
         let id = u16::from_le_bytes([h[0], h[1]]);
@@ -208,6 +211,12 @@ pub fn parse_metadata(src: &(impl ReadAt + ?Sized)) -> Result<V7Metadata, Output
             if oid == option_id::CPUCOUNT && osize == 4 {
                 cpu_count = Some(u32::from_le_bytes(read(src, data, "the CPU count")?));
             }
+            if oid == option_id::TRACECLOCK && osize <= 4096 {
+                let mut text = vec![0u8; osize as usize];
+                src.read_at_exact(data, &mut text)
+                    .map_err(|_| bad("the TRACECLOCK option lies past the end"))?;
+                trace_clock = current_clock(&text);
+            }
             pos = data + osize;
         };
         if next.1 == 0 {
@@ -216,12 +225,20 @@ pub fn parse_metadata(src: &(impl ReadAt + ?Sized)) -> Result<V7Metadata, Output
                 compression,
                 last_done_next: next.0,
                 cpu_count,
+                trace_clock,
                 len,
             });
         }
         section = next.1;
     }
     Err(bad("the options sections form a loop"))
+}
+
+/// The clock in brackets in a TRACECLOCK option's text (`"[local] global\n\0"`).
+pub fn current_clock(option: &[u8]) -> Option<String> {
+    let text = String::from_utf8_lossy(option);
+    let text = text.trim_end_matches('\0');
+    crate::tracefs::parse_trace_clock(text).map(|(c, _)| c)
 }
 
 fn werr(what: &'static str) -> impl FnOnce(std::io::Error) -> OutputError {
