@@ -73,6 +73,20 @@ fn bind_one(port: u16, tcp: bool) -> std::io::Result<Sock> {
     }
 }
 
+/// Receive buffer asked for on UDP data sockets: UDP has no flow control, so a
+/// burst the data thread cannot take at once must fit in the socket (the
+/// kernel's global UDP memory limit still bounds what many sockets can hold).
+const UDP_RCVBUF: usize = 4 << 20;
+
+/// Enlarges a UDP socket's receive buffer: beyond `rmem_max` when privileged
+/// (SO_RCVBUFFORCE), else as far as `rmem_max` allows.
+fn grow_receive_buffer(s: &UdpSocket) {
+    use nix::sys::socket::{setsockopt, sockopt};
+    if setsockopt(s, sockopt::RcvBufForce, &UDP_RCVBUF).is_err() {
+        let _ = setsockopt(s, sockopt::RcvBuf, &UDP_RCVBUF);
+    }
+}
+
 impl DataPorts {
     /// Binds one socket per CPU, searching upward from `first_port` and skipping
     /// ports in use, and creates the temporary files `paths`.
@@ -110,6 +124,9 @@ impl DataPorts {
                     }
                 }
             };
+            if let Sock::Udp(s) = &sock {
+                grow_receive_buffer(s);
+            }
             match &sock {
                 Sock::Udp(s) => s.set_nonblocking(true),
                 Sock::Listening(s) => s.set_nonblocking(true),
