@@ -376,7 +376,7 @@ fn file_header(dat: &File) -> Result<(String, u32), ListenError> {
         ));
     }
     let page = u32::from_le_bytes([fields[2], fields[3], fields[4], fields[5]]);
-    if page == 0 || page > 1 << 24 {
+    if page == 0 || page > 1 << 20 {
         return Err(bad(&format!("gives page size {page}")));
     }
     Ok((version, page))

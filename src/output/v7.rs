@@ -29,7 +29,7 @@ const ZSTD_LEVEL: i32 = 3;
 /// Most options sections followed before the chain is called a loop.
 const MAX_OPTION_SECTIONS: usize = 1024;
 /// Largest page size accepted from a header.
-const MAX_PAGE_SIZE: u32 = 1 << 24;
+const MAX_PAGE_SIZE: u32 = 1 << 20;
 /// The descriptions this writer uses, in STRINGS order (ids are byte offsets).
 const STRINGS_TEXT: &[u8] = b"buffer flyrecord \0options\0strings\0";
 const DESC_BUFFER: u32 = 0;
