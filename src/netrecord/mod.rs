@@ -237,12 +237,12 @@ impl NetSession {
         let (control, proto) = match offered {
             Offered::V3 => (control, Proto::V3),
             Offered::V2 => (control, Proto::V2),
+            // Forced V1: nothing was said on this connection yet; use it.
+            Offered::Closed if params.force == Some(Proto::V1) => (control, Proto::V1),
             Offered::Closed => {
-                if params.force.is_none() {
-                    log::info!(
-                        "listener at {label} closed on the versioned offer (a V1-only listener); reconnecting with V1"
-                    );
-                }
+                log::info!(
+                    "listener at {label} closed on the versioned offer (a V1-only listener); reconnecting with V1"
+                );
                 drop(control);
                 (connect_control(&addrs, &label, timeout)?, Proto::V1)
             }

@@ -55,6 +55,19 @@ fn version_reply(ch: &Channel<'_>) -> Result<Option<Vec<u8>>> {
     }
 }
 
+/// The error for a version answer this client cannot follow.
+fn mismatch(reply: &[u8], offered: &str) -> MsgError {
+    let text = String::from_utf8_lossy(reply);
+    let version = if reply.starts_with(b"V") {
+        text.to_string()
+    } else {
+        "unknown".to_string()
+    };
+    MsgError::ProtocolMismatch(format!(
+        "{version} (it answered the {offered} offer with {text:?})"
+    ))
+}
+
 /// Sends `magic` and requires the two bytes "OK" back.
 fn confirm(ch: &Channel<'_>, magic: &[u8; 8], version: &str) -> Result<()> {
     ch.send_all(magic)?;
@@ -84,15 +97,7 @@ pub fn offer_v3(ch: &Channel<'_>, downgrade: bool, label: &str) -> Result<Offere
             log::info!("listener at {label} speaks V2; continuing with V2");
             offer_v2(ch)
         }
-        other => Err(MsgError::ProtocolMismatch(format!(
-            "{} (it answered the V3 offer with {:?})",
-            if other.starts_with(b"V") {
-                String::from_utf8_lossy(other).into_owned()
-            } else {
-                "unknown".into()
-            },
-            String::from_utf8_lossy(other)
-        ))),
+        other => Err(mismatch(other, "V3")),
     }
 }
 
@@ -103,10 +108,7 @@ pub fn offer_v2(ch: &Channel<'_>) -> Result<Offered> {
         return Ok(Offered::Closed);
     };
     if reply != b"V2" {
-        return Err(MsgError::ProtocolMismatch(format!(
-            "{:?} (it answered the V2 offer with it)",
-            String::from_utf8_lossy(&reply)
-        )));
+        return Err(mismatch(&reply, "V2"));
     }
     confirm(ch, V2_MAGIC, "V2")?;
     Ok(Offered::V2)
