@@ -11,6 +11,8 @@
 
 #[path = "../../tests/dat_common/mod.rs"]
 mod dat_common;
+#[path = "../../tests/listen_common/mod.rs"]
+mod listen_common;
 
 use std::io::{Read, Write};
 use std::net::{Ipv6Addr, TcpListener};
@@ -23,22 +25,6 @@ use tracecmd_rs::tracefs::{EventName, Instance};
 
 const BIN: &str = env!("CARGO_BIN_EXE_trace-cmd");
 const DEBIAN: &str = "/usr/bin/trace-cmd";
-/// Same path as `tests/listen_common::TOP_LOCK`: one lock for every test program
-/// that records on the top-level buffer.
-const TOP_LOCK: &str = "/tmp/tracecmd-rs-top-buffer.lock";
-
-fn lock_top() -> nix::fcntl::Flock<std::fs::File> {
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(TOP_LOCK)
-        .expect("open the top-buffer lock file");
-    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive)
-        .map_err(|(_, e)| e)
-        .expect("lock the top buffer")
-}
-
 fn require_root() -> Instance {
     assert!(
         nix::unistd::geteuid().is_root(),
@@ -203,7 +189,7 @@ fn record_net(target: &str, extra: &[&str]) -> Output {
 /// Records through a fresh `peer` listener and checks the result with report.
 fn roundtrip(peer: Peer, extra: &[&str]) {
     let top = require_root();
-    let _lock = lock_top();
+    let _lock = listen_common::lock_top_buffer();
     let before = top_settings(&top);
     let mut l = Listener::start(peer);
     let out = record_net(&format!("127.0.0.1:{}", l.port), extra);
@@ -260,7 +246,7 @@ fn rust_listener_every_protocol_udp_and_tcp() {
 #[test]
 fn forced_v2_against_debian_says_what_the_listener_speaks() {
     let top = require_root();
-    let _lock = lock_top();
+    let _lock = listen_common::lock_top_buffer();
     let before = top_settings(&top);
     let l = Listener::start(Peer::Debian);
     let out = record_net(&format!("127.0.0.1:{}", l.port), &["--proto", "2"]);
@@ -273,7 +259,7 @@ fn forced_v2_against_debian_says_what_the_listener_speaks() {
 #[test]
 fn missing_or_garbage_listener_fails_cleanly_and_restores_tracefs() {
     let top = require_root();
-    let _lock = lock_top();
+    let _lock = listen_common::lock_top_buffer();
     let before = top_settings(&top);
 
     let port = free_port();
