@@ -46,7 +46,18 @@ fn listener() -> &'static Arc<Running> {
     L.get_or_init(|| {
         let _ = log::set_logger(&CAPTURE);
         log::set_max_level(log::LevelFilter::Info);
-        let dir = std::env::temp_dir().join(format!("tcrs-listen-hostile-{}", std::process::id()));
+        // Output under target/; directories of earlier runs whose process is gone
+        // are removed (the files themselves are removed test by test).
+        let base = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
+        for e in std::fs::read_dir(base).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if let Some(pid) = name.strip_prefix("listen-hostile-") {
+                if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
+        let dir = base.join(format!("listen-hostile-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         DIR.set(dir.clone()).unwrap();
         Running::start(ListenConfig {
