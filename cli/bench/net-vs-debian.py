@@ -21,6 +21,7 @@ Needs root. Not a test: numbers are printed, never asserted. The top-level buffe
 used (as trace-cmd does); its settings are restored at the end.
 """
 import argparse
+import fcntl
 import os
 import re
 import signal
@@ -94,9 +95,9 @@ def restore(s):
     if now["events"] != s["events"]:
         tr_write("set_event", "")
         for ev in s["events"]:
+            system, _, name = ev.partition(":")
             try:
-                with open(os.path.join(TRACING, "set_event"), "a") as f:
-                    f.write(ev)
+                tr_write(f"events/{system}/{name}/enable", "1")
             except OSError as e:
                 print(f"could not re-enable event {ev}: {e}", file=sys.stderr)
     if now["clock"] != s["clock"]:
@@ -265,6 +266,9 @@ def main():
         if not os.access(p, os.X_OK):
             sys.exit(f"missing {p} (build with `cargo build --release -p trace-cmd`)")
     cpus = os.cpu_count()
+    # The lock the tests that record on the top-level buffer take.
+    lock = open("/tmp/tracecmd-rs-top-buffer.lock", "a")
+    fcntl.flock(lock, fcntl.LOCK_EX)
     found = snapshot()
     results = {}
     try:
