@@ -112,6 +112,13 @@ fn record_to(
     wait_for_end(args, &mut child, &running, &[], &|| session.listener_gone());
     inst.set_tracing_on(false).map_err(s)?;
     let flushed = running.finish();
+    if session.listener_gone() {
+        return Err(format!(
+            "the listener at {} closed the connection during the recording; \
+             its file holds only what arrived before",
+            session.label()
+        ));
+    }
     // CLOSE even when a recorder failed: the listener then keeps what arrived.
     let closed = session.finish().map_err(|e| e.to_string());
     flushed?;

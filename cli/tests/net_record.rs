@@ -314,3 +314,63 @@ fn missing_or_garbage_listener_fails_cleanly_and_restores_tracefs() {
         .unwrap();
     assert!(!out.status.success());
 }
+
+#[test]
+fn a_listener_that_goes_away_ends_the_recording_with_an_error() {
+    use std::os::fd::AsFd;
+    use tracecmd_rs::msg::{v3, Channel, Wait};
+    let top = require_root();
+    let _lock = listen_common::lock_top_buffer();
+    let before = top_settings(&top);
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let server = std::thread::spawn(move || {
+        let (s, _) = l.accept().unwrap();
+        let ch = Channel::new(s.as_fd());
+        ch.send_all(b"tracecmd").unwrap();
+        let mut offer = [0u8; 5];
+        ch.recv_exact(&mut offer, Wait::Timed).unwrap();
+        ch.send_all(b"V3\0").unwrap();
+        let mut magic = [0u8; 8];
+        ch.recv_exact(&mut magic, Wait::Timed).unwrap();
+        ch.send_all(b"OK").unwrap();
+        let cpus = match v3::recv(&ch, Wait::Timed).unwrap() {
+            v3::Msg::TInit { cpus, .. } => cpus as usize,
+            m => panic!("expected TINIT, got {m:?}"),
+        };
+        let socks: Vec<std::net::UdpSocket> = (0..cpus)
+            .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").unwrap())
+            .collect();
+        let ports = socks
+            .iter()
+            .map(|u| u32::from(u.local_addr().unwrap().port()))
+            .collect();
+        v3::send(&ch, &v3::Msg::RInit { ports }).unwrap();
+        while v3::recv(&ch, Wait::Timed).unwrap() != v3::Msg::FinData {}
+        // Recording has started; the listener now vanishes.
+        std::thread::sleep(Duration::from_millis(300));
+        drop(s);
+        drop(socks);
+    });
+    let start = Instant::now();
+    let out = Command::new(BIN)
+        .args([
+            "record",
+            "-N",
+            &addr.to_string(),
+            "-e",
+            "sched:sched_switch",
+        ])
+        .args(["-q", "sleep", "30"])
+        .output()
+        .unwrap();
+    server.join().unwrap();
+    assert!(
+        start.elapsed() < Duration::from_secs(15),
+        "record did not notice"
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("closed the connection"), "{err}");
+    assert_eq!(top_settings(&top), before, "tracefs not restored");
+}
