@@ -70,6 +70,13 @@ fn record_to(
     let meta = Metadata::from_tracefs(inst, events).map_err(|e| e.to_string())?;
     let clock_text = inst.trace_clock_text().map_err(s)?;
     let options = standard_options(&clock_text, &[]);
+    // The recorders send whole ring-buffer sub-buffers (one per UDP datagram), so
+    // the listener must read in that unit; it is the page size unless the kernel
+    // was told otherwise (buffer_subbuf_size_kb).
+    let params = &NetParams {
+        page_size: meta.page_size,
+        ..params.clone()
+    };
     let session = NetSession::connect(target, params).map_err(|e| e.to_string())?;
     if session.proto() != Proto::V3 && params.force.is_none() {
         log::warn!(
