@@ -17,6 +17,9 @@ use super::{
     Running,
 };
 
+/// Largest sub-buffer one UDP datagram carries (trace-cmd's `UDP_MAX_PACKET` bound).
+const MAX_UDP_PAGE: usize = 65515;
+
 /// Longest wait for connecting when the message timeout is switched off.
 const UNBOUNDED_CONNECT: Duration = Duration::from_secs(60);
 
@@ -73,10 +76,18 @@ fn record_to(
     // The recorders send whole ring-buffer sub-buffers (one per UDP datagram), so
     // the listener must read in that unit; it is the page size unless the kernel
     // was told otherwise (buffer_subbuf_size_kb).
-    let params = &NetParams {
+    let mut params = NetParams {
         page_size: meta.page_size,
         ..params.clone()
     };
+    if !params.use_tcp && meta.page_size as usize > MAX_UDP_PAGE {
+        log::info!(
+            "{}-byte sub-buffers do not fit a UDP datagram; sending the data over TCP",
+            meta.page_size
+        );
+        params.use_tcp = true;
+    }
+    let params = &params;
     let session = NetSession::connect(target, params).map_err(|e| e.to_string())?;
     if session.proto() != Proto::V3 && params.force.is_none() {
         log::warn!(
