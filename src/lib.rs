@@ -4,7 +4,9 @@
 //! their API. The C ABI of trace-cmd's virt-server branch lives in `capi/` and only
 //! converts between C types and the core (see ARCHITECTURE in the shared docs).
 
+pub mod listen;
 pub mod msg;
+pub mod netrecord;
 pub mod output;
 pub mod recorder;
 pub mod tracefs;

@@ -496,6 +496,12 @@ pub struct CpuRecorder {
     stop: Arc<StopState>,
 }
 
+/// Whether `fd` is a `SOCK_DGRAM` socket.
+fn is_datagram_socket(fd: BorrowedFd<'_>) -> bool {
+    nix::sys::socket::getsockopt(&fd, nix::sys::socket::sockopt::SockType)
+        .is_ok_and(|t| t == nix::sys::socket::SockType::Datagram)
+}
+
 fn system_page_size() -> usize {
     match nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE) {
         Ok(Some(n)) if n > 0 => n as usize,
@@ -659,7 +665,19 @@ impl CpuRecorder {
                 .iter()
                 .flatten()
                 .all(|f| is(f.as_raw_fd(), libc::S_IFREG));
-        let mover = if flags.nosplice {
+        // A datagram socket (UDP to a listener) must get exactly one page per write:
+        // the listener reads one datagram per page (shared doc §9 P1). Splice would
+        // cut datagrams at pipe-buffer boundaries, so such outputs always copy.
+        let datagram = sink
+            .files
+            .iter()
+            .flatten()
+            .any(|f| is_datagram_socket(f.as_fd()));
+        let mover = if datagram {
+            Mover::Copy {
+                buf: vec![0; page_size],
+            }
+        } else if flags.nosplice {
             Mover::Copy {
                 buf: vec![0; COPY_BATCH_PAGES * page_size],
             }

@@ -1,5 +1,6 @@
 //! `trace-cmd`: the command line on top of the tracecmd-rs core.
 
+mod listen;
 mod logger;
 mod record;
 
@@ -17,6 +18,8 @@ struct Cli {
 enum Cmd {
     /// Record trace events into a trace.dat file (version 6).
     Record(record::RecordArgs),
+    /// Receive traces from `record -N` clients (protocols V1, V2 and V3).
+    Listen(listen::ListenArgs),
     /// Print the version.
     Version,
     /// Internal: unblock SIGINT/SIGTERM, then exec the command (used by record).
@@ -33,6 +36,10 @@ fn main() {
         Cmd::Record(args) => {
             logger::init(args.verbose, args.debug);
             record::run(args)
+        }
+        Cmd::Listen(args) => {
+            logger::init(true, args.debug);
+            listen::run(args)
         }
         Cmd::Exec { command } => record::exec_unblocked(&command),
         Cmd::Version => {

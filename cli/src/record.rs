@@ -17,6 +17,9 @@ use tracecmd_rs::output::{
 use tracecmd_rs::recorder::{CpuRecorder, Input, RecordFlags, RecorderError, StopHandle};
 use tracecmd_rs::tracefs::{self, CpuStats, EventName, Instance, NotMounted, TracefsState};
 
+#[path = "record_net.rs"]
+mod net;
+
 /// Options of `trace-cmd record` (trace-cmd's letters).
 #[derive(Args, Debug)]
 pub struct RecordArgs {
@@ -48,6 +51,17 @@ pub struct RecordArgs {
     /// Quiet: no live line and no summary.
     #[arg(short = 'q')]
     quiet: bool,
+    /// Send the trace to `trace-cmd listen` at HOST:PORT instead of writing a file;
+    /// negotiates down from protocol V3 to whatever the listener speaks.
+    #[arg(short = 'N', value_name = "HOST:PORT", conflicts_with_all = ["output", "instance", "max_kb"])]
+    net: Option<String>,
+    /// With -N: send the per-CPU data over TCP instead of UDP.
+    #[arg(short = 't', requires = "net")]
+    tcp: bool,
+    /// With -N: speak only this protocol version (1, 2 or 3) instead of negotiating.
+    #[arg(long = "proto", value_name = "N", requires = "net",
+          value_parser = clap::value_parser!(u8).range(1..=3))]
+    proto: Option<u8>,
     /// Show what is being done.
     #[arg(short = 'v', long = "verbose")]
     pub verbose: bool,
@@ -125,6 +139,29 @@ type RecorderThread = JoinHandle<(CpuRecorder, Result<(), RecorderError>)>;
 struct Running {
     stops: Vec<StopHandle>,
     threads: Vec<RecorderThread>,
+}
+
+impl Running {
+    fn new() -> Running {
+        Running {
+            stops: Vec::new(),
+            threads: Vec::new(),
+        }
+    }
+
+    /// Starts `rec` in its own thread, recording until stopped.
+    fn spawn(&mut self, cpu: usize, mut rec: CpuRecorder, sleep: Duration) -> Result<(), String> {
+        self.stops.push(rec.stop_handle());
+        let t = std::thread::Builder::new()
+            .name(format!("record-cpu{cpu}"))
+            .spawn(move || {
+                let res = rec.record(sleep);
+                (rec, res)
+            })
+            .map_err(|e| format!("cannot start a recorder thread: {e}"))?;
+        self.threads.push(t);
+        Ok(())
+    }
 }
 
 impl Running {
@@ -237,6 +274,9 @@ pub fn run(args: RecordArgs) -> Result<(), String> {
     };
     check_interrupt()?;
     let cpus = tracefs::cpu_count(&inst).map_err(|e| format!("cannot count CPUs: {e}"))?;
+    if let Some(target) = &args.net {
+        return net::run(&args, &inst, &events, cpus, target);
+    }
     let cpu_files = CpuFiles(
         (0..cpus)
             .map(|c| {
@@ -321,13 +361,14 @@ pub fn run(args: RecordArgs) -> Result<(), String> {
     Ok(())
 }
 
-fn record_with(
+/// Switches tracing off and sets up tracefs for the recording (tracer, buffer size,
+/// clock, exactly the requested events), with an empty buffer. `guard` undoes it.
+fn prepare_tracefs(
     args: &RecordArgs,
     inst: &Instance,
     guard: &mut TracefsState,
     events: &[EventName],
-    cpu_files: &[PathBuf],
-) -> Result<Recorded, String> {
+) -> Result<(), String> {
     let s = |e: tracefs::TracefsError| e.to_string();
     guard.set_tracing_on(false).map_err(s)?;
     if let Some(t) = &args.tracer {
@@ -353,33 +394,34 @@ fn record_with(
     guard.enable_events(events).map_err(s)?;
     inst.clear_buffer().map_err(s)?;
     check_interrupt()?;
+    Ok(())
+}
+
+fn record_with(
+    args: &RecordArgs,
+    inst: &Instance,
+    guard: &mut TracefsState,
+    events: &[EventName],
+    cpu_files: &[PathBuf],
+) -> Result<Recorded, String> {
+    let s = |e: tracefs::TracefsError| e.to_string();
+    prepare_tracefs(args, inst, guard, events)?;
 
     let sleep = Duration::from_micros(args.sleep_us);
-    let mut running = Running {
-        stops: Vec::new(),
-        threads: Vec::new(),
-    };
+    let mut running = Running::new();
     for (cpu, path) in cpu_files.iter().enumerate() {
         let input = Input::Buffer {
             dir: inst.path().to_path_buf(),
             cpu,
         };
-        let mut rec = CpuRecorder::to_file(
+        let rec = CpuRecorder::to_file(
             input,
             path,
             args.max_kb.unwrap_or(0),
             RecordFlags::default(),
         )
         .map_err(|e| format!("cannot start the CPU {cpu} recorder: {e}"))?;
-        running.stops.push(rec.stop_handle());
-        let t = std::thread::Builder::new()
-            .name(format!("record-cpu{cpu}"))
-            .spawn(move || {
-                let res = rec.record(sleep);
-                (rec, res)
-            })
-            .map_err(|e| format!("cannot start a recorder thread: {e}"))?;
-        running.threads.push(t);
+        running.spawn(cpu, rec, sleep)?;
     }
     guard.set_tracing_on(true).map_err(s)?;
     log::info!(
@@ -388,27 +430,8 @@ fn record_with(
         cpu_files.len()
     );
 
-    let mut child = match args.command.first() {
-        Some(prog) => {
-            let me = std::env::current_exe()
-                .map_err(|e| format!("cannot find the trace-cmd executable: {e}"))?;
-            Some(
-                Command::new(me)
-                    .arg("__exec")
-                    .arg("--")
-                    .args(&args.command)
-                    .spawn()
-                    .map_err(|e| format!("cannot run {prog:?}: {e}"))?,
-            )
-        }
-        None => {
-            if !args.quiet {
-                eprintln!("Hit Ctrl^C to stop recording");
-            }
-            None
-        }
-    };
-    wait_for_end(args, &mut child, &running, cpu_files);
+    let mut child = start_command(args)?;
+    wait_for_end(args, &mut child, &running, cpu_files, &|| false);
     inst.set_tracing_on(false).map_err(s)?;
     running.finish()?;
 
@@ -429,14 +452,40 @@ fn record_with(
     })
 }
 
-/// Waits until the command exits, Ctrl-C, or a recorder stops on its own (an error).
+/// Starts the command to trace (through `__exec`), or says how to stop.
+fn start_command(args: &RecordArgs) -> Result<Option<Child>, String> {
+    Ok(match args.command.first() {
+        Some(prog) => {
+            let me = std::env::current_exe()
+                .map_err(|e| format!("cannot find the trace-cmd executable: {e}"))?;
+            Some(
+                Command::new(me)
+                    .arg("__exec")
+                    .arg("--")
+                    .args(&args.command)
+                    .spawn()
+                    .map_err(|e| format!("cannot run {prog:?}: {e}"))?,
+            )
+        }
+        None => {
+            if !args.quiet {
+                eprintln!("Hit Ctrl^C to stop recording");
+            }
+            None
+        }
+    })
+}
+
+/// Waits until the command exits, Ctrl-C, a recorder stops on its own (an error),
+/// or `peer_gone` says the receiving end went away (network recording).
 fn wait_for_end(
     args: &RecordArgs,
     child: &mut Option<Child>,
     running: &Running,
     cpu_files: &[PathBuf],
+    peer_gone: &dyn Fn() -> bool,
 ) {
-    let live = !args.quiet && std::io::stderr().is_terminal();
+    let live = !args.quiet && !cpu_files.is_empty() && std::io::stderr().is_terminal();
     let mut last = Instant::now();
     // Ends the command as Ctrl-C would (on a terminal it got the signal too).
     let interrupt_child = |child: &mut Option<Child>| {
@@ -459,6 +508,11 @@ fn wait_for_end(
             // A recorder only stops on its own on an error (e.g. disk full):
             // the recording is over, so is the command.
             log::warn!("a recorder stopped early; ending the recording");
+            interrupt_child(child);
+            break;
+        }
+        if peer_gone() {
+            log::warn!("the listener closed the connection; ending the recording");
             interrupt_child(child);
             break;
         }

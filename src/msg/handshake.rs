@@ -149,3 +149,72 @@ fn server_negotiate_after_greeting(ch: &Channel<'_>) -> Result<ServerHello> {
 pub fn server_send_ports_v1(ch: &Channel<'_>, ports: &[u32]) -> Result<()> {
     ch.send_all(&v1::encode_ports(ports))
 }
+
+/// The client's V3 offer, NUL included: `2d 31 56 33 00`.
+pub const V3_CPU: &[u8; 5] = b"-1V3\0";
+/// The client's V3 magic: `37 36 36 36 37 39 00 00` (spec §6.2, doc §6.3).
+pub const V3_MAGIC: &[u8; 8] = b"766679\0\0";
+/// The server's answer to a V3 offer (exactly these three bytes: doc §8).
+pub const V3_REPLY: &[u8; 3] = b"V3\0";
+/// Most version offers a client may make on one connection.
+const MAX_OFFERS: usize = 8;
+
+/// What a client of any generation asked for, as seen by a listener that speaks
+/// V1, V2 and V3 ([`server_negotiate_any`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AnyHello {
+    /// A V1 client's announcement; answer with [`server_send_ports_v1`].
+    V1(ClientInit),
+    /// V2 negotiated ("OK" sent): a V2 TINIT follows.
+    V2,
+    /// V3 negotiated ("OK" sent): a V3 TINIT follows.
+    V3,
+}
+
+/// Listener side for every client generation (spec §3.1, §3.2, doc §6.3): sends
+/// "tracecmd", then the client's first string decides. A CPU count is a V1
+/// client; "-1V2" gets "V2\0" and the V2 magic check; "-1V3" gets "V3\0" and the
+/// V3 magic check. Any other "-1V<x>" is answered "V3\0" and another string is
+/// read, as 3.x listeners do; the same offer twice ends the negotiation.
+/// The channel's timeout covers the whole exchange.
+pub fn server_negotiate_any(ch: &Channel<'_>) -> Result<AnyHello> {
+    ch.send_all(v1::GREETING)?;
+    let mut src = ChannelSource::new(ch);
+    let mut offered: Vec<Vec<u8>> = Vec::new();
+    loop {
+        let cpus = src.string("cpu string", v1::MAX_FIELD_LEN)?;
+        let Some(version) = cpus.strip_prefix(b"-1V") else {
+            let n = v1::parse_decimal("cpu count", &cpus)?;
+            let n = super::check_count("cpu count", n, super::MAX_CPUS)?;
+            return Ok(AnyHello::V1(v1::read_client_init_after_cpus(&mut src, n)?));
+        };
+        let (reply, magic, hello): (&[u8], &[u8; 8], AnyHello) = match version {
+            b"2" => (V2_REPLY, V2_MAGIC, AnyHello::V2),
+            b"3" => (V3_REPLY, V3_MAGIC, AnyHello::V3),
+            other => {
+                let shown = String::from_utf8_lossy(other).into_owned();
+                if offered.iter().any(|o| o == other) || offered.len() == MAX_OFFERS {
+                    return Err(MsgError::ProtocolMismatch(format!(
+                        "V{shown} (offered again after \"V3\" was answered)"
+                    )));
+                }
+                log::info!("client offers protocol V{shown}; answering V3");
+                offered.push(other.to_vec());
+                ch.send_all(V3_REPLY)?;
+                continue;
+            }
+        };
+        ch.send_all(reply)?;
+        let mut got = [0u8; 8];
+        for b in got.iter_mut() {
+            *b = src.byte()?;
+        }
+        if &got != magic {
+            return Err(MsgError::BadText(format!(
+                "protocol magic {got:02x?} is not {magic:02x?}"
+            )));
+        }
+        ch.send_all(OK)?;
+        return Ok(hello);
+    }
+}

@@ -15,6 +15,7 @@
 
 pub mod layout;
 pub mod reader;
+pub mod v7;
 mod writer;
 
 pub use writer::*;

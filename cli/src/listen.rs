@@ -1,0 +1,91 @@
+//! `trace-cmd listen -p port [-d dir] [-o prefix] [-l logfile] [-D]` (issue 5):
+//! serve `record -N` clients of every protocol generation.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use tracecmd_rs::listen::{ListenConfig, Listener};
+
+/// Options of `trace-cmd listen` (trace-cmd's letters).
+#[derive(Args, Debug)]
+pub struct ListenArgs {
+    /// TCP port clients connect to.
+    #[arg(short = 'p', value_name = "PORT")]
+    port: u16,
+    /// Directory for the output files.
+    #[arg(short = 'd', value_name = "DIR", default_value = ".")]
+    dir: PathBuf,
+    /// Output name prefix: files are `<prefix>.<host>:<port>.dat`.
+    #[arg(short = 'o', value_name = "PREFIX", default_value = "trace")]
+    prefix: String,
+    /// Append log messages to this file instead of stderr.
+    #[arg(short = 'l', value_name = "LOGFILE")]
+    pub logfile: Option<PathBuf>,
+    /// Run as a daemon (detach; the pid goes to trace-cmd-net.pid in the output directory).
+    #[arg(short = 'D')]
+    daemon: bool,
+    /// Seconds to wait for each handshake step and metadata message (0: forever).
+    #[arg(long = "timeout", value_name = "SECS", default_value_t = 5)]
+    timeout: u64,
+    /// First port tried for per-CPU data sockets.
+    #[arg(long = "data-port", value_name = "PORT", default_value_t = 1500)]
+    data_port: u16,
+    /// Show what is being done.
+    #[arg(short = 'v', long = "verbose")]
+    pub verbose: bool,
+    /// Show debugging detail.
+    #[arg(long)]
+    pub debug: bool,
+}
+
+/// Runs the listener until it is killed.
+pub fn run(args: ListenArgs) -> Result<(), String> {
+    let dir = args
+        .dir
+        .canonicalize()
+        .map_err(|e| format!("output directory {}: {e}", args.dir.display()))?;
+    if args.prefix.contains('/') {
+        return Err(format!("prefix {:?} must not contain '/'", args.prefix));
+    }
+    let cfg = ListenConfig {
+        port: args.port,
+        dir: dir.clone(),
+        prefix: args.prefix,
+        timeout: (args.timeout > 0).then(|| Duration::from_secs(args.timeout)),
+        first_data_port: args.data_port,
+        ..ListenConfig::default()
+    };
+    // Bind before detaching, so that a busy port is reported to the caller.
+    let listener = Listener::bind(cfg).map_err(|e| e.to_string())?;
+    let log = match &args.logfile {
+        Some(p) => Some(
+            OpenOptions::new()
+                .append(true)
+                .create(true)
+                .open(p)
+                .map_err(|e| format!("log file {}: {e}", p.display()))?,
+        ),
+        None => None,
+    };
+    if args.daemon {
+        nix::unistd::daemon(true, false).map_err(|e| format!("cannot become a daemon: {e}"))?;
+        let pid_path = dir.join("trace-cmd-net.pid");
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&pid_path)
+            .map_err(|e| format!("pid file {}: {e}", pid_path.display()))?;
+        writeln!(f, "{}", std::process::id()).map_err(|e| format!("pid file: {e}"))?;
+    }
+    if let Some(f) = log {
+        // The logger writes to stderr: point stderr at the log file.
+        nix::unistd::dup2(f.as_raw_fd(), 2).map_err(|e| format!("log file: {e}"))?;
+    }
+    log::info!("listening on port {}", listener.port());
+    listener.serve().map_err(|e| e.to_string())
+}

@@ -1,0 +1,441 @@
+//! Per-CPU data of one session (spec §3.2, doc §6.6): one socket per CPU on ports
+//! from `first_port` upward, UDP (one datagram = one page) or TCP (one stream),
+//! each written to its own temporary file. One thread serves all CPUs of a
+//! session with `poll`; TCP data moves socket → pipe → file with `splice`, so it
+//! never passes through user space.
+
+use std::fs::File;
+use std::io::{ErrorKind, Write};
+use std::net::{Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::fcntl::{splice, OFlag, SpliceFFlags};
+use nix::poll::{PollFd, PollFlags, PollTimeout};
+
+use super::ListenError;
+
+/// Bytes moved per splice call.
+const SPLICE_LEN: usize = 1 << 20;
+/// Most bytes taken from one TCP stream before the others get their turn.
+const TURN_BYTES: u64 = 8 << 20;
+/// Most datagrams taken from one UDP socket before the others get their turn.
+const TURN_DATAGRAMS: usize = 256;
+
+enum Sock {
+    Udp(UdpSocket),
+    Listening(TcpListener),
+    Stream {
+        sock: TcpStream,
+        /// (read end, write end) or `None` after splice turned out unsupported.
+        pipe: Option<(OwnedFd, OwnedFd)>,
+    },
+    Done,
+}
+
+struct Cpu {
+    sock: Sock,
+    file: File,
+    bytes: u64,
+    warned_short: bool,
+}
+
+/// The bound data sockets of one session, before they are served.
+pub(crate) struct DataPorts {
+    /// One port per CPU, in CPU order.
+    pub ports: Vec<u16>,
+    cpus: Vec<Cpu>,
+    page_size: usize,
+}
+
+/// Binds `port` on every address (IPv6 dual stack, else IPv4).
+fn bind_one(port: u16, tcp: bool) -> std::io::Result<Sock> {
+    let v6 = SocketAddr::from((Ipv6Addr::UNSPECIFIED, port));
+    let v4 = SocketAddr::from(([0, 0, 0, 0], port));
+    let sock = |a: SocketAddr| -> std::io::Result<Sock> {
+        Ok(if tcp {
+            Sock::Listening(TcpListener::bind(a)?)
+        } else {
+            Sock::Udp(UdpSocket::bind(a)?)
+        })
+    };
+    match sock(v6) {
+        Err(e)
+            if e.kind() == ErrorKind::AddrNotAvailable
+                || e.raw_os_error() == Some(libc::EAFNOSUPPORT) =>
+        {
+            sock(v4)
+        }
+        r => r,
+    }
+}
+
+/// Receive buffer asked for on UDP data sockets: UDP has no flow control, so a
+/// burst the data thread cannot take at once must fit in the socket (the
+/// kernel's global UDP memory limit still bounds what many sockets can hold).
+const UDP_RCVBUF: usize = 4 << 20;
+
+/// Enlarges a UDP socket's receive buffer: beyond `rmem_max` when privileged
+/// (SO_RCVBUFFORCE), else as far as `rmem_max` allows.
+fn grow_receive_buffer(s: &UdpSocket) {
+    use nix::sys::socket::{setsockopt, sockopt};
+    if setsockopt(s, sockopt::RcvBufForce, &UDP_RCVBUF).is_err() {
+        let _ = setsockopt(s, sockopt::RcvBuf, &UDP_RCVBUF);
+    }
+}
+
+impl DataPorts {
+    /// Binds one socket per CPU, searching upward from `first_port` and skipping
+    /// ports in use, and creates the temporary files `paths`.
+    pub(crate) fn bind(
+        tcp: bool,
+        page_size: u32,
+        first_port: u16,
+        paths: Vec<PathBuf>,
+    ) -> Result<DataPorts, ListenError> {
+        let mut next = u32::from(first_port);
+        let mut cpus = Vec::with_capacity(paths.len());
+        let mut ports = Vec::with_capacity(paths.len());
+        for path in &paths {
+            let (port, sock) = loop {
+                if next > u32::from(u16::MAX) {
+                    return Err(ListenError::NoPorts(first_port));
+                }
+                let port = next as u16;
+                next += 1;
+                match bind_one(port, tcp) {
+                    Ok(s) => break (port, s),
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            ErrorKind::AddrInUse | ErrorKind::PermissionDenied
+                        ) =>
+                    {
+                        continue
+                    }
+                    Err(e) => {
+                        return Err(ListenError::Io {
+                            what: format!("binding data port {port}"),
+                            source: e,
+                        })
+                    }
+                }
+            };
+            if let Sock::Udp(s) = &sock {
+                grow_receive_buffer(s);
+            }
+            match &sock {
+                Sock::Udp(s) => s.set_nonblocking(true),
+                Sock::Listening(s) => s.set_nonblocking(true),
+                _ => Ok(()),
+            }
+            .map_err(|e| ListenError::Io {
+                what: "a data socket".into(),
+                source: e,
+            })?;
+            let file = File::create(path).map_err(|e| ListenError::Io {
+                what: format!("creating {}", path.display()),
+                source: e,
+            })?;
+            ports.push(port);
+            cpus.push(Cpu {
+                sock,
+                file,
+                bytes: 0,
+                warned_short: false,
+            });
+        }
+        Ok(DataPorts {
+            ports,
+            cpus,
+            page_size: page_size as usize,
+        })
+    }
+
+    /// Serves the sockets on a thread until [`DataThread::finish`].
+    pub(crate) fn start(self, label: String) -> Result<DataThread, ListenError> {
+        let (stop_r, stop_w) =
+            nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| ListenError::Io {
+                what: "a stop pipe".into(),
+                source: e.into(),
+            })?;
+        // The thread gets its own copy of the read end, so that the stop write
+        // never meets a pipe without readers (no SIGPIPE, whenever it ends).
+        let thread_stop = stop_r.try_clone().map_err(|e| ListenError::Io {
+            what: "a stop pipe".into(),
+            source: e,
+        })?;
+        let handle = std::thread::Builder::new()
+            .name(format!("data {label}"))
+            .spawn(move || serve(self.cpus, self.page_size, thread_stop, &label))
+            .map_err(|e| ListenError::Io {
+                what: "starting the data thread".into(),
+                source: e,
+            })?;
+        Ok(DataThread {
+            handle,
+            stop: stop_w,
+            _stop_r: stop_r,
+        })
+    }
+}
+
+/// A running data thread.
+pub(crate) struct DataThread {
+    handle: JoinHandle<Vec<u64>>,
+    stop: OwnedFd,
+    _stop_r: OwnedFd,
+}
+
+/// How long data may keep trickling in after the session ended, in all.
+pub(crate) const MAX_DRAIN: Duration = Duration::from_secs(10);
+
+impl DataThread {
+    /// Tells the thread the session is over: it keeps reading until every socket
+    /// was quiet for `quiet` (or reached its end), at most [`MAX_DRAIN`]; returns
+    /// the bytes received per CPU.
+    pub(crate) fn finish(self, quiet: Duration) -> Vec<u64> {
+        let ms = quiet.as_millis().min(u128::from(u32::MAX)) as u32;
+        let _ = nix::unistd::write(&self.stop, &ms.to_ne_bytes());
+        self.handle.join().unwrap_or_default()
+    }
+}
+
+fn serve(mut cpus: Vec<Cpu>, page_size: usize, stop: OwnedFd, label: &str) -> Vec<u64> {
+    let mut buf = vec![0u8; page_size + 1];
+    let mut quiet: Option<Duration> = None;
+    let mut drain_end = None;
+    let mut last_data = Instant::now();
+    loop {
+        if cpus.iter().all(|c| matches!(c.sock, Sock::Done)) {
+            break;
+        }
+        let timeout = match (quiet, drain_end) {
+            (Some(q), Some(end)) => {
+                let now = Instant::now();
+                let until = (last_data + q).min(end);
+                if now >= until {
+                    break;
+                }
+                PollTimeout::try_from(until - now).unwrap_or(PollTimeout::MAX)
+            }
+            _ => PollTimeout::NONE,
+        };
+        let mut fds = Vec::with_capacity(cpus.len() + 1);
+        let mut idx = Vec::with_capacity(cpus.len());
+        if quiet.is_none() {
+            fds.push(PollFd::new(stop.as_fd(), PollFlags::POLLIN));
+        }
+        for (i, c) in cpus.iter().enumerate() {
+            let fd = match &c.sock {
+                Sock::Udp(s) => s.as_fd(),
+                Sock::Listening(s) => s.as_fd(),
+                Sock::Stream { sock, .. } => sock.as_fd(),
+                Sock::Done => continue,
+            };
+            fds.push(PollFd::new(fd, PollFlags::POLLIN));
+            idx.push(i);
+        }
+        match nix::poll::poll(&mut fds, timeout) {
+            Ok(_) => {}
+            Err(Errno::EINTR) => continue,
+            Err(e) => {
+                log::error!("{label}: poll on the data sockets failed: {e}; data reception ends");
+                break;
+            }
+        }
+        let ready: Vec<bool> = fds
+            .iter()
+            .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
+            .collect();
+        drop(fds);
+        let ready = if quiet.is_none() {
+            if ready[0] {
+                let mut ms = [0u8; 4];
+                let _ = nix::unistd::read(stop.as_raw_fd(), &mut ms);
+                quiet = Some(Duration::from_millis(u64::from(u32::from_ne_bytes(ms))));
+                drain_end = Some(Instant::now() + MAX_DRAIN);
+                last_data = Instant::now();
+                // A data connection still in the accept queue is taken; one that
+                // never came will not come now.
+                for (i, c) in cpus.iter_mut().enumerate() {
+                    if matches!(c.sock, Sock::Listening(_)) {
+                        service(c, i, &mut buf, page_size, label);
+                        if matches!(c.sock, Sock::Listening(_)) {
+                            c.sock = Sock::Done;
+                        }
+                    }
+                }
+            }
+            &ready[1..]
+        } else {
+            &ready[..]
+        };
+        for (&i, &r) in idx.iter().zip(ready) {
+            if r && service(&mut cpus[i], i, &mut buf, page_size, label) {
+                last_data = Instant::now();
+            }
+        }
+    }
+    cpus.iter().map(|c| c.bytes).collect()
+}
+
+/// Moves what is ready on one CPU's socket; true if data arrived.
+fn service(c: &mut Cpu, cpu: usize, buf: &mut [u8], page_size: usize, label: &str) -> bool {
+    let mut got = false;
+    match &mut c.sock {
+        Sock::Done => {}
+        Sock::Listening(l) => match l.accept() {
+            Ok((sock, peer)) => {
+                log::debug!("{label}: CPU {cpu} data connection from {peer}");
+                let pipe = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK).ok();
+                if let Some((_, w)) = &pipe {
+                    // Fewer, larger splices; the default 64 KiB still works.
+                    let _ = nix::fcntl::fcntl(
+                        w.as_raw_fd(),
+                        nix::fcntl::FcntlArg::F_SETPIPE_SZ(SPLICE_LEN as i32),
+                    );
+                }
+                if sock.set_nonblocking(true).is_err() {
+                    c.sock = Sock::Done;
+                } else {
+                    c.sock = Sock::Stream { sock, pipe };
+                }
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+            Err(e) => {
+                log::warn!("{label}: CPU {cpu}: accepting the data connection failed: {e}");
+                c.sock = Sock::Done;
+            }
+        },
+        Sock::Udp(s) => {
+            for _ in 0..TURN_DATAGRAMS {
+                match s.recv(buf) {
+                    Ok(0) => continue,
+                    Ok(n) => {
+                        let n = if n > page_size {
+                            if !c.warned_short {
+                                log::warn!("{label}: CPU {cpu}: datagram longer than a page ({page_size} bytes); cut");
+                                c.warned_short = true;
+                            }
+                            page_size
+                        } else {
+                            if n < page_size && !c.warned_short {
+                                log::warn!("{label}: CPU {cpu}: datagram of {n} bytes is shorter than a page; padded");
+                                c.warned_short = true;
+                            }
+                            buf[n..page_size].fill(0);
+                            page_size
+                        };
+                        if let Err(e) = c.file.write_all(&buf[..n]) {
+                            log::error!("{label}: CPU {cpu}: writing the data file failed: {e}");
+                            c.sock = Sock::Done;
+                            break;
+                        }
+                        c.bytes += n as u64;
+                        got = true;
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        // ICMP errors from a vanished client: keep the socket.
+                        log::debug!("{label}: CPU {cpu}: {e}");
+                        break;
+                    }
+                }
+            }
+        }
+        Sock::Stream { sock, pipe } => {
+            let r = match pipe {
+                Some((pr, pw)) => splice_some(sock, pr, pw, &c.file),
+                None => copy_some(sock, &mut c.file, buf),
+            };
+            match r {
+                Ok(Moved::Bytes(n)) => {
+                    c.bytes += n;
+                    got = n > 0;
+                }
+                Ok(Moved::End(n)) => {
+                    c.bytes += n;
+                    got = n > 0;
+                    c.sock = Sock::Done;
+                }
+                Ok(Moved::Unsupported) => {
+                    log::debug!("{label}: CPU {cpu}: splice unsupported; copying");
+                    *pipe = None;
+                }
+                Err(e) => {
+                    log::warn!("{label}: CPU {cpu}: data connection failed: {e}");
+                    c.sock = Sock::Done;
+                }
+            }
+        }
+    }
+    got
+}
+
+enum Moved {
+    Bytes(u64),
+    End(u64),
+    Unsupported,
+}
+
+/// Splices what the socket has into the file through the pipe.
+fn splice_some(
+    sock: &TcpStream,
+    pr: &OwnedFd,
+    pw: &OwnedFd,
+    file: &File,
+) -> std::io::Result<Moved> {
+    let mut total = 0u64;
+    while total < TURN_BYTES {
+        let n = match splice(
+            sock,
+            None,
+            pw,
+            None,
+            SPLICE_LEN,
+            SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK,
+        ) {
+            Ok(0) => return Ok(Moved::End(total)),
+            Ok(n) => n,
+            Err(Errno::EAGAIN) => return Ok(Moved::Bytes(total)),
+            Err(Errno::EINTR) => continue,
+            Err(Errno::EINVAL) if total == 0 => return Ok(Moved::Unsupported),
+            Err(e) => return Err(e.into()),
+        };
+        let mut left = n;
+        while left > 0 {
+            match splice(pr, None, file, None, left, SpliceFFlags::SPLICE_F_MOVE) {
+                Ok(0) => return Err(ErrorKind::WriteZero.into()),
+                Ok(k) => left -= k,
+                Err(Errno::EINTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        total += n as u64;
+    }
+    Ok(Moved::Bytes(total))
+}
+
+/// The read/write fallback where splice is not available.
+fn copy_some(mut sock: &TcpStream, file: &mut File, buf: &mut [u8]) -> std::io::Result<Moved> {
+    use std::io::Read;
+    let mut total = 0u64;
+    while total < TURN_BYTES {
+        match sock.read(buf) {
+            Ok(0) => return Ok(Moved::End(total)),
+            Ok(n) => {
+                file.write_all(&buf[..n])?;
+                total += n as u64;
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(Moved::Bytes(total)),
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(Moved::Bytes(total))
+}
