@@ -1,0 +1,178 @@
+//! The manager side of `record -A GUEST` (spec §3.6, completed): get the agent's
+//! control channel and the per-CPU FIFOs from the listener, send the arguments,
+//! answer the agent's TINIT, collect its metadata, and stop it at the end.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::time::Duration;
+
+use super::{Result, VirtError, VirtPaths};
+use crate::msg::session;
+use crate::msg::v2::{self, Msg};
+use crate::msg::{Channel, MsgError, Wait};
+use crate::transport;
+
+/// Most metadata bytes accepted from a guest (kallsyms of a big kernel is ~20 MiB).
+pub const MAX_GUEST_METADATA: usize = 256 << 20;
+
+/// A guest being recorded.
+#[derive(Debug)]
+pub struct GuestSession {
+    pub name: String,
+    /// Kept open: the listener frees the agent when this socket closes.
+    _manager: OwnedFd,
+    agent: OwnedFd,
+    /// The per-CPU FIFO read ends (take them for the recorders).
+    pub cpu_fifos: Vec<OwnedFd>,
+    /// CPUs the agent records (its TINIT).
+    pub cpus: u32,
+    pub page_size: u32,
+    /// The guest's v6 metadata (magic … saved cmdlines).
+    pub metadata: Vec<u8>,
+}
+
+/// Splits `GUEST[:pid]`.
+pub fn parse_guest_spec(spec: &str) -> Result<(String, u32)> {
+    let (name, pid) = match spec.rsplit_once(':') {
+        Some((n, p)) => (
+            n,
+            p.parse::<u32>().map_err(|_| {
+                VirtError::Invalid(format!("{spec:?}: the part after ':' must be a pid"))
+            })?,
+        ),
+        None => (spec, 0),
+    };
+    super::validate_domain(name)?;
+    Ok((name.to_string(), pid))
+}
+
+impl GuestSession {
+    /// Connects through the listener to the agent of `name` and starts its
+    /// recording with `argv` (the record options meant for the guest).
+    pub fn start(paths: &VirtPaths, name: &str, pid: u32, argv: &[String]) -> Result<GuestSession> {
+        let mgr = transport::connect_unix(&paths.manager_socket())?;
+        let ch = Channel::new(mgr.as_fd());
+        let cpus_announced = match session::connect_agent(&ch, name.as_bytes(), pid) {
+            Ok(c) => c,
+            Err(MsgError::NoSuchAgent) | Err(MsgError::Closed) => {
+                return Err(VirtError::NoAgent(name.to_string()))
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let (agent, cpu_fifos) = session::get_fds(&ch)?;
+        log::info!(
+            "guest {name}: agent with {cpus_announced} CPUs, {} CPU FIFOs",
+            cpu_fifos.len()
+        );
+        let ach = Channel::new(agent.as_fd());
+        v2::send(
+            &ach,
+            &Msg::Connect {
+                cpus: argv.len() as u32,
+            },
+        )?;
+        for a in argv {
+            session::send_string(&ach, a.as_bytes())?;
+        }
+        // The agent answers TINIT, or a string with the reason it refuses. A stray
+        // ACK from an earlier session's stop may come first.
+        let (cpus, page_size) = loop {
+            match v2::recv(&ach, Wait::Timed)? {
+                Msg::TInit {
+                    cpus, page_size, ..
+                } => break (cpus, page_size),
+                Msg::Ack => continue,
+                Msg::SendMeta(first) => {
+                    let mut reason = first;
+                    loop {
+                        match v2::recv(&ach, Wait::Timed)? {
+                            Msg::SendMeta(d) if reason.len() < 4096 => reason.extend(d),
+                            Msg::SendMeta(_) => {}
+                            _ => break,
+                        }
+                    }
+                    return Err(VirtError::AgentRefused {
+                        guest: name.to_string(),
+                        reason: String::from_utf8_lossy(&reason).into_owned(),
+                    });
+                }
+                m => {
+                    return Err(MsgError::Unexpected {
+                        expected: "TINIT",
+                        got: m.cmd().name(),
+                    }
+                    .into())
+                }
+            }
+        };
+        if cpus as usize > cpu_fifos.len() {
+            log::warn!(
+                "guest {name} records {cpus} CPUs but only {} FIFOs were registered; the others are lost",
+                cpu_fifos.len()
+            );
+        }
+        session::send_port_array(&ach, cpus, None)?;
+        let mut metadata = Vec::new();
+        loop {
+            match v2::recv(&ach, Wait::Timed)? {
+                Msg::SendMeta(d) => {
+                    if metadata.len() + d.len() > MAX_GUEST_METADATA {
+                        return Err(VirtError::BadMetadata(format!(
+                            "more than {MAX_GUEST_METADATA} bytes"
+                        )));
+                    }
+                    metadata.extend_from_slice(&d);
+                }
+                Msg::FinMeta => break,
+                m => {
+                    return Err(MsgError::Unexpected {
+                        expected: "SENDMETA or FINMETA",
+                        got: m.cmd().name(),
+                    }
+                    .into())
+                }
+            }
+        }
+        Ok(GuestSession {
+            name: name.to_string(),
+            _manager: mgr,
+            agent,
+            cpu_fifos,
+            cpus,
+            page_size,
+            metadata,
+        })
+    }
+
+    /// Asks the agent to stop (CLOSE) and waits up to `wait` for its ACK, sent
+    /// after it flushed every CPU.
+    pub fn stop(&self, wait: Duration) -> Result<()> {
+        let ch = Channel::new(self.agent.as_fd()).with_timeout(Some(wait));
+        v2::send(&ch, &Msg::Close)?;
+        loop {
+            match v2::recv(&ch, Wait::Timed) {
+                Ok(Msg::Ack) => return Ok(()),
+                Ok(m) => log::debug!(
+                    "guest {}: ignoring {} after CLOSE",
+                    self.name,
+                    m.cmd().name()
+                ),
+                Err(MsgError::Interrupted) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guest_spec() {
+        assert_eq!(parse_guest_spec("vm1").unwrap(), ("vm1".into(), 0));
+        assert_eq!(parse_guest_spec("vm1:42").unwrap(), ("vm1".into(), 42));
+        assert!(parse_guest_spec("vm1:x").is_err());
+        assert!(parse_guest_spec("../x").is_err());
+        assert!(parse_guest_spec("").is_err());
+    }
+}
