@@ -14,6 +14,9 @@ use crate::transport;
 /// Most metadata bytes accepted from a guest (kallsyms of a big kernel is ~20 MiB).
 pub const MAX_GUEST_METADATA: usize = 256 << 20;
 
+/// How long `record -A` waits for a busy or not yet connected agent.
+pub const AGENT_WAIT: Duration = Duration::from_secs(3);
+
 /// A guest being recorded.
 #[derive(Debug)]
 pub struct GuestSession {
@@ -49,15 +52,24 @@ impl GuestSession {
     /// Connects through the listener to the agent of `name` and starts its
     /// recording with `argv` (the record options meant for the guest).
     pub fn start(paths: &VirtPaths, name: &str, pid: u32, argv: &[String]) -> Result<GuestSession> {
-        let mgr = transport::connect_unix(&paths.manager_socket())?;
-        let ch = Channel::new(mgr.as_fd());
-        let cpus_announced = match session::connect_agent(&ch, name.as_bytes(), pid) {
-            Ok(c) => c,
-            Err(MsgError::NoSuchAgent) | Err(MsgError::Closed) => {
-                return Err(VirtError::NoAgent(name.to_string()))
+        // A manager that just ended frees its agent a moment later: retry a
+        // refusal for a few seconds before giving up.
+        let deadline = std::time::Instant::now() + AGENT_WAIT;
+        let (mgr, cpus_announced) = loop {
+            let mgr = transport::connect_unix(&paths.manager_socket())?;
+            let ch = Channel::new(mgr.as_fd());
+            match session::connect_agent(&ch, name.as_bytes(), pid) {
+                Ok(c) => break (mgr, c),
+                Err(MsgError::NoSuchAgent) | Err(MsgError::Closed) => {
+                    if std::time::Instant::now() >= deadline {
+                        return Err(VirtError::NoAgent(name.to_string()));
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(e) => return Err(e.into()),
             }
-            Err(e) => return Err(e.into()),
         };
+        let ch = Channel::new(mgr.as_fd());
         let (agent, cpu_fifos) = session::get_fds(&ch)?;
         log::info!(
             "guest {name}: agent with {cpus_announced} CPUs, {} CPU FIFOs",
