@@ -9,55 +9,11 @@ set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 qemu_setup
 
-tc=${TRACE_CMD:-$qemu_root/target/release/trace-cmd}
-[ -x "$tc" ] || fail "$tc is missing: build it first (make lib, or cargo build --release -p trace-cmd)"
-report=${TRACE_CMD_REPORT:-/usr/bin/trace-cmd}
-[ -x "$report" ] || fail "$report (Debian's trace-cmd, the reader) is missing: install the Debian package trace-cmd"
-tracing=/sys/kernel/tracing
-[ -e "$tracing/tracing_on" ] || fail "tracefs is not mounted at $tracing (run as root; .ci/install-deps mounts it)"
-
 dom=tcguest
 ncpus=2
-export TRACE_CMD_RUN_DIR=$qemu_work/run TRACE_CMD_VIRT_DIR=$qemu_work/virt
-mkdir -p "$TRACE_CMD_RUN_DIR" "$TRACE_CMD_VIRT_DIR"
-
-# tracefs as found: what record touches on the host's top-level buffer. (Instances are
-# left out: tests running beside this one create and remove their own.)
-tracefs_state() {
-  cat "$tracing/tracing_on" "$tracing/buffer_size_kb" "$tracing/current_tracer" "$tracing/set_event"
-  cat "$tracing/events/sched/enable" 2>/dev/null || true
-}
+virt_tools
 before=$(tracefs_state)
-
-"$qemu_here/mkinitramfs.sh" "$qemu_kernel_dir" "$qemu_work/initrd.cpio.gz" "$tc"
-
-spawn listener "$tc" listen --virt
-listener_pid=$spawned
-for ((i = 0; i < 100; i++)); do
-  [ -S "$TRACE_CMD_RUN_DIR/manager-ctl-path" ] && break
-  kill -0 "$listener_pid" 2>/dev/null || fail "listen --virt exited"
-  sleep 0.1
-done
-[ -S "$TRACE_CMD_RUN_DIR/manager-ctl-path" ] || fail "listen --virt made no manager socket within 10s"
-
-"$tc" connect -f -c "$ncpus" -g "$(id -gn)" "$dom" >"$qemu_work/connect.log" 2>&1 ||
-  fail "connect -f -c $ncpus $dom failed: $(cat "$qemu_work/connect.log")"
-grep -q "registered" "$qemu_work/connect.log" || fail "connect did not report the registration"
-
-start=$(date +%s)
-qemu_start "$qemu_work/initrd.cpio.gz" "$TRACE_CMD_VIRT_DIR/$dom" "$ncpus" agent
-
-# The agent registers (TCONNECT/CINIT through the listener) once the guest is up.
-registered=
-for ((i = 0; i < QEMU_BOOT_TIMEOUT; i++)); do
-  "$tc" list -A >"$qemu_work/list.out" 2>&1 || true
-  if grep -qx "$dom with $ncpus cpus" "$qemu_work/list.out"; then registered=1; break; fi
-  kill -0 "$qemu_pid" 2>/dev/null || fail "QEMU exited before the agent registered"
-  kill -0 "$listener_pid" 2>/dev/null || fail "listen --virt exited before the agent registered"
-  sleep 1
-done
-[ -n "$registered" ] || fail "list -A did not show '$dom with $ncpus cpus' within ${QEMU_BOOT_TIMEOUT}s: $(cat "$qemu_work/list.out")"
-note "agent registered $(($(date +%s) - start))s after QEMU started"
+virt_guest_up "$dom" "$ncpus"
 
 cp "$(command -v sleep)" "$qemu_work/tchost-mark"
 out=$qemu_work/out.dat
