@@ -88,10 +88,10 @@ impl Sim {
         std::fs::create_dir_all(&ports).unwrap();
         let mut listener = Command::new(BIN);
         listener
-            .args(["listen", "--virt", "--dom", "vm", "-c", "2"])
+            .args(["listen", "--virt", "--debug", "--dom", "vm", "-c", "2"])
             .env("TRACE_CMD_RUN_DIR", dir.path().join("run"))
             .env("TRACE_CMD_VIRT_DIR", dir.path().join("virt"))
-            .stderr(Stdio::null());
+            .stderr(File::create(dir.path().join("listener.log")).unwrap());
         let listener = Killed(listener.spawn().expect("start the listener"));
         let sock = dir.path().join("run/manager-ctl-path");
         wait_until("listener socket", Duration::from_secs(10), || sock.exists());
@@ -133,9 +133,9 @@ impl Sim {
 
     fn start_agent(&mut self) {
         let agent = Command::new(BIN)
-            .args(["agent", "--virt", "--ports-dir"])
+            .args(["agent", "--virt", "--debug", "--ports-dir"])
             .arg(self.dir.path().join("ports"))
-            .stderr(Stdio::null())
+            .stderr(File::create(self.dir.path().join("agent.log")).unwrap())
             .spawn()
             .expect("start the agent");
         self.agent = Some(Killed(agent));

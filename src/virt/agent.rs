@@ -236,8 +236,6 @@ fn record_session(ch: &Channel<'_>, ports: &GuestPorts, argv: &[String]) -> Resu
         .to_bytes()
         .map_err(|e| VirtError::Invalid(e.to_string()))?;
     session::send_init(ch, cpus as u32, meta.page_size, false)?;
-    session::send_metadata(ch, &bytes)?;
-    session::finish_metadata(ch)?;
 
     let sleep = Duration::from_micros(args.sleep_us.unwrap_or(1000));
     let mut threads = Vec::new();
@@ -264,13 +262,20 @@ fn record_session(ch: &Channel<'_>, ports: &GuestPorts, argv: &[String]) -> Resu
         }));
     }
     let _ = guard.set_tracing_on(true);
+    // Tracing is on before the manager gets the metadata: the manager starts
+    // the traced command only after FINMETA, so the guest sees all of it.
+    let sent = session::send_metadata(ch, &bytes).and_then(|()| session::finish_metadata(ch));
     // Wait for the manager's CLOSE; a lost channel stops the recording as well.
-    let lost = loop {
-        match v2::recv(ch, Wait::Blocking) {
-            Ok(Msg::Close) => break None,
-            Ok(m) => log::debug!("while recording: ignoring {}", m.cmd().name()),
-            Err(MsgError::Interrupted) => continue,
-            Err(e) => break Some(e),
+    let lost = if let Err(e) = sent {
+        Some(e)
+    } else {
+        loop {
+            match v2::recv(ch, Wait::Blocking) {
+                Ok(Msg::Close) => break None,
+                Ok(m) => log::debug!("while recording: ignoring {}", m.cmd().name()),
+                Err(MsgError::Interrupted) => continue,
+                Err(e) => break Some(e),
+            }
         }
     };
     let _ = inst.set_tracing_on(false);

@@ -21,8 +21,8 @@ pub const AGENT_WAIT: Duration = Duration::from_secs(3);
 #[derive(Debug)]
 pub struct GuestSession {
     pub name: String,
-    /// Kept open: the listener frees the agent when this socket closes.
-    _manager: OwnedFd,
+    /// The listener holds the agent for us until FINISH or this socket closes.
+    manager: OwnedFd,
     agent: OwnedFd,
     /// The per-CPU FIFO read ends (take them for the recorders).
     pub cpu_fifos: Vec<OwnedFd>,
@@ -146,7 +146,7 @@ impl GuestSession {
         }
         Ok(GuestSession {
             name: name.to_string(),
-            _manager: mgr,
+            manager: mgr,
             agent,
             cpu_fifos,
             cpus,
@@ -162,7 +162,11 @@ impl GuestSession {
         v2::send(&ch, &Msg::Close)?;
         loop {
             match v2::recv(&ch, Wait::Timed) {
-                Ok(Msg::Ack) => return Ok(()),
+                Ok(Msg::Ack) => {
+                    // Tell the listener the agent is stopped: it frees it at once.
+                    let _ = v2::send(&Channel::new(self.manager.as_fd()), &Msg::Finish);
+                    return Ok(());
+                }
                 Ok(m) => log::debug!(
                     "guest {}: ignoring {} after CLOSE",
                     self.name,

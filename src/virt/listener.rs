@@ -334,9 +334,16 @@ fn agent_session(shared: &Shared, name: &str, fd: OwnedFd) {
                 continue;
             }
             Err(MsgError::Closed) => break,
-            Err(e) => {
+            Err(e @ (MsgError::Io(_) | MsgError::Send(_))) => {
                 log::warn!("agent of {name}: {e}; dropping the connection");
                 break;
+            }
+            Err(e) => {
+                // Out of step (e.g. garbage from a broken guest): throw away what
+                // is pending; a restarting agent begins with a fresh TCONNECT.
+                log::warn!("agent of {name}: {e}; discarding its pending bytes");
+                discard_pending(&fd);
+                continue;
             }
         };
         let mut reg = shared.lock();
@@ -521,7 +528,8 @@ fn send_list(ch: &Channel<'_>, list: &[(String, u32)]) -> crate::msg::Result<()>
 }
 
 /// `record -A`: pass the agent channel and the CPU FIFOs, then hold the agent
-/// until the manager's socket closes; then stop the agent (CLOSE) and free it.
+/// until the manager sends FINISH (clean end) or its socket closes; in the
+/// latter case stop the agent (CLOSE, wait for its ACK) before freeing it.
 fn hand_over(
     shared: &Arc<Shared>,
     ch: &Channel<'_>,
@@ -553,7 +561,7 @@ fn hand_over(
         }
     };
     let n = cpus.min(cpu_paths.len() as u32);
-    let res = (|| {
+    let res = (|| -> crate::msg::Result<bool> {
         session::send_cpus(ch, cpus)?;
         session::transfer_fd(ch, agent_fd.as_fd(), n)?;
         for (i, p) in cpu_paths.iter().take(n as usize).enumerate() {
@@ -564,18 +572,29 @@ fn hand_over(
             session::transfer_fd(ch, f.as_fd(), n - i as u32)?;
         }
         log::info!("agent of {name} handed to a manager");
-        // Hold the agent until the manager goes away.
-        let mut buf = [0u8; 64];
+        // Hold the agent until the manager says it is done (FINISH after the
+        // agent confirmed its stop) or goes away.
         let ch = Channel::new(mgr.as_fd()).with_timeout(None);
-        while !matches!(ch.recv_some(&mut buf, Wait::Blocking), Ok(0) | Err(_)) {}
-        Ok(())
+        loop {
+            match v2::recv(&ch, Wait::Blocking) {
+                Ok(Msg::Finish) => return Ok(true),
+                Ok(_) | Err(MsgError::Interrupted) => continue,
+                Err(_) => return Ok(false),
+            }
+        }
     })();
-    // The manager may have died mid-recording: tell the agent to stop. An agent
-    // that was already stopped ignores it; the idle loop drops its answer.
-    let _ = v2::send(&Channel::new(agent_fd.as_fd()), &Msg::Close);
-    std::thread::sleep(Duration::from_millis(200));
-    for p in cpu_paths.iter().take(n as usize) {
-        drain_fifo(&with_suffix(p, ".out"));
+    if !matches!(res, Ok(true)) {
+        // The manager died (or the hand-over failed): stop the agent and wait
+        // for its flush, so that the next manager starts on a page boundary. An
+        // agent that was not recording ignores the CLOSE.
+        let ach = Channel::new(agent_fd.as_fd()).with_timeout(Some(Duration::from_secs(5)));
+        if v2::send(&ach, &Msg::Close).is_ok() {
+            discard_until_ack(&agent_fd);
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        for p in cpu_paths.iter().take(n as usize) {
+            drain_fifo(&with_suffix(p, ".out"));
+        }
     }
     let mut reg = shared.lock();
     if let Some(a) = reg.agents.get_mut(name) {
@@ -585,7 +604,53 @@ fn hand_over(
     }
     shared.freed.notify_all();
     log::info!("agent of {name} released");
-    res
+    res.map(|_| ())
+}
+
+/// After a manager died, possibly in the middle of a message: throw away what
+/// the agent still sends (the rest of its metadata, then its stop confirmation)
+/// until it has been quiet for a second after an ACK, or for 5 s.
+fn discard_until_ack(fd: &OwnedFd) {
+    const ACK: [u8; 8] = [0, 0, 0, 8, 0, 0, 0, 9];
+    let start = std::time::Instant::now();
+    let mut tail: Vec<u8> = Vec::new();
+    let mut last = std::time::Instant::now();
+    let mut buf = vec![0u8; 65536];
+    while start.elapsed() < Duration::from_secs(120) {
+        let quiet = last.elapsed();
+        if quiet > Duration::from_secs(5)
+            || (quiet > Duration::from_secs(1) && tail.ends_with(&ACK))
+        {
+            return;
+        }
+        if !readable(fd) {
+            continue;
+        }
+        match nix::sys::socket::recv(
+            fd.as_raw_fd(),
+            &mut buf,
+            nix::sys::socket::MsgFlags::MSG_DONTWAIT,
+        ) {
+            Ok(0) => return,
+            Ok(n) => {
+                tail.extend_from_slice(&buf[..n]);
+                let keep = tail.len().saturating_sub(8);
+                tail.drain(..keep);
+                last = std::time::Instant::now();
+            }
+            Err(nix::errno::Errno::EAGAIN) | Err(nix::errno::Errno::EINTR) => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// Reads and drops whatever `fd` has pending right now.
+fn discard_pending(fd: &OwnedFd) {
+    let mut buf = vec![0u8; 65536];
+    while matches!(
+        nix::sys::socket::recv(fd.as_raw_fd(), &mut buf, nix::sys::socket::MsgFlags::MSG_DONTWAIT),
+        Ok(n) if n > 0
+    ) {}
 }
 
 /// Throws away what a dead manager left in a CPU FIFO, so the next one starts on
