@@ -158,6 +158,14 @@ fn quiet_instance(tag: &str) -> Instance {
     inst
 }
 
+/// A simulated guest plus a private instance for the host and one for the guest.
+fn setup(tag: &str) -> (Sim, Instance, Instance) {
+    let sim = Sim::new(tag);
+    let host = quiet_instance(&format!("{tag}-host"));
+    let guest = quiet_instance(&format!("{tag}-guest"));
+    (sim, host, guest)
+}
+
 fn marker_script(host: &Instance, guest: &Instance, extra: &str) -> String {
     format!(
         "echo tcrs-HOST-MARK > {h}; i=0; while [ $i -lt 300 ]; do echo tcrs-GUEST-MARK-$i > {g}; i=$((i+1)); done; {extra}",
@@ -176,6 +184,13 @@ fn record_a(sim: &Sim, host: &Instance, guest: &Instance, file: &Path, script: &
     c
 }
 
+/// `record -A` around a command that writes both markers and ends.
+fn record_markers(sim: &Sim, host: &Instance, guest: &Instance, file: &Path) -> Output {
+    record_a(sim, host, guest, file, &marker_script(host, guest, ""))
+        .output()
+        .unwrap()
+}
+
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
@@ -189,9 +204,7 @@ fn buffer_of(rep: &str, needle: &str) -> Option<String> {
 
 #[test]
 fn record_a_simulated_guest_with_the_host() {
-    let sim = Sim::new("vsim");
-    let host = quiet_instance("vhost");
-    let guest = quiet_instance("vguest");
+    let (sim, host, guest) = setup("vsim");
     let file: PathBuf = sim.dir.path().join("t.dat");
     let out = record_a(
         &sim,
@@ -223,24 +236,77 @@ fn record_a_simulated_guest_with_the_host() {
     assert!(left.is_empty(), "{left:?}");
     // The agent serves the next manager.
     let file2 = sim.dir.path().join("t2.dat");
-    let out = record_a(
-        &sim,
-        &host,
-        &guest,
-        &file2,
-        &marker_script(&host, &guest, ""),
-    )
-    .output()
-    .unwrap();
+    let out = record_markers(&sim, &host, &guest, &file2);
     assert!(out.status.success(), "second record -A: {}", stderr(&out));
     assert!(report(&file2).stdout.contains("tcrs-GUEST-MARK-299"));
+
+    // Only the guest (no host events): its own formats, its buffer.
+    let file3 = sim.dir.path().join("t3.dat");
+    let out = tc(&sim)
+        .args(["record", "-q", "-o"])
+        .arg(&file3)
+        .args([
+            "-A",
+            "vm",
+            "-B",
+            &name_of(&guest),
+            "-e",
+            "sched:sched_kthread_stop",
+        ])
+        .args(["/bin/sh", "-c", &marker_script(&host, &guest, "")])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "guest-only record -A: {}",
+        stderr(&out)
+    );
+    let rep = report(&file3).stdout;
+    assert_eq!(
+        buffer_of(&rep, "tcrs-GUEST-MARK-299").as_deref(),
+        Some("vm")
+    );
+    assert!(
+        !rep.contains("tcrs-HOST-MARK"),
+        "host data in a guest-only file"
+    );
+
+    // Refusals are reported, and the agent serves the next manager afterwards.
+    let out = tc(&sim)
+        .args(["record", "-o"])
+        .arg(sim.dir.path().join("x.dat"))
+        .args(["-A", "vm", "-e", "sched", "-z", "true"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("refused to record") && stderr(&out).contains("-z"),
+        "{}",
+        stderr(&out)
+    );
+    let out = tc(&sim)
+        .args(["record", "-o"])
+        .arg(sim.dir.path().join("x.dat"))
+        .args(["-A", "nosuchvm", "-e", "sched", "true"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("no free agent for guest \"nosuchvm\""),
+        "{}",
+        stderr(&out)
+    );
+    let out = record_markers(&sim, &host, &guest, &file2);
+    assert!(
+        out.status.success(),
+        "record -A after refusals: {}",
+        stderr(&out)
+    );
 }
 
 #[test]
 fn agent_dying_mid_recording_keeps_what_arrived() {
-    let sim = Sim::new("vdie");
-    let host = quiet_instance("vdhost");
-    let guest = quiet_instance("vdguest");
+    let (sim, host, guest) = setup("vdie");
     let file = sim.dir.path().join("t.dat");
     let script = marker_script(
         &host,
@@ -271,9 +337,7 @@ fn agent_dying_mid_recording_keeps_what_arrived() {
 
 #[test]
 fn a_vanished_manager_frees_the_agent() {
-    let sim = Sim::new("vgone");
-    let host = quiet_instance("vghost");
-    let guest = quiet_instance("vgguest");
+    let (sim, host, guest) = setup("vgone");
     let file = sim.dir.path().join("t.dat");
     let mut first = record_a(&sim, &host, &guest, &file, "sleep 60")
         .stderr(Stdio::null())
@@ -287,15 +351,7 @@ fn a_vanished_manager_frees_the_agent() {
     first.wait().unwrap();
     let file2 = sim.dir.path().join("t2.dat");
     wait_until("agent released", Duration::from_secs(15), || {
-        let o = record_a(
-            &sim,
-            &host,
-            &guest,
-            &file2,
-            &marker_script(&host, &guest, ""),
-        )
-        .output()
-        .unwrap();
+        let o = record_markers(&sim, &host, &guest, &file2);
         o.status.success()
     });
     let rep = report(&file2).stdout;

@@ -14,8 +14,18 @@ use crate::transport;
 /// Most metadata bytes accepted from a guest (kallsyms of a big kernel is ~20 MiB).
 pub const MAX_GUEST_METADATA: usize = 256 << 20;
 
-/// How long `record -A` waits for a busy or not yet connected agent.
-pub const AGENT_WAIT: Duration = Duration::from_secs(3);
+/// How long `record -A` waits for a connected but busy agent.
+pub const AGENT_WAIT: Duration = Duration::from_secs(15);
+
+/// Whether the listener lists an agent named `name`.
+fn agent_listed(paths: &VirtPaths, name: &str) -> Result<bool> {
+    let s = transport::connect_unix(&paths.manager_socket())?;
+    let mut found = false;
+    session::list_agents(&Channel::new(s.as_fd()), &mut |n, _| {
+        found |= n == name.as_bytes()
+    })?;
+    Ok(found)
+}
 
 /// A guest being recorded.
 #[derive(Debug)]
@@ -52,8 +62,8 @@ impl GuestSession {
     /// Connects through the listener to the agent of `name` and starts its
     /// recording with `argv` (the record options meant for the guest).
     pub fn start(paths: &VirtPaths, name: &str, pid: u32, argv: &[String]) -> Result<GuestSession> {
-        // A manager that just ended frees its agent a moment later: retry a
-        // refusal for a few seconds before giving up.
+        // A manager that just ended frees its agent a moment later: while the
+        // agent is connected (ALIST) but busy, retry for a while.
         let deadline = std::time::Instant::now() + AGENT_WAIT;
         let (mgr, cpus_announced) = loop {
             let mgr = transport::connect_unix(&paths.manager_socket())?;
@@ -61,7 +71,7 @@ impl GuestSession {
             match session::connect_agent(&ch, name.as_bytes(), pid) {
                 Ok(c) => break (mgr, c),
                 Err(MsgError::NoSuchAgent) | Err(MsgError::Closed) => {
-                    if std::time::Instant::now() >= deadline {
+                    if std::time::Instant::now() >= deadline || !agent_listed(paths, name)? {
                         return Err(VirtError::NoAgent(name.to_string()));
                     }
                     std::thread::sleep(Duration::from_millis(100));
@@ -102,6 +112,8 @@ impl GuestSession {
                             _ => break,
                         }
                     }
+                    // The agent is idle again: the listener may free it now.
+                    let _ = v2::send(&Channel::new(mgr.as_fd()), &Msg::Finish);
                     return Err(VirtError::AgentRefused {
                         guest: name.to_string(),
                         reason: String::from_utf8_lossy(&reason).into_owned(),
