@@ -31,7 +31,7 @@ pub fn run(a: AgentArgs) -> Result<(), String> {
     let ports = agent::open_ports(&a.ports_dir).map_err(|e| e.to_string())?;
     let stopped = Arc::new(AtomicBool::new(false));
     let s2 = stopped.clone();
-    // A signal ends the agent at once (between recordings it holds no state).
+    // SIGINT/SIGTERM: a recording in progress is stopped and tracefs restored.
     let mut set = SigSet::empty();
     set.add(Signal::SIGINT);
     set.add(Signal::SIGTERM);
@@ -40,7 +40,6 @@ pub fn run(a: AgentArgs) -> Result<(), String> {
     std::thread::spawn(move || {
         if set.wait().is_ok() {
             s2.store(true, Ordering::SeqCst);
-            std::process::exit(0);
         }
     });
     eprintln!("agent: ports in {}", a.ports_dir.display());

@@ -360,3 +360,32 @@ fn a_vanished_manager_frees_the_agent() {
         Some("vm")
     );
 }
+
+#[test]
+fn sigterm_stops_the_agent_and_restores_the_guest_tracefs() {
+    let (mut sim, host, guest) = setup("vterm");
+    let file = sim.dir.path().join("t.dat");
+    let before = guest.enabled_events().unwrap();
+    let mut rec = Killed(
+        record_a(&sim, &host, &guest, &file, "sleep 60")
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_until("guest recording", Duration::from_secs(15), || {
+        guest.tracing_on().unwrap_or(false)
+    });
+    let mut agent = sim.agent.take().unwrap();
+    let pid = nix::unistd::Pid::from_raw(agent.0.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    wait_until("agent exit", Duration::from_secs(5), || {
+        matches!(agent.0.try_wait(), Ok(Some(_)))
+    });
+    assert!(!guest.tracing_on().unwrap(), "tracing left on in the guest");
+    assert_eq!(
+        guest.enabled_events().unwrap(),
+        before,
+        "guest events left enabled"
+    );
+    let _ = rec.0.kill();
+}

@@ -139,14 +139,39 @@ pub fn handshake(ch: &Channel<'_>, cpus: u32, stopped: &dyn Fn() -> bool) -> Res
     }
 }
 
-/// Waits (no timeout) for a manager's CONNECT{argc}; stray CLOSE/ACK are skipped.
-pub fn wait_for_manager(ch: &Channel<'_>) -> Result<u32> {
+/// The next message, waiting without a timeout but checking `stopped()` every
+/// 300 ms (`None` once it is true).
+fn recv_unless_stopped(ch: &Channel<'_>, stopped: &dyn Fn() -> bool) -> Result<Option<Msg>> {
+    use nix::poll::{PollFd, PollFlags, PollTimeout};
     loop {
-        match v2::recv(ch, Wait::Blocking)? {
-            Msg::Connect { cpus } => return Ok(cpus),
+        if stopped() {
+            return Ok(None);
+        }
+        let mut p = [PollFd::new(ch.fd(), PollFlags::POLLIN)];
+        match nix::poll::poll(&mut p, PollTimeout::from(300u16)) {
+            Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
+            Ok(_) => {}
+            Err(e) => return Err(MsgError::from(e).into()),
+        }
+        // A message has started: read all of it within the channel's timeout.
+        match v2::recv(ch, Wait::Timed) {
+            Ok(m) => return Ok(Some(m)),
+            Err(MsgError::Interrupted) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Waits for a manager's CONNECT{argc} (stray CLOSE/ACK are skipped); `None`
+/// once `stopped()`.
+pub fn wait_for_manager(ch: &Channel<'_>, stopped: &dyn Fn() -> bool) -> Result<Option<u32>> {
+    while let Some(m) = recv_unless_stopped(ch, stopped)? {
+        match m {
+            Msg::Connect { cpus } => return Ok(Some(cpus)),
             m => log::debug!("waiting for a manager: ignoring {}", m.cmd().name()),
         }
     }
+    Ok(None)
 }
 
 /// Serves managers until `stopped()` or the control channel fails.
@@ -156,17 +181,15 @@ pub fn serve(ports: &GuestPorts, stopped: &dyn Fn() -> bool) -> Result<()> {
     handshake(&ch, cpus, stopped)?;
     log::info!("registered with the host listener ({cpus} CPU ports); waiting for a manager");
     while !stopped() {
-        let argc = match wait_for_manager(&ch) {
-            Ok(n) => n,
-            Err(VirtError::Msg(MsgError::Interrupted)) => continue,
-            Err(e) => return Err(e),
+        let Some(argc) = wait_for_manager(&ch, stopped)? else {
+            break;
         };
         let argv: Vec<String> = session::agent_parameters(&ch, argc)?
             .into_iter()
             .map(|a| String::from_utf8_lossy(&a).into_owned())
             .collect();
         log::info!("manager asks to record: {argv:?}");
-        match record_session(&ch, ports, &argv) {
+        match record_session(&ch, ports, &argv, stopped) {
             Ok(()) => log::info!("recording done; waiting for the next manager"),
             Err(e) => log::warn!("recording failed: {e}; waiting for the next manager"),
         }
@@ -181,7 +204,12 @@ fn refuse(ch: &Channel<'_>, reason: String) -> Result<()> {
 }
 
 /// One recording for one manager.
-fn record_session(ch: &Channel<'_>, ports: &GuestPorts, argv: &[String]) -> Result<()> {
+fn record_session(
+    ch: &Channel<'_>,
+    ports: &GuestPorts,
+    argv: &[String],
+    stopped: &dyn Fn() -> bool,
+) -> Result<()> {
     let args = match parse_guest_args(argv) {
         Ok(a) => a,
         Err(why) => return refuse(ch, why),
@@ -265,18 +293,18 @@ fn record_session(ch: &Channel<'_>, ports: &GuestPorts, argv: &[String]) -> Resu
     // Tracing is on before the manager gets the metadata: the manager starts
     // the traced command only after FINMETA, so the guest sees all of it.
     let sent = session::send_metadata(ch, &bytes).and_then(|()| session::finish_metadata(ch));
-    // Wait for the manager's CLOSE; a lost channel stops the recording as well.
-    let lost = if let Err(e) = sent {
-        Some(e)
-    } else {
-        loop {
-            match v2::recv(ch, Wait::Blocking) {
-                Ok(Msg::Close) => break None,
-                Ok(m) => log::debug!("while recording: ignoring {}", m.cmd().name()),
-                Err(MsgError::Interrupted) => continue,
+    // Wait for the manager's CLOSE; a lost channel or a signal to the agent
+    // stops the recording as well.
+    let lost = match sent {
+        Err(e) => Some(VirtError::from(e)),
+        Ok(()) => loop {
+            match recv_unless_stopped(ch, stopped) {
+                Ok(Some(Msg::Close)) => break None,
+                Ok(Some(m)) => log::debug!("while recording: ignoring {}", m.cmd().name()),
+                Ok(None) => break Some(VirtError::Invalid("the agent was asked to exit".into())),
                 Err(e) => break Some(e),
             }
-        }
+        },
     };
     let _ = inst.set_tracing_on(false);
     for s in &stops {
@@ -298,7 +326,7 @@ fn record_session(ch: &Channel<'_>, ports: &GuestPorts, argv: &[String]) -> Resu
             v2::send(ch, &Msg::Ack)?;
             Ok(())
         }
-        Some(e) => Err(e.into()),
+        Some(e) => Err(e),
     }
 }
 
