@@ -181,3 +181,15 @@ virt_guest_up() {
     fail "list -A did not show '$dom with $ncpus cpus' within ${QEMU_BOOT_TIMEOUT}s: $(cat "$qemu_work/list.out")"
   note "agent registered $(($(date +%s) - start))s after QEMU started"
 }
+
+# record_report NAME ARGS...: runs our `trace-cmd record -o NAME.dat ARGS...` in the work
+# dir, then Debian's report on it into NAME.txt.
+record_report() {
+  local name=$1
+  shift
+  (cd "$qemu_work" && timeout 300 "$tc" record -o "$name.dat" "$@") >"$qemu_work/$name.log" 2>&1 ||
+    fail "record -o $name.dat $* failed (status $?): $(tail -n 20 "$qemu_work/$name.log")"
+  [ -s "$qemu_work/$name.dat" ] || fail "record wrote no $name.dat"
+  "$report" report "$qemu_work/$name.dat" >"$qemu_work/$name.txt" 2>"$qemu_work/$name.err" ||
+    fail "Debian's trace-cmd report cannot read $name.dat: $(head -n 20 "$qemu_work/$name.err")"
+}
