@@ -338,23 +338,17 @@ pub fn run(args: RecordArgs) -> Result<(), String> {
     let mut guest_errors = Vec::new();
     let mut cpus = cpus;
     for (i, g) in guest_results.iter().enumerate() {
-        if has_host || i > 0 {
-            let conflicts = tracecmd_rs::virt::meta::merge(&mut recorded.meta, &g.meta);
-            if !conflicts.is_empty() {
-                log::warn!(
-                    "guest {}: {} events have other IDs than on the host (e.g. {}); report shows them with the host's format",
-                    g.name,
-                    conflicts.len(),
-                    conflicts[0]
-                );
-            }
-        }
         if g.meta.page_size != 0 && g.meta.page_size != recorded.meta.page_size {
             guest_errors.push(format!(
                 "guest {}: its page size {} differs from {}; its data is left out",
                 g.name, g.meta.page_size, recorded.meta.page_size
             ));
             continue;
+        }
+        if has_host || i > 0 {
+            if let Err(e) = record_guest::merge_guest(&mut recorded.meta, g) {
+                guest_errors.push(e);
+            }
         }
         cpus = cpus.max(g.files.len());
         named.push(BufferData {

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use tracecmd_rs::output::Metadata;
 use tracecmd_rs::recorder::{CpuRecorder, Input, RecordFlags, RecorderError, StopHandle};
 use tracecmd_rs::virt::guest::{parse_guest_spec, GuestSession};
-use tracecmd_rs::virt::meta::parse_metadata;
+use tracecmd_rs::virt::meta::{merge_remapped, parse_metadata, remap_file_ids};
 use tracecmd_rs::virt::VirtPaths;
 
 /// One `-A GUEST[:pid]` and the options that followed it.
@@ -227,6 +227,38 @@ pub fn finish_guests(guests: Vec<GuestRecording>) -> Vec<GuestResult> {
         });
     }
     results
+}
+
+/// Merges a guest's formats into the file's `meta` and moves the guest's events
+/// whose IDs clash with the host's to free IDs, in its recorded pages too.
+pub fn merge_guest(meta: &mut Metadata, g: &GuestResult) -> Result<(), String> {
+    let (map, lost) = merge_remapped(meta, &g.meta);
+    if lost > 0 {
+        log::warn!(
+            "guest {}: {lost} events found no free event ID; report cannot decode them",
+            g.name
+        );
+    }
+    if map.is_empty() {
+        return Ok(());
+    }
+    let mut changed = 0;
+    for f in &g.files {
+        changed += remap_file_ids(
+            f,
+            g.meta.page_size as usize,
+            &g.meta.header_page,
+            &g.meta.header_event,
+            &map,
+        )
+        .map_err(|e| format!("guest {}: {e}", g.name))?;
+    }
+    log::info!(
+        "guest {}: {} event types clash with the host's; moved them to free IDs ({changed} records)",
+        g.name,
+        map.len()
+    );
+    Ok(())
 }
 
 #[cfg(test)]
