@@ -262,3 +262,54 @@ fn listener_survives_bad_and_stalled_peers() {
     assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
     drop((hung_m, hung_a));
 }
+
+#[test]
+fn random_and_truncated_streams_never_stop_the_listener() {
+    let r = start(&[("g", 1)]);
+    assert_eq!(register_dom(&r, "g", 1).unwrap(), Msg::Ack);
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    // Valid requests cut short, and random bytes after a valid header.
+    let valid: Vec<Vec<u8>> = vec![
+        Msg::Connect { cpus: 2 }.encode().unwrap(),
+        Msg::Trace { pid: 0 }.encode().unwrap(),
+        Msg::GList.encode().unwrap(),
+        Msg::TConnect.encode().unwrap(),
+        Msg::CInit { cpus: 1 }.encode().unwrap(),
+    ];
+    for i in 0..300 {
+        let mut bytes = valid[i % valid.len()].clone();
+        if next() % 2 == 0 {
+            bytes.truncate((next() % bytes.len() as u64) as usize);
+        } else {
+            bytes.extend((0..next() % 64).map(|_| next() as u8));
+        }
+        let sock = if i % 3 == 0 {
+            r.paths.agent_socket()
+        } else {
+            r.paths.manager_socket()
+        };
+        let mut s = UnixStream::connect(&sock).unwrap();
+        let _ = s.write_all(&bytes);
+        // Random bytes into the guest's FIFO as well, as a broken guest would send.
+        if i % 50 == 0 {
+            let out = open_rw(&with_suffix(&r.paths.agent_fifo("g"), ".out"));
+            let junk: Vec<u8> = (0..next() % 100).map(|_| next() as u8).collect();
+            (&out).write_all(&junk).unwrap();
+        }
+    }
+    let t = Instant::now();
+    assert_eq!(list(&r, true), vec![("g".into(), 1)]);
+    // The guest's channel is usable again after the garbage: a real agent
+    // handshake registers it.
+    std::thread::sleep(Duration::from_millis(500));
+    let agent = FakeAgent::new(&r, "g");
+    agent.handshake(1);
+    wait_until("agent listed", || list(&r, false) == vec![("g".into(), 1)]);
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+}
