@@ -62,6 +62,12 @@ impl GuestSession {
     /// Connects through the listener to the agent of `name` and starts its
     /// recording with `argv` (the record options meant for the guest).
     pub fn start(paths: &VirtPaths, name: &str, pid: u32, argv: &[String]) -> Result<GuestSession> {
+        if pid != 0 {
+            // The VS listener compares with its bridge's pid, which no user knows
+            // (spec §5.1 Q1 (a)); the name is what identifies the guest.
+            log::warn!("{name}:{pid}: guests are looked up by name; the pid is ignored");
+        }
+        let pid = 0;
         // A manager that just ended frees its agent a moment later: while the
         // agent is connected (ALIST) but busy, retry for a while.
         let deadline = std::time::Instant::now() + AGENT_WAIT;
