@@ -26,8 +26,12 @@ const VALUE_OPTS: &[&str] = &[
     "-e", "-o", "-b", "-m", "-s", "-C", "-p", "-B", "-f", "-P", "-O",
 ];
 
+/// Options that concern the whole run, wherever they stand.
+const HOST_OPTS: &[&str] = &["-o", "-q", "-v", "--verbose", "--debug"];
+
 /// Splits `trace-cmd record ...` into the host's arguments and the guests': the
-/// options after `-A GUEST` (up to the next `-A` or the command) go to that guest.
+/// options after `-A GUEST` (up to the next `-A` or the command) go to that guest,
+/// except the run-wide `-o`, `-q`, `-v` and `--debug`.
 pub fn split_guest_args(args: Vec<String>) -> Result<(Vec<String>, Vec<GuestSpec>), String> {
     let mut host = Vec::new();
     let mut guests: Vec<GuestSpec> = Vec::new();
@@ -55,8 +59,8 @@ pub fn split_guest_args(args: Vec<String>) -> Result<(Vec<String>, Vec<GuestSpec
         }
         let takes_value = VALUE_OPTS.contains(&a.as_str());
         let target = match guests.last_mut() {
-            Some(g) => &mut g.argv,
-            None => &mut host,
+            Some(g) if !HOST_OPTS.contains(&a.as_str()) => &mut g.argv,
+            _ => &mut host,
         };
         target.push(a);
         if takes_value {
@@ -284,10 +288,11 @@ mod tests {
                 argv: s(&["-e", "sched", "-B", "x"])
             }]
         );
-        let (_, g) = split_guest_args(s(&[
-            "tc", "record", "-A", "a:7", "-e", "x", "-A", "b", "-e", "y",
+        let (host, g) = split_guest_args(s(&[
+            "tc", "record", "-A", "a:7", "-e", "x", "-o", "f.dat", "-A", "b", "-v", "-e", "y",
         ]))
         .unwrap();
+        assert_eq!(host, s(&["tc", "record", "-o", "f.dat", "-v"]));
         assert_eq!(g.len(), 2);
         assert_eq!(g[0].pid, 7);
         assert_eq!(g[1].argv, s(&["-e", "y"]));
