@@ -145,6 +145,16 @@ tracefs_state() {
   cat "$tracing/events/sched/enable" 2>/dev/null || true
 }
 
+# tracefs_as_found BEFORE: fails unless tracefs_state is BEFORE again.
+tracefs_as_found() {
+  local after
+  after=$(tracefs_state)
+  [ "$1" = "$after" ] && return 0
+  fail "the host's top-level tracefs buffer is not as found after the test (or another program used it meanwhile: these tests need it to themselves):
+before: $(echo "$1" | head -n 8 | tr '\n' ' ')
+after:  $(echo "$after" | head -n 8 | tr '\n' ' ')"
+}
+
 # virt_guest_up DOM NCPUS: private run and virt dirs (TRACE_CMD_RUN_DIR/_VIRT_DIR),
 # `listen --virt`, `connect -f -c NCPUS DOM`, QEMU running our agent, and waits until
 # `list -A` shows the agent. Sets $listener_pid and $qemu_pid.

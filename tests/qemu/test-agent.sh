@@ -45,7 +45,4 @@ note "host+guest: $(grep -c "^$dom: " "$rep") guest lines, $(grep -vc "^$dom: " 
 "$tc" list -A >"$qemu_work/list.out" 2>&1 || true
 grep -qx "$dom with $ncpus cpus" "$qemu_work/list.out" ||
   fail "after the recordings the agent is no longer listed: $(cat "$qemu_work/list.out")"
-after=$(tracefs_state)
-[ "$before" = "$after" ] || fail "tracefs is not as found after the test:
-before: $before
-after:  $after"
+tracefs_as_found "$before"

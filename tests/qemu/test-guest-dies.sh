@@ -55,7 +55,4 @@ note "report: $(grep -c "^$dom: " "$rep") guest lines, $(grep -vc "^$dom: " "$re
 kill -0 "$listener_pid" 2>/dev/null || fail "the listener died with the guest"
 "$tc" list -G >"$qemu_work/list.out" 2>&1 || fail "list -G failed after the guest died: $(cat "$qemu_work/list.out")"
 
-after=$(tracefs_state)
-[ "$before" = "$after" ] || fail "tracefs is not as found after the test:
-before: $before
-after:  $after"
+tracefs_as_found "$before"
