@@ -43,7 +43,15 @@ if ! ls "$dest"/boot/vmlinuz-* >/dev/null 2>&1; then
   get() { (cd "$tmp" && apt-get download -q -o APT::Sandbox::User=root "$pkg" >&2); }
   if ! get; then
     # Stale package lists name a version the archive no longer has: refresh once.
-    [ "$(id -u)" = 0 ] && apt-get update -qq >&2 && get || die "apt-get download $pkg failed"
+    if ! { [ "$(id -u)" = 0 ] && apt-get update -qq >&2 && get; }; then
+      # Offline with an older kernel cached: that one boots the tests just as well.
+      if [ -e "$cache/kernel/boot" ]; then
+        echo "fetch-kernel: cannot download $pkg; using the cached $(readlink "$cache/kernel")" >&2
+        echo "$cache/kernel"
+        exit 0
+      fi
+      die "apt-get download $pkg failed"
+    fi
   fi
   deb=$(ls "$tmp"/*.deb)
   mkdir -p "$tmp/root"
