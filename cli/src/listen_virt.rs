@@ -10,6 +10,13 @@ use nix::unistd::Gid;
 use tracecmd_rs::virt::listener::{DomainSetup, VirtListener};
 use tracecmd_rs::virt::{group_or_own, VirtPaths};
 
+/// `listen --help`.
+pub const USAGE: &str = "usage: trace-cmd listen --virt [--run-dir DIR] [--virt-dir DIR] [-g GROUP] [--dom DOMAIN [-m PERMS] [-g GROUP] [-c NCPUS]]... [-v] [--debug]
+  --run-dir   directory of agent-ctl-path and manager-ctl-path (default $TRACE_CMD_RUN_DIR or /var/run/trace-cmd)
+  --virt-dir  directory of the domain directories (default $TRACE_CMD_VIRT_DIR or /var/lib/trace-cmd/virt)
+  -g          group of the sockets and directories (default qemu, else the caller's group)
+  --dom       create DOMAIN's directory (-m mode, default 0710) and, with -c, its CPU FIFOs";
+
 /// What the command line asked for.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct ListenOptions {

@@ -65,6 +65,10 @@ fn main() {
             args.guests = guests;
             record::run(args)
         }
+        Cmd::Listen { args } if args.iter().any(|a| a == "-h" || a == "--help") => {
+            println!("{}", listen_virt::USAGE);
+            Ok(())
+        }
         Cmd::Listen { args } => listen_virt::parse(&args).and_then(|o| {
             logger::init(o.verbose, o.debug);
             listen_virt::run(o)
