@@ -82,11 +82,13 @@ spawn() {
 qemu_start() {
   local initrd=$1 domdir=$2 ncpus=$3 mode=$4 names=(agent-ctl-path) args=() k name
   for ((k = 0; k < ncpus; k++)); do names+=("trace-path-cpu$k"); done
+  # shellcheck disable=SC2054 # the commas belong to QEMU's option
   args+=(-device virtio-serial-pci,id=virtio-serial0)
   k=0
   for name in "${names[@]}"; do
-    [ -p "$domdir/$name.in" ] && [ -p "$domdir/$name.out" ] ||
+    if ! [ -p "$domdir/$name.in" ] || ! [ -p "$domdir/$name.out" ]; then
       fail "$domdir/$name.in and .out must be FIFOs before QEMU starts"
+    fi
     k=$((k + 1))
     # nr 0 of a virtio-serial bus is reserved for a console: ports start at 1.
     args+=(-chardev "pipe,id=c$k,path=$domdir/$name"
