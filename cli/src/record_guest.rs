@@ -177,7 +177,9 @@ fn total_size(files: &[PathBuf]) -> u64 {
 /// Stops every guest (CLOSE, wait for the agent's ACK), lets the data still in
 /// flight arrive, and stops the recorders.
 pub fn finish_guests(guests: Vec<GuestRecording>) -> Vec<GuestResult> {
-    let wait = tracecmd_rs::msg::default_timeout().unwrap_or(Duration::from_secs(5)) * 2;
+    // A slow guest (TCG under load) may need a while to flush every CPU through
+    // its ports: six message timeouts (30 s by default) before calling it dead.
+    let wait = tracecmd_rs::msg::default_timeout().unwrap_or(Duration::from_secs(5)) * 6;
     let mut results = Vec::new();
     for mut g in guests {
         let name = g.session.name.clone();

@@ -314,7 +314,7 @@ fn agent_dying_mid_recording_keeps_what_arrived() {
         &format!("sleep 1; kill -9 {}; sleep 0.5", sim.agent_pid()),
     );
     let out = record_a(&sim, &host, &guest, &file, &script)
-        .env("TRACECMD_MSG_TIMEOUT_MS", "1000")
+        .env("TRACECMD_MSG_TIMEOUT_MS", "500")
         .output()
         .unwrap();
     assert!(
