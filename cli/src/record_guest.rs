@@ -181,13 +181,18 @@ pub fn finish_guests(guests: Vec<GuestRecording>) -> Vec<GuestResult> {
     // its ports: six message timeouts (30 s by default) before calling it dead.
     let wait = tracecmd_rs::msg::default_timeout().unwrap_or(Duration::from_secs(5)) * 6;
     let mut results = Vec::new();
-    for mut g in guests {
+    // All guests stop at once; then each confirmation is awaited.
+    let asked = Instant::now();
+    let requested: Vec<_> = guests.iter().map(|g| g.session.request_stop()).collect();
+    for (mut g, req) in guests.into_iter().zip(requested) {
         let name = g.session.name.clone();
-        let mut error = g
-            .session
-            .stop(wait)
+        let mut error = req
+            .and_then(|()| g.session.wait_stopped(wait))
             .err()
             .map(|e| format!("the agent did not confirm the stop ({e}); it may have died"));
+        if error.is_none() {
+            log::info!("guest {name}: stop confirmed after {:?}", asked.elapsed());
+        }
         // The pages travel on other channels than the ACK: wait until the files
         // stop growing (at most 10 s).
         let start = Instant::now();

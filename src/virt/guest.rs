@@ -173,15 +173,20 @@ impl GuestSession {
         })
     }
 
-    /// Asks the agent to stop (CLOSE) and waits up to `wait` for its ACK, sent
-    /// after it flushed every CPU.
-    pub fn stop(&self, wait: Duration) -> Result<()> {
+    /// Asks the agent to stop (CLOSE); [`GuestSession::wait_stopped`] waits for
+    /// its confirmation.
+    pub fn request_stop(&self) -> Result<()> {
+        v2::send(&Channel::new(self.agent.as_fd()), &Msg::Close)?;
+        Ok(())
+    }
+
+    /// Waits up to `wait` for the agent's ACK, which it sends once it has flushed
+    /// every CPU; then tells the listener (FINISH) that the agent is free.
+    pub fn wait_stopped(&self, wait: Duration) -> Result<()> {
         let ch = Channel::new(self.agent.as_fd()).with_timeout(Some(wait));
-        v2::send(&ch, &Msg::Close)?;
         loop {
             match v2::recv(&ch, Wait::Timed) {
                 Ok(Msg::Ack) => {
-                    // Tell the listener the agent is stopped: it frees it at once.
                     let _ = v2::send(&Channel::new(self.manager.as_fd()), &Msg::Finish);
                     return Ok(());
                 }
@@ -194,6 +199,12 @@ impl GuestSession {
                 Err(e) => return Err(e.into()),
             }
         }
+    }
+
+    /// [`GuestSession::request_stop`], then [`GuestSession::wait_stopped`].
+    pub fn stop(&self, wait: Duration) -> Result<()> {
+        self.request_stop()?;
+        self.wait_stopped(wait)
     }
 }
 
