@@ -263,32 +263,44 @@ fn record_session(
     let bytes = meta
         .to_bytes()
         .map_err(|e| VirtError::Invalid(e.to_string()))?;
-    session::send_init(ch, cpus as u32, meta.page_size, false)?;
-
-    let sleep = Duration::from_micros(args.sleep_us.unwrap_or(1000));
-    let mut threads = Vec::new();
-    let mut stops = Vec::new();
+    // Recorders first: what cannot start is refused before TINIT.
+    let mut recs = Vec::new();
     for (cpu, port) in ports.cpus.iter().take(cpus).enumerate() {
-        let out: OwnedFd = port
+        let rec = port
             .try_clone()
-            .map_err(io_err("cannot duplicate a CPU port"))?
-            .into();
-        let flags = RecordFlags {
-            nosplice: true,
-            ..RecordFlags::default()
-        };
-        let input = Input::Buffer {
-            dir: inst.path().to_path_buf(),
-            cpu,
-        };
-        let mut rec = CpuRecorder::new(input, Output::Stream(out), flags)
-            .map_err(|e| VirtError::Invalid(format!("cannot start the CPU {cpu} recorder: {e}")))?;
-        stops.push(rec.stop_handle());
-        threads.push(std::thread::spawn(move || {
-            let r = rec.record(sleep);
-            (rec, r)
-        }));
+            .map_err(|e| format!("cannot duplicate the CPU {cpu} port: {e}"))
+            .and_then(|out| {
+                let input = Input::Buffer {
+                    dir: inst.path().to_path_buf(),
+                    cpu,
+                };
+                let flags = RecordFlags {
+                    nosplice: true,
+                    ..RecordFlags::default()
+                };
+                CpuRecorder::new(input, Output::Stream(OwnedFd::from(out)), flags)
+                    .map_err(|e| format!("cannot start the CPU {cpu} recorder: {e}"))
+            });
+        match rec {
+            Ok(r) => recs.push(r),
+            Err(why) => {
+                let _ = guard.restore();
+                return refuse(ch, why);
+            }
+        }
     }
+    session::send_init(ch, cpus as u32, meta.page_size, false)?;
+    let sleep = Duration::from_micros(args.sleep_us.unwrap_or(1000));
+    let stops: Vec<_> = recs.iter().map(CpuRecorder::stop_handle).collect();
+    let threads: Vec<_> = recs
+        .into_iter()
+        .map(|mut rec| {
+            std::thread::spawn(move || {
+                let r = rec.record(sleep);
+                (rec, r)
+            })
+        })
+        .collect();
     let _ = guard.set_tracing_on(true);
     // Tracing is on before the manager gets the metadata: the manager starts
     // the traced command only after FINMETA, so the guest sees all of it.
