@@ -159,11 +159,18 @@ fn quiet_instance(tag: &str) -> Instance {
 }
 
 /// A simulated guest plus a private instance for the host and one for the guest.
-fn setup(tag: &str) -> (Sim, Instance, Instance) {
+/// Fields drop in order: the agent is gone before its instance is removed.
+struct Setup {
+    sim: Sim,
+    host: Instance,
+    guest: Instance,
+}
+
+fn setup(tag: &str) -> Setup {
     let sim = Sim::new(tag);
     let host = quiet_instance(&format!("{tag}-host"));
     let guest = quiet_instance(&format!("{tag}-guest"));
-    (sim, host, guest)
+    Setup { sim, host, guest }
 }
 
 fn marker_script(host: &Instance, guest: &Instance, extra: &str) -> String {
@@ -204,14 +211,15 @@ fn buffer_of(rep: &str, needle: &str) -> Option<String> {
 
 #[test]
 fn record_a_simulated_guest_with_the_host() {
-    let (sim, host, guest) = setup("vsim");
+    let s = setup("vsim");
+    let (sim, host, guest) = (&s.sim, &s.host, &s.guest);
     let file: PathBuf = sim.dir.path().join("t.dat");
     let out = record_a(
-        &sim,
-        &host,
-        &guest,
+        sim,
+        host,
+        guest,
         &file,
-        &marker_script(&host, &guest, "sleep 0.5"),
+        &marker_script(host, guest, "sleep 0.5"),
     )
     .output()
     .unwrap();
@@ -219,7 +227,7 @@ fn record_a_simulated_guest_with_the_host() {
     let rep = report(&file).stdout;
     assert_eq!(
         buffer_of(&rep, "tcrs-HOST-MARK").as_deref(),
-        Some(name_of(&host).as_str()),
+        Some(name_of(host).as_str()),
         "host marker not in the host buffer:\n{rep}"
     );
     assert_eq!(
@@ -236,24 +244,24 @@ fn record_a_simulated_guest_with_the_host() {
     assert!(left.is_empty(), "{left:?}");
     // The agent serves the next manager.
     let file2 = sim.dir.path().join("t2.dat");
-    let out = record_markers(&sim, &host, &guest, &file2);
+    let out = record_markers(sim, host, guest, &file2);
     assert!(out.status.success(), "second record -A: {}", stderr(&out));
     assert!(report(&file2).stdout.contains("tcrs-GUEST-MARK-299"));
 
     // Only the guest (no host events): its own formats, its buffer.
     let file3 = sim.dir.path().join("t3.dat");
-    let out = tc(&sim)
+    let out = tc(sim)
         .args(["record", "-q", "-o"])
         .arg(&file3)
         .args([
             "-A",
             "vm",
             "-B",
-            &name_of(&guest),
+            &name_of(guest),
             "-e",
             "sched:sched_kthread_stop",
         ])
-        .args(["/bin/sh", "-c", &marker_script(&host, &guest, "")])
+        .args(["/bin/sh", "-c", &marker_script(host, guest, "")])
         .output()
         .unwrap();
     assert!(
@@ -272,7 +280,7 @@ fn record_a_simulated_guest_with_the_host() {
     );
 
     // Refusals are reported, and the agent serves the next manager afterwards.
-    let out = tc(&sim)
+    let out = tc(sim)
         .args(["record", "-o"])
         .arg(sim.dir.path().join("x.dat"))
         .args(["-A", "vm", "-e", "sched", "-z", "true"])
@@ -284,7 +292,7 @@ fn record_a_simulated_guest_with_the_host() {
         "{}",
         stderr(&out)
     );
-    let out = tc(&sim)
+    let out = tc(sim)
         .args(["record", "-o"])
         .arg(sim.dir.path().join("x.dat"))
         .args(["-A", "nosuchvm", "-e", "sched", "true"])
@@ -296,7 +304,7 @@ fn record_a_simulated_guest_with_the_host() {
         "{}",
         stderr(&out)
     );
-    let out = record_markers(&sim, &host, &guest, &file2);
+    let out = record_markers(sim, host, guest, &file2);
     assert!(
         out.status.success(),
         "record -A after refusals: {}",
@@ -306,14 +314,15 @@ fn record_a_simulated_guest_with_the_host() {
 
 #[test]
 fn agent_dying_mid_recording_keeps_what_arrived() {
-    let (sim, host, guest) = setup("vdie");
+    let s = setup("vdie");
+    let (sim, host, guest) = (&s.sim, &s.host, &s.guest);
     let file = sim.dir.path().join("t.dat");
     let script = marker_script(
-        &host,
-        &guest,
+        host,
+        guest,
         &format!("sleep 1; kill -9 {}; sleep 0.5", sim.agent_pid()),
     );
-    let out = record_a(&sim, &host, &guest, &file, &script)
+    let out = record_a(sim, host, guest, &file, &script)
         .env("TRACECMD_MSG_TIMEOUT_MS", "500")
         .output()
         .unwrap();
@@ -337,9 +346,10 @@ fn agent_dying_mid_recording_keeps_what_arrived() {
 
 #[test]
 fn a_vanished_manager_frees_the_agent() {
-    let (sim, host, guest) = setup("vgone");
+    let s = setup("vgone");
+    let (sim, host, guest) = (&s.sim, &s.host, &s.guest);
     let file = sim.dir.path().join("t.dat");
-    let mut first = record_a(&sim, &host, &guest, &file, "sleep 60")
+    let mut first = record_a(sim, host, guest, &file, "sleep 60")
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
@@ -351,7 +361,7 @@ fn a_vanished_manager_frees_the_agent() {
     first.wait().unwrap();
     let file2 = sim.dir.path().join("t2.dat");
     wait_until("agent released", Duration::from_secs(15), || {
-        let o = record_markers(&sim, &host, &guest, &file2);
+        let o = record_markers(sim, host, guest, &file2);
         o.status.success()
     });
     let rep = report(&file2).stdout;
@@ -363,11 +373,12 @@ fn a_vanished_manager_frees_the_agent() {
 
 #[test]
 fn sigterm_stops_the_agent_and_restores_the_guest_tracefs() {
-    let (mut sim, host, guest) = setup("vterm");
-    let file = sim.dir.path().join("t.dat");
+    let mut s = setup("vterm");
+    let (host, guest) = (&s.host, &s.guest);
+    let file = s.sim.dir.path().join("t.dat");
     let before = guest.enabled_events().unwrap();
     let mut rec = Killed(
-        record_a(&sim, &host, &guest, &file, "sleep 60")
+        record_a(&s.sim, host, guest, &file, "sleep 60")
             .stderr(Stdio::null())
             .spawn()
             .unwrap(),
@@ -375,7 +386,7 @@ fn sigterm_stops_the_agent_and_restores_the_guest_tracefs() {
     wait_until("guest recording", Duration::from_secs(15), || {
         guest.tracing_on().unwrap_or(false)
     });
-    let mut agent = sim.agent.take().unwrap();
+    let mut agent = s.sim.agent.take().unwrap();
     let pid = nix::unistd::Pid::from_raw(agent.0.id() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
     wait_until("agent exit", Duration::from_secs(5), || {
