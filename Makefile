@@ -1,6 +1,7 @@
 # Builds the C libraries (static, shared, pkg-config) and runs every test.
 #   make            build/lib/{libtracecmd_rs.a,libtracecmd_rs.so*,pkgconfig/tracecmd-rs.pc}
-#   make check      all Rust tests, then the C suites in c-tests/
+#   make check      all Rust tests, then the C suites in c-tests/, then the QEMU guest tests
+#   make qemu-check only the real-guest tests in tests/qemu/ (QEMU + Debian's kernel)
 #   make install    PREFIX=/usr/local (DESTDIR honoured)
 
 CARGO   ?= cargo
@@ -13,7 +14,7 @@ VERSION := 0.1.0
 # static library so that both definitions link.
 WEAK_SYMS := tracecmd_connect_to_socket receive_fd
 
-.PHONY: record deps all lib check rust-check c-check install clean
+.PHONY: record deps all lib check rust-check c-check qemu-check install clean
 
 all: lib
 
@@ -37,7 +38,7 @@ record: deps
 	$(TARGET)/trace-cmd record -e sched -o trace.dat sleep 1
 	trace-cmd report -i trace.dat | head -n 20
 
-check: deps lib rust-check c-check
+check: deps lib rust-check c-check qemu-check
 
 deps:
 	./.ci/install-deps
@@ -47,6 +48,10 @@ rust-check:
 
 c-check: lib
 	$(MAKE) -C c-tests check
+
+# Boots Debian's kernel under QEMU (TCG) with a busybox initramfs; see tests/qemu/run.sh.
+qemu-check: lib
+	./tests/qemu/run.sh
 
 install: lib
 	install -d $(DESTDIR)$(PREFIX)/lib/pkgconfig $(DESTDIR)$(PREFIX)/include/tracecmd-rs

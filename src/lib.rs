@@ -11,6 +11,7 @@ pub mod output;
 pub mod recorder;
 pub mod tracefs;
 pub mod transport;
+pub mod virt;
 
 #[doc(hidden)]
 #[allow(non_camel_case_types, non_upper_case_globals)]

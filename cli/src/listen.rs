@@ -7,8 +7,19 @@ use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Args;
+use clap::{Args, Parser};
 use tracecmd_rs::listen::{ListenConfig, Listener};
+
+/// `trace-cmd listen` without `--virt`: the network listener alone.
+#[derive(Parser, Debug)]
+#[command(
+    name = "trace-cmd listen",
+    after_help = "With --virt it serves guests too: see `trace-cmd listen --virt --help`."
+)]
+pub struct NetListenCli {
+    #[command(flatten)]
+    pub args: ListenArgs,
+}
 
 /// Options of `trace-cmd listen` (trace-cmd's letters).
 #[derive(Args, Debug)]

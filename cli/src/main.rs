@@ -1,8 +1,13 @@
 //! `trace-cmd`: the command line on top of the tracecmd-rs core.
 
+mod agent;
+mod connect;
+mod list;
 mod listen;
+mod listen_virt;
 mod logger;
 mod record;
+mod record_guest;
 
 use clap::{Parser, Subcommand};
 
@@ -18,8 +23,19 @@ struct Cli {
 enum Cmd {
     /// Record trace events into a trace.dat file (version 6).
     Record(record::RecordArgs),
-    /// Receive traces from `record -N` clients (protocols V1, V2 and V3).
-    Listen(listen::ListenArgs),
+    /// Receive traces: from `record -N` clients (protocols V1, V2 and V3) with
+    /// `listen -p PORT`, and from guests with `listen --virt` (both at once with --virt -p).
+    #[command(disable_help_flag = true)]
+    Listen {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Register a guest's FIFOs with the listener.
+    Connect(connect::ConnectArgs),
+    /// The guest agent: `agent --virt [--ports-dir DIR]`.
+    Agent(agent::AgentArgs),
+    /// List the listener's guests (-G) or agents (-A).
+    List(list::ListArgs),
     /// Print the version.
     Version,
     /// Internal: unblock SIGINT/SIGTERM, then exec the command (used by record).
@@ -31,15 +47,56 @@ enum Cmd {
 }
 
 fn main() {
-    let cli = Cli::parse();
+    // `record -A GUEST <options>`: the options after -A are the guest's.
+    let argv: Vec<String> = std::env::args().collect();
+    let (argv, guests) = if argv.get(1).map(String::as_str) == Some("record") {
+        match record_guest::split_guest_args(argv) {
+            Ok(v) => v,
+            Err(e) => {
+                eprintln!("trace-cmd: error: {e}");
+                std::process::exit(1);
+            }
+        }
+    } else {
+        (argv, Vec::new())
+    };
+    let cli = Cli::parse_from(argv);
     let result = match cli.cmd {
-        Cmd::Record(args) => {
+        Cmd::Record(mut args) => {
             logger::init(args.verbose, args.debug);
+            args.guests = guests;
             record::run(args)
         }
-        Cmd::Listen(args) => {
+        Cmd::Listen { args } if args.iter().any(|a| a == "--virt") => {
+            if args.iter().any(|a| a == "-h" || a == "--help") {
+                println!("{}", listen_virt::USAGE);
+                Ok(())
+            } else {
+                listen_virt::parse(&args).and_then(|o| {
+                    logger::init(o.verbose, o.debug);
+                    listen_virt::run(o)
+                })
+            }
+        }
+        Cmd::Listen { args } => {
+            let args = listen::NetListenCli::parse_from(
+                std::iter::once("trace-cmd listen".to_string()).chain(args),
+            )
+            .args;
             logger::init(true, args.debug);
             listen::run(args)
+        }
+        Cmd::Connect(a) => {
+            logger::init(a.verbose, a.debug);
+            connect::run(a)
+        }
+        Cmd::Agent(a) => {
+            logger::init(a.verbose, a.debug);
+            agent::run(a)
+        }
+        Cmd::List(a) => {
+            logger::init(false, false);
+            list::run(a)
         }
         Cmd::Exec { command } => record::exec_unblocked(&command),
         Cmd::Version => {

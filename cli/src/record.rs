@@ -10,6 +10,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use clap::Args;
+
+use crate::record_guest;
 use nix::sys::signal::{SigSet, Signal};
 use tracecmd_rs::output::{
     bracketed_clock, standard_options, write_trace_dat, BufferData, CpuRange, DatOption, Metadata,
@@ -75,6 +77,9 @@ pub struct RecordArgs {
         value_name = "COMMAND"
     )]
     command: Vec<String>,
+    /// Guests given with `-A` (split off the command line before parsing).
+    #[arg(skip)]
+    pub guests: Vec<crate::record_guest::GuestSpec>,
 }
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -240,14 +245,15 @@ fn program_exists(prog: &str) -> bool {
 /// Runs `trace-cmd record`.
 pub fn run(args: RecordArgs) -> Result<(), String> {
     watch_signals()?;
-    if !nix::unistd::geteuid().is_root() {
+    let has_host = !args.events.is_empty() || args.tracer.is_some() || args.guests.is_empty();
+    if has_host && !nix::unistd::geteuid().is_root() {
         return Err("trace-cmd record needs root: the tracefs control files are writable by root only (try sudo)".into());
     }
     let top = Instance::top().map_err(|e| e.to_string())?;
     if !top.path().join("per_cpu").is_dir() {
         return Err(NotMounted.to_string());
     }
-    if args.events.is_empty() && args.tracer.is_none() {
+    if args.events.is_empty() && args.tracer.is_none() && args.guests.is_empty() {
         return Err(
             "nothing to record: give events with -e (e.g. -e sched) or a tracer with -p".into(),
         );
@@ -286,22 +292,58 @@ pub fn run(args: RecordArgs) -> Result<(), String> {
             })
             .collect(),
     );
-    let mut guard = TracefsState::new(&inst);
-    let recorded = record_with(&args, &inst, &mut guard, &events, &cpu_files.0);
-    let restored = guard.restore();
-    let recorded = recorded.map_err(|e| {
-        format!(
-            "{e}; removed the per-CPU files, nothing was written to {}",
-            args.output.display()
-        )
-    })?;
-    restored.map_err(|e| format!("recording done, but restoring tracefs failed: {e}"))?;
+    let mut guest_files = record_guest::GuestFiles(Vec::new());
+    let guests = record_guest::start_guests(
+        &args.guests,
+        &args.output,
+        Duration::from_micros(args.sleep_us),
+        &mut guest_files,
+    )?;
+    let recorded = if has_host {
+        let mut guard = TracefsState::new(&inst);
+        let recorded = record_with(&args, &inst, &mut guard, &events, &cpu_files.0);
+        let restored = guard.restore();
+        let recorded = recorded.map_err(|e| {
+            format!(
+                "{e}; removed the per-CPU files, nothing was written to {}",
+                args.output.display()
+            )
+        })?;
+        restored.map_err(|e| format!("recording done, but restoring tracefs failed: {e}"))?;
+        Some(recorded)
+    } else {
+        run_command_only(&args)?;
+        None
+    };
+    let guest_results = record_guest::finish_guests(guests);
+    let (recorded, cpus) = match recorded {
+        Some(r) => (r, cpus),
+        None => {
+            let first = guest_results
+                .first()
+                .ok_or_else(|| "nothing was recorded".to_string())?;
+            (
+                Recorded {
+                    stats: vec![],
+                    clock_text: "[local]".into(),
+                    clock: "local".into(),
+                    meta: first.meta.clone(),
+                },
+                0,
+            )
+        }
+    };
+    let mut recorded = recorded;
 
     let name = args.instance.clone().unwrap_or_default();
-    let files: Vec<Option<PathBuf>> = cpu_files.0.iter().cloned().map(Some).collect();
+    let files: Vec<Option<PathBuf>> = if has_host {
+        cpu_files.0.iter().cloned().map(Some).collect()
+    } else {
+        vec![]
+    };
     let trailing = Some(bracketed_clock(&recorded.clock));
     let stats_texts: Vec<String> = recorded.stats.iter().map(|s| s.text.clone()).collect();
-    let (options, top_buf, named) = if name.is_empty() {
+    let (options, top_buf, mut named) = if name.is_empty() {
         let top_buf = BufferData {
             name: String::new(),
             trailing_clock: trailing,
@@ -333,6 +375,31 @@ pub fn run(args: RecordArgs) -> Result<(), String> {
         };
         (options, top_buf, vec![named])
     };
+    let mut guest_errors = Vec::new();
+    let mut cpus = cpus;
+    for (i, g) in guest_results.iter().enumerate() {
+        if g.meta.page_size != 0 && g.meta.page_size != recorded.meta.page_size {
+            guest_errors.push(format!(
+                "guest {}: its page size {} differs from {}; its data is left out",
+                g.name, g.meta.page_size, recorded.meta.page_size
+            ));
+            continue;
+        }
+        if has_host || i > 0 {
+            if let Err(e) = record_guest::merge_guest(&mut recorded.meta, g) {
+                guest_errors.push(e);
+            }
+        }
+        cpus = cpus.max(g.files.len());
+        named.push(BufferData {
+            name: g.name.clone(),
+            trailing_clock: Some(bracketed_clock("local")),
+            cpu_files: g.files.iter().cloned().map(Some).collect(),
+        });
+        if let Some(e) = &g.error {
+            guest_errors.push(format!("guest {}: {e}", g.name));
+        }
+    }
     let cpus32 = u32::try_from(cpus).map_err(|_| "too many CPUs".to_string())?;
     let ranges = match write_trace_dat(
         &args.output,
@@ -352,9 +419,20 @@ pub fn run(args: RecordArgs) -> Result<(), String> {
         }
     };
     drop(cpu_files);
+    drop(guest_files);
+    if !guest_errors.is_empty() {
+        return Err(format!(
+            "{} was written with the host data and the guest data received so far, but: {}",
+            args.output.display(),
+            guest_errors.join("; ")
+        ));
+    }
     if !args.quiet {
         print_summary(
-            ranges.last().map(Vec::as_slice).unwrap_or(&[]),
+            ranges
+                .get(usize::from(!name.is_empty()))
+                .map(Vec::as_slice)
+                .unwrap_or(&[]),
             &recorded.stats,
         );
     }
@@ -474,6 +552,18 @@ fn start_command(args: &RecordArgs) -> Result<Option<Child>, String> {
             None
         }
     })
+}
+
+/// Runs the command (or waits for Ctrl-C) without tracing the host: `record -A`
+/// with no host events.
+fn run_command_only(args: &RecordArgs) -> Result<(), String> {
+    let mut child = start_command(args)?;
+    let running = Running {
+        stops: Vec::new(),
+        threads: Vec::new(),
+    };
+    wait_for_end(args, &mut child, &running, &[], &|| false);
+    Ok(())
 }
 
 /// Waits until the command exits, Ctrl-C, a recorder stops on its own (an error),

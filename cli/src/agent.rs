@@ -1,0 +1,47 @@
+//! `trace-cmd agent --virt` (spec §3.5, issue 6 item 3): the guest side.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use clap::Args;
+use nix::sys::signal::{SigSet, Signal};
+use tracecmd_rs::virt::{agent, DEFAULT_PORTS_DIR};
+
+/// Options of `trace-cmd agent`.
+#[derive(Args, Debug)]
+pub struct AgentArgs {
+    /// Talk to the host over virtio-serial ports (the only mode here).
+    #[arg(long)]
+    virt: bool,
+    /// Directory of the virtio ports (agent-ctl-path, trace-path-cpuN).
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_PORTS_DIR)]
+    ports_dir: PathBuf,
+    #[arg(short = 'v', long = "verbose")]
+    pub verbose: bool,
+    #[arg(long)]
+    pub debug: bool,
+}
+
+/// Runs the agent until SIGINT/SIGTERM or the control port fails.
+pub fn run(a: AgentArgs) -> Result<(), String> {
+    if !a.virt {
+        return Err("only `agent --virt` is implemented; give --virt".into());
+    }
+    let ports = agent::open_ports(&a.ports_dir).map_err(|e| e.to_string())?;
+    let stopped = Arc::new(AtomicBool::new(false));
+    let s2 = stopped.clone();
+    // SIGINT/SIGTERM: a recording in progress is stopped and tracefs restored.
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGINT);
+    set.add(Signal::SIGTERM);
+    set.thread_block()
+        .map_err(|e| format!("cannot block SIGINT: {e}"))?;
+    std::thread::spawn(move || {
+        if set.wait().is_ok() {
+            s2.store(true, Ordering::SeqCst);
+        }
+    });
+    eprintln!("agent: ports in {}", a.ports_dir.display());
+    agent::serve(&ports, &|| stopped.load(Ordering::SeqCst)).map_err(|e| e.to_string())
+}

@@ -1,0 +1,402 @@
+//! The whole virt-server flow with a simulated guest (issue 6 item 7, root):
+//! `listen --virt`, `connect`, `agent --virt` whose ports directory holds PTYs
+//! (raw mode) bridged to the domain's FIFOs the way QEMU's pipe chardev does
+//! (`<name>.in` host→guest, `<name>.out` guest→host), and `record -A`. Host and
+//! "guest" share this kernel, so each records its own private instance and writes
+//! its own marker; Debian's `trace-cmd report` must show both, each in its buffer.
+//! Also the failure cases of item 6: the agent dying mid-recording, and a manager
+//! that disappears.
+
+#[path = "../../tests/dat_common/mod.rs"]
+mod dat_common;
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use dat_common::{report, TempDir};
+use nix::sys::termios;
+use tracecmd_rs::tracefs::Instance;
+
+const BIN: &str = env!("CARGO_BIN_EXE_trace-cmd");
+const PORTS: [&str; 3] = ["agent-ctl-path", "trace-path-cpu0", "trace-path-cpu1"];
+
+fn name_of(inst: &Instance) -> String {
+    inst.path()
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned()
+}
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A listener, a registered domain `vm` with 2 CPUs, the PTY bridge and an agent.
+struct Sim {
+    dir: TempDir,
+    agent: Option<Killed>,
+    _listener: Killed,
+    _slaves: Vec<OwnedFd>,
+}
+
+fn tc(sim: &Sim) -> Command {
+    let mut c = Command::new(BIN);
+    c.env("TRACE_CMD_RUN_DIR", sim.dir.path().join("run"))
+        .env("TRACE_CMD_VIRT_DIR", sim.dir.path().join("virt"));
+    c
+}
+
+fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !f() {
+        assert!(t.elapsed() < limit, "timed out after {limit:?}: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn open_rw(p: &Path) -> File {
+    OpenOptions::new().read(true).write(true).open(p).unwrap()
+}
+
+/// Copies `from` to `to` until either side fails (a PTY master reads EIO once
+/// no slave is open any more).
+fn pump(mut from: File, mut to: File) {
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 16384];
+        while let Ok(n) = from.read(&mut buf) {
+            if n == 0 || to.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
+    });
+}
+
+impl Sim {
+    fn new(tag: &str) -> Sim {
+        let dir = TempDir::new(tag);
+        let ports = dir.path().join("ports");
+        std::fs::create_dir_all(&ports).unwrap();
+        let mut listener = Command::new(BIN);
+        listener
+            .args(["listen", "--virt", "--debug", "--dom", "vm", "-c", "2"])
+            .env("TRACE_CMD_RUN_DIR", dir.path().join("run"))
+            .env("TRACE_CMD_VIRT_DIR", dir.path().join("virt"))
+            .stderr(File::create(dir.path().join("listener.log")).unwrap());
+        let listener = Killed(listener.spawn().expect("start the listener"));
+        let sock = dir.path().join("run/manager-ctl-path");
+        wait_until("listener socket", Duration::from_secs(10), || sock.exists());
+        let mut sim = Sim {
+            dir,
+            agent: None,
+            _listener: listener,
+            _slaves: Vec::new(),
+        };
+        let out = tc(&sim)
+            .args(["connect", "-c", "2", "vm"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success() && String::from_utf8_lossy(&out.stdout).contains("registered"),
+            "connect: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // The PTYs stand for the virtio ports; the bridge for QEMU.
+        let vdir = sim.dir.path().join("virt/vm");
+        for name in PORTS {
+            let pty = nix::pty::openpty(None, None).unwrap();
+            let mut t = termios::tcgetattr(&pty.slave).unwrap();
+            termios::cfmakeraw(&mut t);
+            termios::tcsetattr(&pty.slave, termios::SetArg::TCSANOW, &t).unwrap();
+            let path = nix::unistd::ttyname(&pty.slave).unwrap();
+            std::os::unix::fs::symlink(&path, ports.join(name)).unwrap();
+            let master = File::from(pty.master);
+            pump(
+                master.try_clone().unwrap(),
+                open_rw(&vdir.join(format!("{name}.out"))),
+            );
+            pump(open_rw(&vdir.join(format!("{name}.in"))), master);
+            sim._slaves.push(pty.slave);
+        }
+        sim.start_agent();
+        sim
+    }
+
+    fn start_agent(&mut self) {
+        let agent = Command::new(BIN)
+            .args(["agent", "--virt", "--debug", "--ports-dir"])
+            .arg(self.dir.path().join("ports"))
+            .stderr(File::create(self.dir.path().join("agent.log")).unwrap())
+            .spawn()
+            .expect("start the agent");
+        self.agent = Some(Killed(agent));
+        wait_until("agent registered", Duration::from_secs(15), || {
+            let o = tc(self).args(["list", "-A"]).output().unwrap();
+            String::from_utf8_lossy(&o.stdout).contains("vm with 2 cpus")
+        });
+    }
+
+    fn agent_pid(&self) -> u32 {
+        self.agent.as_ref().unwrap().0.id()
+    }
+}
+
+/// A private instance, not tracing until a recording turns it on.
+fn quiet_instance(tag: &str) -> Instance {
+    let inst = dat_common::instance(tag);
+    inst.set_tracing_on(false).unwrap();
+    inst.set_buffer_size_kb(512).unwrap();
+    inst
+}
+
+/// A simulated guest plus a private instance for the host and one for the guest.
+/// Fields drop in order: the agent is gone before its instance is removed.
+struct Setup {
+    sim: Sim,
+    host: Instance,
+    guest: Instance,
+}
+
+fn setup(tag: &str) -> Setup {
+    let sim = Sim::new(tag);
+    let host = quiet_instance(&format!("{tag}-host"));
+    let guest = quiet_instance(&format!("{tag}-guest"));
+    Setup { sim, host, guest }
+}
+
+fn marker_script(host: &Instance, guest: &Instance, extra: &str) -> String {
+    format!(
+        "echo tcrs-HOST-MARK > {h}; i=0; while [ $i -lt 300 ]; do echo tcrs-GUEST-MARK-$i > {g}; i=$((i+1)); done; {extra}",
+        h = host.path().join("trace_marker").display(),
+        g = guest.path().join("trace_marker").display(),
+    )
+}
+
+fn record_a(sim: &Sim, host: &Instance, guest: &Instance, file: &Path, script: &str) -> Command {
+    let mut c = tc(sim);
+    c.args(["record", "-q", "-B", &name_of(host)])
+        .args(["-e", "sched:sched_kthread_stop", "-o"])
+        .arg(file)
+        .args(["-A", "vm", "-B", &name_of(guest)])
+        .args(["-e", "sched:sched_kthread_stop", "/bin/sh", "-c", script]);
+    c
+}
+
+/// `record -A` around a command that writes both markers and ends.
+fn record_markers(sim: &Sim, host: &Instance, guest: &Instance, file: &Path) -> Output {
+    record_a(sim, host, guest, file, &marker_script(host, guest, ""))
+        .output()
+        .unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// The buffer name of the report line holding `needle`.
+fn buffer_of(rep: &str, needle: &str) -> Option<String> {
+    rep.lines()
+        .find(|l| l.contains(needle))
+        .map(|l| l.split(':').next().unwrap_or("").trim().to_string())
+}
+
+#[test]
+fn record_a_simulated_guest_with_the_host() {
+    let s = setup("vsim");
+    let (sim, host, guest) = (&s.sim, &s.host, &s.guest);
+    let file: PathBuf = sim.dir.path().join("t.dat");
+    let out = record_a(
+        sim,
+        host,
+        guest,
+        &file,
+        &marker_script(host, guest, "sleep 0.5"),
+    )
+    .output()
+    .unwrap();
+    assert!(out.status.success(), "record -A: {}", stderr(&out));
+    let rep = report(&file).stdout;
+    assert_eq!(
+        buffer_of(&rep, "tcrs-HOST-MARK").as_deref(),
+        Some(name_of(host).as_str()),
+        "host marker not in the host buffer:\n{rep}"
+    );
+    assert_eq!(
+        buffer_of(&rep, "tcrs-GUEST-MARK-299").as_deref(),
+        Some("vm"),
+        "guest marker not in the guest buffer"
+    );
+    // No temporary files are left next to the output.
+    let left: Vec<_> = std::fs::read_dir(sim.dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("t.dat."))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    // The agent serves the next manager.
+    let file2 = sim.dir.path().join("t2.dat");
+    let out = record_markers(sim, host, guest, &file2);
+    assert!(out.status.success(), "second record -A: {}", stderr(&out));
+    assert!(report(&file2).stdout.contains("tcrs-GUEST-MARK-299"));
+
+    // Only the guest (no host events): its own formats, its buffer.
+    let file3 = sim.dir.path().join("t3.dat");
+    let out = tc(sim)
+        .args(["record", "-q", "-o"])
+        .arg(&file3)
+        .args([
+            "-A",
+            "vm",
+            "-B",
+            &name_of(guest),
+            "-e",
+            "sched:sched_kthread_stop",
+        ])
+        .args(["/bin/sh", "-c", &marker_script(host, guest, "")])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "guest-only record -A: {}",
+        stderr(&out)
+    );
+    let rep = report(&file3).stdout;
+    assert_eq!(
+        buffer_of(&rep, "tcrs-GUEST-MARK-299").as_deref(),
+        Some("vm")
+    );
+    assert!(
+        !rep.contains("tcrs-HOST-MARK"),
+        "host data in a guest-only file"
+    );
+
+    // Refusals are reported, and the agent serves the next manager afterwards.
+    let out = tc(sim)
+        .args(["record", "-o"])
+        .arg(sim.dir.path().join("x.dat"))
+        .args(["-A", "vm", "-e", "sched", "-z", "true"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("refused to record") && stderr(&out).contains("-z"),
+        "{}",
+        stderr(&out)
+    );
+    let out = tc(sim)
+        .args(["record", "-o"])
+        .arg(sim.dir.path().join("x.dat"))
+        .args(["-A", "nosuchvm", "-e", "sched", "true"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("no free agent for guest \"nosuchvm\""),
+        "{}",
+        stderr(&out)
+    );
+    let out = record_markers(sim, host, guest, &file2);
+    assert!(
+        out.status.success(),
+        "record -A after refusals: {}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn agent_dying_mid_recording_keeps_what_arrived() {
+    let s = setup("vdie");
+    let (sim, host, guest) = (&s.sim, &s.host, &s.guest);
+    let file = sim.dir.path().join("t.dat");
+    let script = marker_script(
+        host,
+        guest,
+        &format!("sleep 1; kill -9 {}; sleep 0.5", sim.agent_pid()),
+    );
+    let out = record_a(sim, host, guest, &file, &script)
+        .env("TRACECMD_MSG_TIMEOUT_MS", "500")
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "record -A must fail when the agent dies"
+    );
+    let err = stderr(&out);
+    assert!(
+        err.contains("guest vm") && err.contains("may have died"),
+        "{err}"
+    );
+    let rep = report(&file).stdout;
+    assert!(rep.contains("tcrs-HOST-MARK"), "host data lost");
+    assert_eq!(
+        buffer_of(&rep, "tcrs-GUEST-MARK-0").as_deref(),
+        Some("vm"),
+        "the guest data received before the death is lost"
+    );
+}
+
+#[test]
+fn a_vanished_manager_frees_the_agent() {
+    let s = setup("vgone");
+    let (sim, host, guest) = (&s.sim, &s.host, &s.guest);
+    let file = sim.dir.path().join("t.dat");
+    let mut first = record_a(sim, host, guest, &file, "sleep 60")
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait until the guest records, then kill the manager without a word.
+    wait_until("guest recording", Duration::from_secs(15), || {
+        guest.tracing_on().unwrap_or(false)
+    });
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let file2 = sim.dir.path().join("t2.dat");
+    wait_until("agent released", Duration::from_secs(15), || {
+        let o = record_markers(sim, host, guest, &file2);
+        o.status.success()
+    });
+    let rep = report(&file2).stdout;
+    assert_eq!(
+        buffer_of(&rep, "tcrs-GUEST-MARK-299").as_deref(),
+        Some("vm")
+    );
+}
+
+#[test]
+fn sigterm_stops_the_agent_and_restores_the_guest_tracefs() {
+    let mut s = setup("vterm");
+    let (host, guest) = (&s.host, &s.guest);
+    let file = s.sim.dir.path().join("t.dat");
+    let before = guest.enabled_events().unwrap();
+    let mut rec = Killed(
+        record_a(&s.sim, host, guest, &file, "sleep 60")
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_until("guest recording", Duration::from_secs(15), || {
+        guest.tracing_on().unwrap_or(false)
+    });
+    let mut agent = s.sim.agent.take().unwrap();
+    let pid = nix::unistd::Pid::from_raw(agent.0.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    wait_until("agent exit", Duration::from_secs(5), || {
+        matches!(agent.0.try_wait(), Ok(Some(_)))
+    });
+    assert!(!guest.tracing_on().unwrap(), "tracing left on in the guest");
+    assert_eq!(
+        guest.enabled_events().unwrap(),
+        before,
+        "guest events left enabled"
+    );
+    let _ = rec.0.kill();
+}
