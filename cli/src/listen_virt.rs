@@ -7,11 +7,13 @@ use std::sync::Arc;
 
 use nix::sys::signal::{SigSet, Signal};
 use nix::unistd::Gid;
+use tracecmd_rs::listen::{ListenConfig, Listener};
 use tracecmd_rs::virt::listener::{DomainSetup, VirtListener};
 use tracecmd_rs::virt::{group_or_own, VirtPaths};
 
 /// `listen --help`.
-pub const USAGE: &str = "usage: trace-cmd listen --virt [--run-dir DIR] [--virt-dir DIR] [-g GROUP] [--dom DOMAIN [-m PERMS] [-g GROUP] [-c NCPUS]]... [-v] [--debug]
+pub const USAGE: &str = "usage: trace-cmd listen --virt [-p PORT [-d DIR] [-o PREFIX]] [--run-dir DIR] [--virt-dir DIR] [-g GROUP] [--dom DOMAIN [-m PERMS] [-g GROUP] [-c NCPUS]]... [-v] [--debug]
+  -p          also serve `record -N` network clients on this TCP port (-d output dir, -o file prefix)
   --run-dir   directory of agent-ctl-path and manager-ctl-path (default $TRACE_CMD_RUN_DIR or /var/run/trace-cmd)
   --virt-dir  directory of the domain directories (default $TRACE_CMD_VIRT_DIR or /var/lib/trace-cmd/virt)
   -g          group of the sockets and directories (default qemu, else the caller's group)
@@ -27,6 +29,12 @@ pub struct ListenOptions {
     pub domains: Vec<(String, Option<u32>, Option<String>, u32)>,
     pub verbose: bool,
     pub debug: bool,
+    /// `-p`: network clients are served on this port at the same time.
+    pub port: Option<u16>,
+    /// `-d`: output directory of network sessions.
+    pub out_dir: Option<PathBuf>,
+    /// `-o`: output prefix of network sessions.
+    pub prefix: Option<String>,
 }
 
 /// Parses `listen` options; `-m`, `-g`, `-c` after `--dom D` belong to D.
@@ -54,7 +62,10 @@ pub fn parse(args: &[String]) -> Result<ListenOptions, String> {
                     .ok()
                     .filter(|m| *m <= 0o7777)
                     .ok_or_else(|| format!("-m {v}: give an octal mode like 0710"))?;
-                let d = o.domains.last_mut().ok_or("-m belongs after --dom DOMAIN")?;
+                let d = o
+                    .domains
+                    .last_mut()
+                    .ok_or("-m belongs after --dom DOMAIN")?;
                 d.1 = Some(m);
             }
             "-g" => {
@@ -71,11 +82,23 @@ pub fn parse(args: &[String]) -> Result<ListenOptions, String> {
                     .ok()
                     .filter(|n| *n <= tracecmd_rs::msg::MAX_CPUS)
                     .ok_or_else(|| format!("-c {v}: give a CPU count"))?;
-                let d = o.domains.last_mut().ok_or("-c belongs after --dom DOMAIN")?;
+                let d = o
+                    .domains
+                    .last_mut()
+                    .ok_or("-c belongs after --dom DOMAIN")?;
                 d.3 = n;
             }
             "-p" => {
-                return Err("listen -p (network clients) is not part of this build's `listen --virt`; run the network listener separately".into())
+                let v = val()?;
+                o.port = Some(v.parse().map_err(|_| format!("-p {v}: give a TCP port"))?);
+            }
+            "-d" => o.out_dir = Some(val()?.into()),
+            "-o" => {
+                let v = val()?;
+                if v.is_empty() || v.contains('/') {
+                    return Err(format!("-o {v:?}: a prefix without '/'"));
+                }
+                o.prefix = Some(v);
             }
             "-v" | "--verbose" => o.verbose = true,
             "--debug" => o.debug = true,
@@ -108,6 +131,9 @@ pub fn run(o: ListenOptions) -> Result<(), String> {
     set.thread_block()
         .map_err(|e| format!("cannot block SIGINT: {e}"))?;
     let listener = VirtListener::bind(&paths, Some(group), &domains).map_err(|e| e.to_string())?;
+    if let Some(port) = o.port {
+        spawn_network_listener(port, &o)?;
+    }
     let stopped = Arc::new(AtomicBool::new(false));
     let s2 = stopped.clone();
     std::thread::spawn(move || {
@@ -124,6 +150,32 @@ pub fn run(o: ListenOptions) -> Result<(), String> {
     listener
         .run(&|| stopped.load(Ordering::SeqCst))
         .map_err(|e| e.to_string())
+}
+
+/// `listen --virt -p PORT`: the network listener of `listen -p` runs beside the
+/// virt sockets in the same process, on its own threads.
+fn spawn_network_listener(port: u16, o: &ListenOptions) -> Result<(), String> {
+    let dir = o.out_dir.clone().unwrap_or_else(|| PathBuf::from("."));
+    let dir = dir
+        .canonicalize()
+        .map_err(|e| format!("output directory {}: {e}", dir.display()))?;
+    let cfg = ListenConfig {
+        port,
+        dir,
+        prefix: o.prefix.clone().unwrap_or_else(|| "trace".into()),
+        ..ListenConfig::default()
+    };
+    let net = Listener::bind(cfg).map_err(|e| e.to_string())?;
+    eprintln!("listening on port {} (network clients)", net.port());
+    std::thread::Builder::new()
+        .name("net-listener".into())
+        .spawn(move || {
+            if let Err(e) = net.serve() {
+                log::error!("network listener stopped: {e}");
+            }
+        })
+        .map_err(|e| format!("cannot start the network listener: {e}"))?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -147,5 +199,10 @@ mod tests {
         assert!(parse(&s(&["--virt", "--dom", "../x"])).is_err());
         assert!(parse(&s(&["--dom", "a"])).is_err());
         assert!(parse(&s(&["--virt", "--dom", "a", "-m", "9"])).is_err());
+        let o = parse(&s(&["--virt", "-p", "1234", "-d", "/tmp", "-o", "x"])).unwrap();
+        assert_eq!(o.port, Some(1234));
+        assert_eq!(o.prefix.as_deref(), Some("x"));
+        assert!(parse(&s(&["--virt", "-p", "port"])).is_err());
+        assert!(parse(&s(&["--virt", "-o", "a/b"])).is_err());
     }
 }

@@ -66,6 +66,8 @@ fn free_port() -> u16 {
 enum Peer {
     Debian,
     Rust,
+    /// `listen --virt -p PORT`: the guest broker serving network clients too.
+    RustVirt,
 }
 
 /// A listener process in its own output directory; killed (by its pid) on drop.
@@ -81,15 +83,26 @@ impl Listener {
         let port = free_port();
         let prog = match peer {
             Peer::Debian => DEBIAN,
-            Peer::Rust => BIN,
+            Peer::Rust | Peer::RustVirt => BIN,
         };
         assert!(
             Path::new(prog).exists(),
             "{prog} is missing (Debian's trace-cmd 3.1.6: apt-get install trace-cmd)"
         );
-        let child = Command::new(prog)
-            .args(["listen", "-p", &port.to_string(), "-d"])
-            .arg(dir.path())
+        let mut cmd = Command::new(prog);
+        cmd.args(["listen", "-p", &port.to_string(), "-d"])
+            .arg(dir.path());
+        if let Peer::RustVirt = peer {
+            // Its sockets and domain dirs in a private place, not the system's.
+            let private = dir.path().join("virt-private");
+            std::fs::create_dir(&private).unwrap();
+            cmd.arg("--virt")
+                .arg("--run-dir")
+                .arg(private.join("run"))
+                .arg("--virt-dir")
+                .arg(private.join("virt"));
+        }
+        let child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -115,7 +128,7 @@ impl Listener {
                 .collect();
             let dats: Vec<&PathBuf> = names
                 .iter()
-                .filter(|p| p.extension().is_some_and(|e| e == "dat"))
+                .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == "dat"))
                 .collect();
             let temps = names.iter().any(|p| p.to_string_lossy().contains(".cpu"));
             if dats.len() == 1 && !temps {
@@ -225,6 +238,12 @@ fn debian_listener_forced_v1() {
     // Our V1 metadata runs through cmdlines, so even a 3.x listener's V1 path
     // can build the file (doc §7.2).
     roundtrip(Peer::Debian, &["--proto", "1"]);
+}
+
+#[test]
+fn virt_listener_serves_network_clients_with_p() {
+    roundtrip(Peer::RustVirt, &[]);
+    roundtrip(Peer::RustVirt, &["-t", "--proto", "2"]);
 }
 
 #[test]
