@@ -183,8 +183,8 @@ fn debian_client_vanishing_mid_data_leaves_a_readable_partial_file() {
         dir: dir.path().to_path_buf(),
         ..ListenConfig::default()
     });
-    // Cut 1.5 s after the metadata, in the middle of the recording.
-    let proxy = cutting_proxy(l.port, 100_000, Duration::from_millis(1500));
+    // Cut 2.5 s after the metadata, in the middle of the recording.
+    let proxy = cutting_proxy(l.port, 100_000, Duration::from_millis(2500));
     let _lock = lock_top_buffer();
     let top = Instance::top().expect("tracefs is mounted");
     let before = TopState::read(&top);
@@ -198,8 +198,11 @@ fn debian_client_vanishing_mid_data_leaves_a_readable_partial_file() {
             &format!("localhost:{proxy}"),
             "-t",
         ])
-        // Thousands of short processes fill pages while the cut happens.
-        .args(["-e", "sched", "/bin/sh", "-c"])
+        // Thousands of short processes fill pages while the cut happens. A small
+        // per-CPU buffer (-b 64) makes Debian's recorders wake and send pages
+        // early (they wait for the buffer to be half full), so data has
+        // crossed before the cut; the buffer size is put back below.
+        .args(["-b", "64", "-e", "sched", "/bin/sh", "-c"])
         .arg("i=0; while [ $i -lt 4000 ]; do /bin/true; i=$((i+1)); done")
         .output()
         .expect("run Debian's trace-cmd record -N");
