@@ -240,6 +240,50 @@ fn debian_listener_forced_v1() {
     roundtrip(Peer::Debian, &["--proto", "1"]);
 }
 
+/// Debian's `trace-cmd` run inside `shared/tools/ftrace-sandbox` (which masks the
+/// function-tracer files this kernel refuses), as a record client.
+fn sandbox() -> PathBuf {
+    // CI lays shared/ beside the clone; a developer has it at /work/shared.
+    let beside = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/tools/ftrace-sandbox");
+    [beside, PathBuf::from("/work/shared/tools/ftrace-sandbox")]
+        .into_iter()
+        .find(|p| p.exists())
+        .expect("shared/tools/ftrace-sandbox is missing: it runs Debian's trace-cmd record here")
+}
+
+/// The reference cell of the interop matrix: Debian client to Debian listener,
+/// through the same checks as the Rust rows.
+#[test]
+fn debian_client_to_debian_listener_udp_and_tcp() {
+    let top = require_root();
+    let _lock = listen_common::lock_top_buffer();
+    for extra in [&[][..], &["-t"][..]] {
+        let before = top_settings(&top);
+        let mut l = Listener::start(Peer::Debian);
+        let out = Command::new(sandbox())
+            .args([DEBIAN, "record", "-N", &format!("127.0.0.1:{}", l.port)])
+            .args(extra)
+            .args(["-e", "sched:sched_switch", "--"])
+            .args(["sh", "-c", "sleep 0.05; sleep 0.05; sleep 0.05"])
+            .output()
+            .expect("run Debian's trace-cmd record -N");
+        assert!(
+            out.status.success(),
+            "Debian record -N {extra:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(top_settings(&top), before, "tracefs not restored");
+        let dat = l.wait_for_file();
+        let text = report(&dat).unwrap();
+        assert!(
+            text.lines()
+                .any(|line| line.contains("sched_switch:") && line.contains("sleep")),
+            "no sched_switch of the traced `sleep` in {} ({extra:?})",
+            dat.display()
+        );
+    }
+}
+
 #[test]
 fn virt_listener_serves_network_clients_with_p() {
     roundtrip(Peer::RustVirt, &[]);
