@@ -199,17 +199,41 @@ fn record_net(target: &str, extra: &[&str]) -> Output {
         .expect("run trace-cmd record -N")
 }
 
-/// Records through a fresh `peer` listener and checks the result with report.
+/// Records through a fresh `peer` listener with our client and checks the result.
 fn roundtrip(peer: Peer, extra: &[&str]) {
+    roundtrip_from(Client::Rust, peer, extra);
+}
+
+/// Which program runs `record -N`.
+#[derive(Clone, Copy, Debug)]
+enum Client {
+    Rust,
+    /// Debian's trace-cmd inside ftrace-sandbox.
+    Debian,
+}
+
+/// Records with `client` through a fresh `peer` listener and checks the result
+/// with report: the traced command's switches are in the file, tracefs restored.
+fn roundtrip_from(client: Client, peer: Peer, extra: &[&str]) {
     let top = require_root();
     let _lock = listen_common::lock_top_buffer();
     let before = top_settings(&top);
     let mut l = Listener::start(peer);
-    let out = record_net(&format!("127.0.0.1:{}", l.port), extra);
+    let target = format!("127.0.0.1:{}", l.port);
+    let out = match client {
+        Client::Rust => record_net(&target, extra),
+        Client::Debian => Command::new(sandbox())
+            .args([DEBIAN, "record", "-N", &target])
+            .args(extra)
+            .args(["-e", "sched:sched_switch", "--"])
+            .args(["sh", "-c", "sleep 0.05; sleep 0.05; sleep 0.05"])
+            .output()
+            .expect("run Debian's trace-cmd record -N"),
+    };
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(
         out.status.success(),
-        "record -N {extra:?} to {peer:?} failed: {stderr}"
+        "{client:?} record -N {extra:?} to {peer:?} failed: {stderr}"
     );
     assert_eq!(top_settings(&top), before, "tracefs not restored");
     let dat = l.wait_for_file();
@@ -218,7 +242,7 @@ fn roundtrip(peer: Peer, extra: &[&str]) {
     assert!(
         text.lines()
             .any(|line| line.contains("sched_switch:") && line.contains("sleep")),
-        "no sched_switch of the traced `sleep` in {} ({peer:?} {extra:?})",
+        "no sched_switch of the traced `sleep` in {} ({client:?} to {peer:?} {extra:?})",
         dat.display()
     );
 }
@@ -255,33 +279,8 @@ fn sandbox() -> PathBuf {
 /// through the same checks as the Rust rows.
 #[test]
 fn debian_client_to_debian_listener_udp_and_tcp() {
-    let top = require_root();
-    let _lock = listen_common::lock_top_buffer();
-    for extra in [&[][..], &["-t"][..]] {
-        let before = top_settings(&top);
-        let mut l = Listener::start(Peer::Debian);
-        let out = Command::new(sandbox())
-            .args([DEBIAN, "record", "-N", &format!("127.0.0.1:{}", l.port)])
-            .args(extra)
-            .args(["-e", "sched:sched_switch", "--"])
-            .args(["sh", "-c", "sleep 0.05; sleep 0.05; sleep 0.05"])
-            .output()
-            .expect("run Debian's trace-cmd record -N");
-        assert!(
-            out.status.success(),
-            "Debian record -N {extra:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert_eq!(top_settings(&top), before, "tracefs not restored");
-        let dat = l.wait_for_file();
-        let text = report(&dat).unwrap();
-        assert!(
-            text.lines()
-                .any(|line| line.contains("sched_switch:") && line.contains("sleep")),
-            "no sched_switch of the traced `sleep` in {} ({extra:?})",
-            dat.display()
-        );
-    }
+    roundtrip_from(Client::Debian, Peer::Debian, &[]);
+    roundtrip_from(Client::Debian, Peer::Debian, &["-t"]);
 }
 
 #[test]
