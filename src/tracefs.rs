@@ -679,6 +679,14 @@ pub fn uname() -> String {
 // Remembering and restoring what a recording changes
 // ---------------------------------------------------------------------------
 
+/// What [`TracefsState::prepare_recording`] sets besides the events (`-p`, `-b`, `-C`).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RecordingSetup<'a> {
+    pub tracer: Option<&'a str>,
+    pub buffer_kb: Option<u64>,
+    pub clock: Option<&'a str>,
+}
+
 /// Changes tracefs settings of one instance and remembers the original values, so
 /// that [`TracefsState::restore`] (or dropping the guard) puts back exactly what
 /// was changed: enabled events, tracer, buffer size, trace clock and `tracing_on`.
@@ -768,6 +776,36 @@ impl TracefsState {
             self.tracing_on = Some(self.instance.tracing_on()?);
         }
         self.instance.set_tracing_on(on)
+    }
+
+    /// Sets the instance up for a recording and remembers what it changed: tracing
+    /// off, the tracer, buffer size and clock when given, exactly `events` enabled
+    /// (events someone else left on are switched off, since only the requested
+    /// events' formats go into the file), and an empty buffer. `events` is sorted.
+    pub fn prepare_recording(
+        &mut self,
+        setup: &RecordingSetup<'_>,
+        events: &[EventName],
+    ) -> Result<(), TracefsError> {
+        self.set_tracing_on(false)?;
+        if let Some(t) = setup.tracer {
+            self.set_tracer(t)?;
+        }
+        if let Some(kb) = setup.buffer_kb {
+            self.set_buffer_size_kb(kb)?;
+        }
+        if let Some(c) = setup.clock {
+            self.set_trace_clock(c)?;
+        }
+        let others: Vec<EventName> = self
+            .instance
+            .enabled_events()?
+            .into_iter()
+            .filter(|e| events.binary_search(e).is_err())
+            .collect();
+        self.set_events(&others, false)?;
+        self.enable_events(events)?;
+        self.instance.clear_buffer()
     }
 
     /// Puts back every remembered setting. Tries all of them even if one fails and

@@ -193,6 +193,40 @@ fn state_guard_restores_what_it_changed() {
 }
 
 #[test]
+fn prepare_recording_sets_exactly_the_requested_state_and_restores_it() {
+    let inst = dat_common::instance("prep");
+    inst.set_tracing_on(true).unwrap();
+    inst.set_buffer_size_kb(64).unwrap();
+    inst.set_trace_clock("local").unwrap();
+    // An event someone else left on, and something in the buffer.
+    let other = inst.resolve_events(&["sched:sched_wakeup"]).unwrap();
+    inst.set_event_enabled(&other[0], true).unwrap();
+    inst.write("trace_marker", "left over").unwrap();
+    let kb_before = inst.buffer_size_kb().unwrap();
+
+    let events = inst.resolve_events(&["sched:sched_switch"]).unwrap();
+    let mut state = TracefsState::new(&inst);
+    let setup = tracecmd_rs::tracefs::RecordingSetup {
+        buffer_kb: Some(256),
+        clock: Some("global"),
+        ..Default::default()
+    };
+    state.prepare_recording(&setup, &events).unwrap();
+    assert_eq!(inst.enabled_events().unwrap(), events);
+    assert!(!inst.tracing_on().unwrap());
+    assert!(inst.buffer_size_kb().unwrap() >= 256);
+    assert_eq!(inst.trace_clock().unwrap().0, "global");
+    assert!(!inst.read("trace").unwrap().contains("left over"));
+
+    state.restore().unwrap();
+    assert_eq!(inst.enabled_events().unwrap(), other);
+    assert!(inst.tracing_on().unwrap());
+    assert_eq!(inst.buffer_size_kb().unwrap(), kb_before);
+    assert_eq!(inst.trace_clock().unwrap().0, "local");
+    inst.set_event_enabled(&other[0], false).unwrap();
+}
+
+#[test]
 fn bad_requests_change_nothing() {
     let inst = dat_common::instance("badreq");
     inst.set_trace_clock("local").unwrap();

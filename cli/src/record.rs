@@ -443,34 +443,17 @@ pub fn run(args: RecordArgs) -> Result<(), String> {
 /// clock, exactly the requested events), with an empty buffer. `guard` undoes it.
 fn prepare_tracefs(
     args: &RecordArgs,
-    inst: &Instance,
     guard: &mut TracefsState,
     events: &[EventName],
 ) -> Result<(), String> {
-    let s = |e: tracefs::TracefsError| e.to_string();
-    guard.set_tracing_on(false).map_err(s)?;
-    if let Some(t) = &args.tracer {
-        guard
-            .set_tracer(t)
-            .map_err(|e| format!("cannot use tracer {t:?}: {e}"))?;
-    }
-    if let Some(kb) = args.buffer_kb {
-        guard.set_buffer_size_kb(kb).map_err(s)?;
-    }
-    if let Some(c) = &args.clock {
-        guard.set_trace_clock(c).map_err(s)?;
-    }
-    // Only the requested events go into the file (their formats are saved), so
-    // events someone else left enabled are switched off for the recording.
-    let others: Vec<EventName> = inst
-        .enabled_events()
-        .map_err(s)?
-        .into_iter()
-        .filter(|e| events.binary_search(e).is_err())
-        .collect();
-    guard.set_events(&others, false).map_err(s)?;
-    guard.enable_events(events).map_err(s)?;
-    inst.clear_buffer().map_err(s)?;
+    let setup = tracefs::RecordingSetup {
+        tracer: args.tracer.as_deref(),
+        buffer_kb: args.buffer_kb,
+        clock: args.clock.as_deref(),
+    };
+    guard
+        .prepare_recording(&setup, events)
+        .map_err(|e| e.to_string())?;
     check_interrupt()?;
     Ok(())
 }
@@ -483,7 +466,7 @@ fn record_with(
     cpu_files: &[PathBuf],
 ) -> Result<Recorded, String> {
     let s = |e: tracefs::TracefsError| e.to_string();
-    prepare_tracefs(args, inst, guard, events)?;
+    prepare_tracefs(args, guard, events)?;
 
     let sleep = Duration::from_micros(args.sleep_us);
     let mut running = Running::new();

@@ -66,7 +66,7 @@ fn record_to(
     params: &NetParams,
 ) -> Result<Vec<tracefs::CpuStats>, String> {
     let s = |e: tracefs::TracefsError| e.to_string();
-    prepare_tracefs(args, inst, guard, events)?;
+    prepare_tracefs(args, guard, events)?;
 
     // Everything the metadata needs is read before connecting: the listener waits
     // only a few seconds for each message.

@@ -234,23 +234,14 @@ fn record_session(
         .min(ports.cpus.len());
     let mut guard = TracefsState::new(&inst);
     let setup = (|| -> std::result::Result<Metadata, String> {
-        let s = |e: tracefs::TracefsError| e.to_string();
-        guard.set_tracing_on(false).map_err(s)?;
-        if let Some(kb) = args.buffer_kb {
-            guard.set_buffer_size_kb(kb).map_err(s)?;
-        }
-        if let Some(c) = &args.clock {
-            guard.set_trace_clock(c).map_err(s)?;
-        }
-        let others: Vec<_> = inst
-            .enabled_events()
-            .map_err(s)?
-            .into_iter()
-            .filter(|e| events.binary_search(e).is_err())
-            .collect();
-        guard.set_events(&others, false).map_err(s)?;
-        guard.enable_events(&events).map_err(s)?;
-        inst.clear_buffer().map_err(s)?;
+        let setup = tracefs::RecordingSetup {
+            buffer_kb: args.buffer_kb,
+            clock: args.clock.as_deref(),
+            ..Default::default()
+        };
+        guard
+            .prepare_recording(&setup, &events)
+            .map_err(|e| e.to_string())?;
         Metadata::from_tracefs(&inst, &events).map_err(|e| e.to_string())
     })();
     let meta = match setup {
