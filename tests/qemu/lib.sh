@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared pieces of the QEMU tests (sourced, not run). Every test script:
 #   . "$(dirname "$0")/lib.sh"; qemu_setup     (work dir, kernel, cleanup trap)
 # and then starts its processes with the helpers below, which register them for

@@ -10,9 +10,7 @@ if [ $# -gt 0 ]; then
   tests=()
   for t in "$@"; do tests+=("$here/${t%.sh}.sh"); done
 else
-  # test-agent-same-events joins the default set once it passes (README.md, "Known failure").
-  tests=("$here"/test-ports.sh "$here"/test-agent.sh "$here"/test-guest-dies.sh)
-  echo "qemu: not run by default: test-agent-same-events (known failure, see tests/qemu/README.md; run it with: tests/qemu/run.sh test-agent-same-events)"
+  tests=("$here"/test-*.sh)
 fi
 passed=0
 failed=0
