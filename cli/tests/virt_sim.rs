@@ -182,11 +182,23 @@ fn marker_script(host: &Instance, guest: &Instance, extra: &str) -> String {
 }
 
 fn record_a(sim: &Sim, host: &Instance, guest: &Instance, file: &Path, script: &str) -> Command {
+    record_a_as("vm", sim, host, guest, file, script)
+}
+
+/// [`record_a`] with the guest given as `spec` (`vm` or `vm:PID`).
+fn record_a_as(
+    spec: &str,
+    sim: &Sim,
+    host: &Instance,
+    guest: &Instance,
+    file: &Path,
+    script: &str,
+) -> Command {
     let mut c = tc(sim);
     c.args(["record", "-q", "-B", &name_of(host)])
         .args(["-e", "sched:sched_kthread_stop", "-o"])
         .arg(file)
-        .args(["-A", "vm", "-B", &name_of(guest)])
+        .args(["-A", spec, "-B", &name_of(guest)])
         .args(["-e", "sched:sched_kthread_stop", "/bin/sh", "-c", script]);
     c
 }
@@ -310,6 +322,39 @@ fn record_a_simulated_guest_with_the_host() {
         "record -A after refusals: {}",
         stderr(&out)
     );
+}
+
+#[test]
+fn guest_by_the_pid_of_the_process_holding_its_fifos() {
+    let s = setup("vpid");
+    let (sim, host, guest) = (&s.sim, &s.host, &s.guest);
+    // The simulated QEMU (the PTY bridge) is this test process.
+    let file = sim.dir.path().join("t.dat");
+    let spec = format!("vm:{}", std::process::id());
+    let out = record_a_as(
+        &spec,
+        sim,
+        host,
+        guest,
+        &file,
+        &marker_script(host, guest, ""),
+    )
+    .output()
+    .unwrap();
+    assert!(out.status.success(), "record -A {spec}: {}", stderr(&out));
+    let rep = report(&file).stdout;
+    assert_eq!(
+        buffer_of(&rep, "tcrs-GUEST-MARK-299").as_deref(),
+        Some("vm"),
+        "guest marker not in the guest buffer"
+    );
+    // A process that holds no guest's FIFOs is refused at once.
+    let file2 = sim.dir.path().join("t2.dat");
+    let out = record_a_as("vm:1", sim, host, guest, &file2, "true")
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "record -A vm:1 must be refused");
+    assert!(stderr(&out).contains("vm:1"), "{}", stderr(&out));
 }
 
 #[test]

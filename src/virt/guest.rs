@@ -62,12 +62,8 @@ impl GuestSession {
     /// Connects through the listener to the agent of `name` and starts its
     /// recording with `argv` (the record options meant for the guest).
     pub fn start(paths: &VirtPaths, name: &str, pid: u32, argv: &[String]) -> Result<GuestSession> {
-        if pid != 0 {
-            // The VS listener compares with its bridge's pid, which no user knows
-            // (spec §5.1 Q1 (a)); the name is what identifies the guest.
-            log::warn!("{name}:{pid}: guests are looked up by name; the pid is ignored");
-        }
-        let pid = 0;
+        // With `GUEST:pid` the listener picks the guest whose QEMU process is
+        // `pid`; `name` is still the buffer's name in the file.
         // A manager that just ended frees its agent a moment later: while the
         // agent is connected (ALIST) but busy, retry for a while.
         let deadline = std::time::Instant::now() + AGENT_WAIT;
@@ -77,6 +73,10 @@ impl GuestSession {
             match session::connect_agent(&ch, name.as_bytes(), pid) {
                 Ok(c) => break (mgr, c),
                 Err(MsgError::NoSuchAgent) | Err(MsgError::Closed) => {
+                    if pid != 0 {
+                        // The listener found no guest in that process.
+                        return Err(VirtError::NoAgent(format!("{name}:{pid}")));
+                    }
                     if std::time::Instant::now() >= deadline || !agent_listed(paths, name)? {
                         return Err(VirtError::NoAgent(name.to_string()));
                     }

@@ -230,6 +230,35 @@ fn peer_pid(s: &UnixStream) -> Option<i32> {
         .map(|c| c.pid())
 }
 
+/// `record -A GUEST:pid`: the connected guest whose QEMU process is `pid`, found by
+/// QEMU's `-name`, or else by the domain's CPU FIFOs that the process holds open
+/// (QEMU's pipe chardevs). The VS listener compared with its own bridge's pid,
+/// which no user knows (spec §5.1 Q1 (a)).
+fn domain_of_pid(shared: &Shared, pid: u32) -> Option<String> {
+    let pid = i32::try_from(pid)
+        .ok()
+        .filter(|p| *p as u32 != std::process::id())?;
+    let named = qemu_name_of(pid);
+    let links: Vec<PathBuf> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .ok()?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .collect();
+    let reg = shared.lock();
+    if let Some(n) = named.filter(|n| reg.agents.contains_key(n)) {
+        return Some(n);
+    }
+    reg.guests
+        .iter()
+        .filter(|(name, _)| reg.agents.contains_key(*name))
+        .find(|(_, g)| {
+            g.cpus.iter().any(|p| {
+                links.contains(&with_suffix(p, ".in")) || links.contains(&with_suffix(p, ".out"))
+            })
+        })
+        .map(|(name, _)| name.clone())
+}
+
 /// The `-name` of a QEMU process connected directly to the agent socket.
 fn qemu_name_of(pid: i32) -> Option<String> {
     let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
@@ -501,12 +530,14 @@ fn manager_session(shared: &Arc<Shared>, paths: &VirtPaths, fd: OwnedFd) {
                 .collect();
             send_list(&ch, &list)
         }
-        ManagerRequest::Trace { pid } if pid != 0 => {
-            log::warn!(
-                "record -A GUEST:{pid}: lookup by pid is not supported; give the guest's name"
-            );
-            session::send_finish(&ch)
-        }
+        ManagerRequest::Trace { pid } if pid != 0 => match domain_of_pid(shared, pid) {
+            // As with a name, minus the name exchange: DOMAIN{cpus}, then the fds.
+            Some(name) => hand_over(shared, &ch, &fd, &name),
+            None => {
+                log::warn!("record -A GUEST:{pid}: no connected guest runs in process {pid}");
+                session::send_finish(&ch)
+            }
+        },
         ManagerRequest::Trace { .. } => match session::get_domain(&ch) {
             Ok(name) => {
                 let name = String::from_utf8_lossy(&name).into_owned();

@@ -3,8 +3,8 @@
 # `trace-cmd listen --virt` and `connect -f` on the host, QEMU booting Debian's kernel
 # whose initramfs runs our `trace-cmd agent --virt` beside a guest-only process named
 # tcguest-load, and on the host:
-#  1. `record -A DOM -e sched`: Debian's `trace-cmd report` shows the guest's
-#     sched_switch events of tcguest-load;
+#  1. `record -A DOM:QEMU_PID -e sched` (the guest picked by its QEMU process):
+#     Debian's `trace-cmd report` shows the guest's sched_switch events of tcguest-load;
 #  2. right after it (the agent must be free again, spec §3.6), host and guest in one run,
 #     `record -e sched -A DOM -e irq ./tchost-mark 2`: the host's sched_switch of
 #     tchost-mark (a copy of sleep) in the top buffer, the guest's irq events in the
@@ -28,8 +28,8 @@ before=$(tracefs_state)
 virt_guest_up "$dom" "$ncpus"
 cp "$(command -v sleep)" "$qemu_work/tchost-mark"
 
-# 1. The guest alone.
-record_report guest -A "$dom" -e sched ./tchost-mark 2
+# 1. The guest alone, named by its QEMU process.
+record_report guest -A "$dom:$qemu_pid" -e sched ./tchost-mark 2
 rep=$qemu_work/guest.txt
 grep "sched_switch:" "$rep" | grep "tcguest-load" >/dev/null ||
   fail "guest-only recording: no guest sched_switch of tcguest-load ($(grep -c . "$rep") lines, e.g. '$(sed -n 2p "$rep")')"
