@@ -32,7 +32,9 @@ import sys
 import tempfile
 import time
 
-TRACING = "/sys/kernel/tracing"
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from topstate import restore, snapshot, tr_read, tr_write  # noqa: E402
+
 DEBIAN = "/usr/bin/trace-cmd"
 GIB = 1 << 30
 BUFFER_KB = "4096"
@@ -69,43 +71,6 @@ int main(int argc, char **argv) {
     return 0;
 }
 """
-
-
-def tr_read(path):
-    with open(os.path.join(TRACING, path)) as f:
-        return f.read()
-
-
-def tr_write(path, text):
-    with open(os.path.join(TRACING, path), "w") as f:
-        f.write(text)
-
-
-def snapshot():
-    return {
-        "events": [l.strip() for l in tr_read("set_event").splitlines() if l.strip()],
-        "tracing_on": tr_read("tracing_on").strip(),
-        "clock": re.search(r"\[(\S+)\]", tr_read("trace_clock")).group(1),
-        "buffer_kb": tr_read("buffer_size_kb").split()[0],
-    }
-
-
-def restore(s):
-    now = snapshot()
-    if now["events"] != s["events"]:
-        tr_write("set_event", "")
-        for ev in s["events"]:
-            system, _, name = ev.partition(":")
-            try:
-                tr_write(f"events/{system}/{name}/enable", "1")
-            except OSError as e:
-                print(f"could not re-enable event {ev}: {e}", file=sys.stderr)
-    if now["clock"] != s["clock"]:
-        tr_write("trace_clock", s["clock"])
-    if now["buffer_kb"] != s["buffer_kb"]:
-        tr_write("buffer_size_kb", s["buffer_kb"])
-    if now["tracing_on"] != s["tracing_on"]:
-        tr_write("tracing_on", s["tracing_on"])
 
 
 def kernel_lost(cpus):

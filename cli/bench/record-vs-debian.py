@@ -20,43 +20,10 @@ import sys
 import tempfile
 import time
 
-TRACING = "/sys/kernel/tracing"
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from topstate import restore, snapshot  # noqa: E402
+
 DEBIAN = "/usr/bin/trace-cmd"
-
-
-def read(path):
-    with open(os.path.join(TRACING, path)) as f:
-        return f.read()
-
-
-def write(path, text):
-    with open(os.path.join(TRACING, path), "w") as f:
-        f.write(text)
-
-
-def snapshot():
-    clock = re.search(r"\[(\S+)\]", read("trace_clock")).group(1)
-    return {
-        "events": [l.strip() for l in read("set_event").splitlines() if l.strip()],
-        "tracing_on": read("tracing_on").strip(),
-        "clock": clock,
-        "buffer_kb": read("buffer_size_kb").split()[0],
-    }
-
-
-def restore(s):
-    now = snapshot()
-    if now["events"] != s["events"]:
-        write("set_event", "")  # O_TRUNC clears the list
-        for ev in s["events"]:
-            with open(os.path.join(TRACING, "set_event"), "a") as f:
-                f.write(ev)
-    if now["clock"] != s["clock"]:
-        write("trace_clock", s["clock"])
-    if now["buffer_kb"] != s["buffer_kb"]:
-        write("buffer_size_kb", s["buffer_kb"])
-    if now["tracing_on"] != s["tracing_on"]:
-        write("tracing_on", s["tracing_on"])
 
 
 def run(cmd):
