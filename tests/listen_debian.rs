@@ -30,7 +30,9 @@ fn sandbox() -> &'static str {
         })
 }
 
-fn debian_client(tcp: bool, file_version: Option<&str>) {
+/// Checks that Debian's trace-cmd can run here (installed, root) and returns the
+/// absolute path of the sandbox that runs its `record`.
+fn debian_record_sandbox() -> std::path::PathBuf {
     assert!(
         Path::new(TRACE_CMD).exists(),
         "{TRACE_CMD} is missing: apt-get install trace-cmd"
@@ -39,7 +41,11 @@ fn debian_client(tcp: bool, file_version: Option<&str>) {
         nix::unistd::geteuid().is_root(),
         "these tests run Debian's trace-cmd and need root"
     );
-    let sandbox = std::fs::canonicalize(sandbox()).unwrap();
+    std::fs::canonicalize(sandbox()).unwrap()
+}
+
+fn debian_client(tcp: bool, file_version: Option<&str>) {
+    let sandbox = debian_record_sandbox();
     let dir = TempDir::new("listen-debian");
     let l = Running::start(ListenConfig {
         dir: dir.path().to_path_buf(),
@@ -169,15 +175,7 @@ fn cutting_proxy(to: u16, min_bytes: usize, idle: Duration) -> u16 {
 
 #[test]
 fn debian_client_vanishing_mid_data_leaves_a_readable_partial_file() {
-    assert!(
-        Path::new(TRACE_CMD).exists(),
-        "{TRACE_CMD} is missing: apt-get install trace-cmd"
-    );
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "these tests run Debian's trace-cmd and need root"
-    );
-    let sandbox = std::fs::canonicalize(sandbox()).unwrap();
+    let sandbox = debian_record_sandbox();
     let dir = TempDir::new("listen-debian-cut");
     let l = Running::start(ListenConfig {
         dir: dir.path().to_path_buf(),
