@@ -11,6 +11,12 @@
 //! A FIFO input (a guest's per-CPU channel) recorded into a file is spliced straight
 //! to the file: it is a pipe already.
 //!
+//! A ring buffer recorded into regular files is written behind (`behind.rs`): the
+//! calling thread only splices ring-buffer pages into a pool of pipes, and a writer
+//! thread of the recorder splices them into the file. A file write that stalls
+//! (writeback, journal commits) then no longer keeps the ring buffer from being
+//! drained; the pool holds up to 16 MiB per recorder while the file is behind.
+//!
 //! With `nosplice`, or when the kernel refuses splice on either side (EINVAL), the
 //! recorder reads into a buffer and writes it out instead.
 
@@ -30,6 +36,9 @@ use nix::sys::time::TimeSpec;
 
 use crate::tracefs;
 
+mod behind;
+use behind::WriteBehind;
+
 /// Longest single wait (input or output) before the loop looks around again. A stop
 /// ends a wait at once (self-pipe); this only bounds waits nothing else ends.
 const WAIT_SLICE: Duration = Duration::from_millis(100);
@@ -47,6 +56,8 @@ const PIPE_TARGET: usize = 1 << 20;
 const FLUSH_FALLBACK_BUDGET: u64 = 256 << 20;
 /// Pages per read/write batch on the copy (NOSPLICE) path.
 const COPY_BATCH_PAGES: usize = 64;
+/// Longest wait for the write-behind to return a pipe before looking at stops again.
+const BEHIND_WAIT: Duration = Duration::from_millis(10);
 /// How long a stopping recorder waits for an output that accepts nothing.
 const STALL_LIMIT: Duration = Duration::from_secs(2);
 
@@ -349,6 +360,17 @@ struct Sink {
 }
 
 impl Sink {
+    /// Stands in while the real output is with a write-behind thread.
+    fn placeholder() -> Sink {
+        Sink {
+            files: [None, None],
+            cur: 0,
+            half_bytes: 0,
+            cur_bytes: 0,
+            merged: true,
+        }
+    }
+
     fn fd(&self) -> BorrowedFd<'_> {
         self.files[self.cur]
             .as_ref()
@@ -458,6 +480,10 @@ enum Mover {
     },
     /// A pipe input spliced straight into a regular file (no intermediate pipe).
     Direct,
+    /// A ring buffer into regular files: spliced into pipes that a writer thread
+    /// writes out (`behind.rs`). Started at the first move, so that a recorder made
+    /// before a fork runs its thread in the process that records.
+    Behind(Option<WriteBehind>),
     /// read() into `buf`, write() out.
     Copy { buf: Vec<u8> },
 }
@@ -466,6 +492,8 @@ enum Mover {
 enum Step {
     /// Bytes went from the input to the output.
     Moved(usize),
+    /// Bytes went, and the input has probably nothing more for now.
+    MovedAll(usize),
     /// The input has nothing (more) right now.
     Idle,
     /// A FIFO, socket or file input is at its end (no writer): nothing will come
@@ -473,6 +501,8 @@ enum Step {
     Ended,
     /// Interrupted, or the mover changed: just go round again.
     Retry,
+    /// The write-behind holds all the pipes it may: wait for the writer.
+    Full,
 }
 
 /// A per-CPU recorder (spec §4). See the module documentation for how it works.
@@ -658,13 +688,16 @@ impl CpuRecorder {
         let is = |fd: i32, kind: libc::mode_t| {
             nix::sys::stat::fstat(fd).is_ok_and(|st| st.st_mode & libc::S_IFMT == kind)
         };
-        let direct = !ring_buffer_input
-            && is(input.as_raw_fd(), libc::S_IFIFO)
-            && sink
-                .files
-                .iter()
-                .flatten()
-                .all(|f| is(f.as_raw_fd(), libc::S_IFREG));
+        let to_files = sink
+            .files
+            .iter()
+            .flatten()
+            .all(|f| is(f.as_raw_fd(), libc::S_IFREG));
+        let direct = !ring_buffer_input && is(input.as_raw_fd(), libc::S_IFIFO) && to_files;
+        // Ring-buffer pages into files: write behind, so that a stalled file write does
+        // not keep the ring buffer from being drained. Only where a page is one pipe
+        // slot (sub-buffers larger than a page are left on the one-thread path).
+        let write_behind = ring_buffer_input && to_files && page_size == page;
         // A datagram socket (UDP to a listener) must get exactly one page per write:
         // the listener reads one datagram per page (shared doc §9 P1). Splice would
         // cut datagrams at pipe-buffer boundaries, so such outputs always copy.
@@ -681,6 +714,8 @@ impl CpuRecorder {
             Mover::Copy {
                 buf: vec![0; COPY_BATCH_PAGES * page_size],
             }
+        } else if write_behind {
+            Mover::Behind(None)
         } else if direct {
             // A bigger FIFO lets the writer run ahead and each splice move more.
             grow_pipe(input.as_fd(), page_size);
@@ -785,7 +820,17 @@ impl CpuRecorder {
                         self.stop.wait(None, PollFlags::empty(), FIFO_PAUSE, true);
                     }
                 }
+                Step::MovedAll(_) => {
+                    self.stop.wait(
+                        Some(self.input.as_fd()),
+                        PollFlags::POLLIN,
+                        WAIT_SLICE,
+                        true,
+                    );
+                    input_was_ready = false;
+                }
                 Step::Retry => {}
+                Step::Full => self.wait_behind()?,
                 Step::Ended => {
                     self.stop.wait(None, PollFlags::empty(), WAIT_SLICE, true);
                     input_was_ready = false;
@@ -817,8 +862,9 @@ impl CpuRecorder {
         let mut total = 0u64;
         while total < self.flush_budget {
             match self.step(true)? {
-                Step::Moved(n) => total += n as u64,
+                Step::Moved(n) | Step::MovedAll(n) => total += n as u64,
                 Step::Retry => {}
+                Step::Full => self.wait_behind()?,
                 Step::Idle | Step::Ended => break,
             }
         }
@@ -829,7 +875,7 @@ impl CpuRecorder {
                 match nix::unistd::read(self.input.as_raw_fd(), &mut page) {
                     Ok(0) | Err(Errno::EAGAIN) => break,
                     Ok(n) => {
-                        self.write_out(&page[..n], true)?;
+                        self.emit(&page[..n])?;
                         total += n as u64;
                     }
                     Err(Errno::EINTR) => {}
@@ -840,18 +886,57 @@ impl CpuRecorder {
         if total >= self.flush_budget {
             log::warn!("flush ended after {total} bytes: the input kept producing data");
         }
-        let partial = (self.sink.cur_bytes % self.page_size as u64) as usize;
+        let written = match &self.mover {
+            Mover::Behind(Some(wb)) => wb.pushed(),
+            _ => self.sink.cur_bytes,
+        };
+        let partial = (written % self.page_size as u64) as usize;
         if partial != 0 {
             let zeros = vec![0u8; self.page_size - partial];
-            self.write_out(&zeros, true)?;
+            self.emit(&zeros)?;
             total += zeros.len() as u64;
+        }
+        if let Mover::Behind(Some(wb)) = &mut self.mover {
+            wb.wait_written()?;
         }
         Ok(total)
     }
 
+    /// Writes flush data after everything moved before it: through the write-behind
+    /// when there is one, else straight to the output.
+    fn emit(&mut self, data: &[u8]) -> Result<(), RecorderError> {
+        match &mut self.mover {
+            Mover::Behind(Some(wb)) => wb.push_bytes(data),
+            _ => self.write_out(data, true),
+        }
+    }
+
+    /// Waits a little for the write-behind to give a pipe back.
+    fn wait_behind(&self) -> Result<(), RecorderError> {
+        match &self.mover {
+            Mover::Behind(Some(wb)) => wb.wait_room(BEHIND_WAIT),
+            _ => Ok(()),
+        }
+    }
+
+    /// Ends a write-behind: its thread writes out what is queued and hands the output
+    /// back.
+    fn settle(&mut self) -> Result<(), RecorderError> {
+        if let Mover::Behind(wb) = &mut self.mover {
+            if let Some(wb) = wb.take() {
+                let (sink, res) = wb.close();
+                self.sink = sink;
+                return res;
+            }
+        }
+        Ok(())
+    }
+
     /// Merges the max-kb ring into the named file and closes everything (spec §4.6).
     pub fn finish(mut self) -> Result<(), RecorderError> {
-        self.sink.merge()
+        let settled = self.settle();
+        let merged = self.sink.merge();
+        settled.and(merged)
     }
 
     /// One attempt to move data from the input to the output.
@@ -882,6 +967,13 @@ impl CpuRecorder {
                 self.drain_pipe(stopping)
             }
             Mover::Direct => self.splice_direct(),
+            Mover::Behind(wb) => {
+                if wb.is_none() {
+                    let sink = std::mem::replace(&mut self.sink, Sink::placeholder());
+                    *wb = Some(WriteBehind::start(sink, self.page_size)?);
+                }
+                wb.as_mut().expect("started above").pull(self.input.as_fd())
+            }
             Mover::Copy { buf } => {
                 let mut data = std::mem::take(buf);
                 let res = self.copy_batch(&mut data, stopping);
@@ -1072,6 +1164,9 @@ impl CpuRecorder {
 
 impl Drop for CpuRecorder {
     fn drop(&mut self) {
+        if let Err(e) = self.settle() {
+            log::error!("{e}");
+        }
         if let Err(e) = self.sink.merge() {
             log::error!("{e}");
         }
