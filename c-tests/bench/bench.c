@@ -10,8 +10,9 @@
  * Load: one writer thread pinned to each CPU writes fixed-size markers into
  * the private instance's trace_marker at a target rate.  One recorder thread
  * per CPU records per_cpu/cpuN/trace_pipe_raw of that instance into a file.
- * Per run we measure output bytes, the recorder threads' CPU time
- * (RUSAGE_THREAD, user+sys), events lost (per_cpu/cpuN/stats overrun +
+ * Per run we measure output bytes, the recorders' CPU time (user+sys of the
+ * whole process minus the load writers and the main thread, so that threads a
+ * library runs itself count), events lost (per_cpu/cpuN/stats overrun +
  * dropped events) and the events found by parsing the recorded pages, which
  * must add up to the markers written.
  *
@@ -658,7 +659,7 @@ done:
 
 struct result {
 	double wall;		/* writer phase */
-	double cpu_s;		/* recorder threads, user+sys */
+	double cpu_s;		/* recorder threads + library threads, user+sys */
 	double user_s;		/* the user part of it */
 	double untracked_s;	/* process CPU outside writers, recorders, main */
 	double writer_cpu_s;	/* marker writers, to see how the recorder slows them */
@@ -755,6 +756,9 @@ static void run_markers(struct impl *im, long rate, struct result *res)
 	}
 	others += thread_cpu_s() - main0;
 	res->untracked_s = proc_cpu_s() - self0 - others - res->cpu_s;
+	/* a library's own helper threads work for the recorder: count them */
+	if (res->untracked_s > 0)
+		res->cpu_s += res->untracked_s;
 	for (cpu = 0; cpu < ncpus; cpu++) {
 		snprintf(file, sizeof(file), "%s/%s.cpu%d", cfg.outdir, im->name, cpu);
 		parse_file(file, &res->ps);
@@ -860,6 +864,8 @@ static void run_fifo(struct impl *im, struct result *res)
 	res->rec_err = r.ret < 0;
 	rec_free(im, r.rec);	/* closes rfd: the recorder owns trace_fd */
 	res->untracked_s = proc_cpu_s() - self0 - (thread_cpu_s() - main0) - fw.cpu_s - r.cpu_s;
+	if (res->untracked_s > 0)
+		res->cpu_s += res->untracked_s;
 	parse_file(file, &res->ps);
 	unlink(file);
 }
@@ -952,7 +958,8 @@ static void print_agg(const char *label, const char *impl, const struct agg *a)
 		l += snprintf(notes + l, sizeof(notes) - l, "marker-write-fail=%" PRIu64 " ", a->fail);
 	if (a->err)
 		l += snprintf(notes + l, sizeof(notes) - l, "recorder-errors=%" PRIu64 " ", a->err);
-	/* CPU burnt outside the recorder threads (helper threads of a library?) */
+	/* CPU burnt outside the recorder threads (helper threads of a library),
+	 * already included in CPU-s/GiB */
 	if (a->untracked_s > 0.05 + 0.1 * a->cpu_s)
 		l += snprintf(notes + l, sizeof(notes) - l, "untracked-cpu=%.2fs ", a->untracked_s);
 	printf("%-9s %-4s %11.0f %8.1f %10.3f %5.2f-%-5.2f %4.0f%% %10" PRIu64 " %7.3f%% %6" PRId64
@@ -1188,11 +1195,19 @@ int main(int argc, char **argv)
 				snprintf(label, sizeof(label), "%ld", cfg.rates[step]);
 			else
 				snprintf(label, sizeof(label), "max");
-			for (round = 0; round < cfg.rounds && !interrupted; round++) {
-				for (i = 0; i < nimpl && !interrupted; i++) {
+			/* Round -1 warms up (instance, page cache, files) and is not
+			 * counted; the order flips every round (ABBA), so that neither
+			 * library always runs right after the other. */
+			for (round = -1; round < cfg.rounds && !interrupted; round++) {
+				int k;
+
+				for (k = 0; k < nimpl && !interrupted; k++) {
 					struct result res;
 
+					i = (round & 1) ? nimpl - 1 - k : k;
 					run_markers(order[i], cfg.rates[step], &res);
+					if (round < 0)
+						continue;
 					print_run(label, order[i], round, &res);
 					agg_add(&a[i], &res);
 				}
