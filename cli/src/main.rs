@@ -46,7 +46,46 @@ enum Cmd {
     },
 }
 
+/// Where the soft open-file limit found at start is kept for the traced command.
+const NOFILE_ENV: &str = "TRACECMD_RS_NOFILE_SOFT";
+
+/// Raises the soft open-file limit to the hard one: each per-CPU recorder holds a few
+/// pipes (more while its file is behind), and the default of 1024 runs out on a
+/// machine with a few hundred CPUs. The limit found is kept in [`NOFILE_ENV`], so
+/// that `__exec` gives the traced command the limit it would have had.
+fn raise_file_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if std::env::var_os(NOFILE_ENV).is_some() {
+        return;
+    }
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                Ok(()) => std::env::set_var(NOFILE_ENV, soft.to_string()),
+                Err(e) => log::debug!("could not raise the open-file limit from {soft}: {e}"),
+            }
+        }
+    }
+}
+
+/// Puts back the soft open-file limit [`raise_file_limit`] found (for `__exec`).
+fn restore_file_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let Some(soft) = std::env::var(NOFILE_ENV).ok().and_then(|v| v.parse().ok()) else {
+        return;
+    };
+    std::env::remove_var(NOFILE_ENV);
+    if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, soft, hard);
+    }
+}
+
 fn main() {
+    if std::env::args().nth(1).as_deref() == Some("__exec") {
+        restore_file_limit();
+    } else {
+        raise_file_limit();
+    }
     // `record -A GUEST <options>`: the options after -A are the guest's.
     let argv: Vec<String> = std::env::args().collect();
     let (argv, guests) = if argv.get(1).map(String::as_str) == Some("record") {

@@ -603,3 +603,57 @@ fn ctrl_c_ends_the_command_and_the_recording() {
         "record waited for the command"
     );
 }
+
+#[test]
+fn record_raises_its_file_limit_but_not_the_commands() {
+    // Recorders hold pipes (more while a file is behind): record raises its soft
+    // open-file limit to the hard one, and gives the command the limit it had.
+    let inst = fresh("nofile");
+    let dir = TempDir::new("nofile");
+    let file = dir.path().join("t.dat");
+    let seen = dir.path().join("ulimit");
+    let script = format!(
+        "ulimit -Sn 512 && exec {BIN} record -B {} -e sched:sched_switch -o {} \
+         /bin/sh -c 'ulimit -Sn > {}; sleep 1'",
+        name_of(&inst),
+        file.display(),
+        seen.display()
+    );
+    let mut child = Command::new("/bin/sh")
+        .arg("-c")
+        .arg(&script)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The shell execs trace-cmd: same pid. Look at its limit while it records.
+    let limits = format!("/proc/{}/limits", child.id());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut soft = None;
+    while Instant::now() < deadline && soft.is_none() {
+        std::thread::sleep(Duration::from_millis(50));
+        let exe = std::fs::read_link(format!("/proc/{}/exe", child.id())).unwrap_or_default();
+        if !exe.ends_with("trace-cmd") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&limits).unwrap_or_default();
+        soft = text
+            .lines()
+            .find(|l| l.starts_with("Max open files"))
+            .and_then(|l| l.split_whitespace().nth(3))
+            .map(str::to_string);
+    }
+    let status = wait_timeout(&mut child, Duration::from_secs(30));
+    assert!(status.success(), "record failed");
+    let hard = String::from_utf8(
+        Command::new("/bin/sh")
+            .args(["-c", "ulimit -Hn"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    assert_eq!(soft.as_deref(), Some(hard.trim()), "record's soft limit");
+    let cmd_soft = std::fs::read_to_string(&seen).unwrap();
+    assert_eq!(cmd_soft.trim(), "512", "the command's soft limit");
+}
