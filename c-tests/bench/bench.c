@@ -116,7 +116,7 @@ static struct {
 	.c_lib = "libtracecmd.so.1",
 	.outdir = "build/out",
 	.secs = 1.5,
-	.rounds = 4,
+	.rounds = 8,
 	.marker = 128,
 	.buffer_kb = 1024,
 	.buffer_percent = 50,
@@ -126,7 +126,8 @@ static struct {
 	.do_fifo = true,
 };
 
-static const long default_rates[] = { 50000, 100000, 200000, 300000, 400000, 500000, 600000, 0 };
+static const long default_rates[] = { 50000,  100000, 200000, 300000, 400000,
+				       500000, 600000, 700000, 800000, 0 };
 
 static int ncpus;
 static long page_size;
@@ -1036,9 +1037,10 @@ static void usage(void)
 	       "  -c LIB     Debian libtracecmd (default %s)\n"
 	       "  -o DIR     directory for the recorded files (default %s)\n"
 	       "  -t SECS    seconds of load per run (default %.1f)\n"
-	       "  -n N       rounds per step, each runs Rust then C (default %d)\n"
+	       "  -n N       rounds per step, each runs both libraries, the order flipping\n"
+	       "             every round, after one round not counted (default %d)\n"
 	       "  -s LIST    marker rates per CPU per second, comma separated, 0 = as fast\n"
-	       "             as the writers go (default 50000,100000,200000,300000,400000,\n             500000,600000,0)\n"
+	       "             as the writers go (default 50000,100000,200000,300000,400000,\n             500000,600000,700000,800000,0)\n"
 	       "  -m BYTES   marker size (default %d)\n"
 	       "  -b KB      buffer_size_kb of the private instance (default %d)\n"
 	       "  -p PCT     buffer_percent of the private instance (default %d)\n"
