@@ -240,6 +240,16 @@ impl WriteBehind {
             if capacity - (fill + moved) < self.unit.max(capacity / 4) {
                 self.queue_current();
             }
+        }
+        // A slow trickle never fills a batch: write out what has waited long enough.
+        if self
+            .unkicked_since
+            .is_some_and(|t| t.elapsed() >= KICK_AFTER)
+        {
+            self.queue_current();
+            self.kick();
+        }
+        if moved > 0 {
             // Less than half of what fitted: the ring buffer had no more full pages,
             // and asking again at once would only bring a few more.
             return Ok(if moved < free / 2 {
@@ -247,13 +257,6 @@ impl WriteBehind {
             } else {
                 Step::Moved(moved)
             });
-        }
-        if self
-            .unkicked_since
-            .is_some_and(|t| t.elapsed() >= KICK_AFTER)
-        {
-            self.queue_current();
-            self.kick();
         }
         match res {
             Ok(_) | Err(Errno::EAGAIN) => Ok(Step::Idle),
@@ -593,6 +596,51 @@ mod tests {
         res.unwrap();
         drop(sink);
         assert!(reader.join().unwrap() == want);
+    }
+
+    #[test]
+    fn a_trickle_reaches_the_output_without_a_flush() {
+        // Far below a batch: the writer must still be asked within KICK_AFTER or so.
+        let (in_r, in_w) = input_pipe();
+        let (out_r, out_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let reader = std::thread::spawn(move || {
+            let mut f = File::from(out_r);
+            let mut buf = vec![0u8; 65536];
+            loop {
+                match f.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => tx.send(n).unwrap(),
+                }
+            }
+        });
+        let mut wb = WriteBehind::start(sink_to(out_w), page()).unwrap();
+        let start = Instant::now();
+        // A page before every pull: each pull moves something, for 3 × KICK_AFTER.
+        let mut sent = 0;
+        while start.elapsed() < KICK_AFTER * 3 {
+            nix::unistd::write(&in_w, &vec![7u8; page()]).unwrap();
+            sent += page();
+            assert!(matches!(
+                wb.pull(in_r.as_fd()).unwrap(),
+                Step::Moved(_) | Step::MovedAll(_)
+            ));
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        let mut got = 0;
+        while let Ok(n) = rx.try_recv() {
+            got += n;
+        }
+        // Written out at about KICK_AFTER and 2 × KICK_AFTER: two thirds of it.
+        assert!(
+            got >= sent / 3,
+            "only {got} of {sent} bytes reached the output"
+        );
+        let (sink, res) = wb.close();
+        res.unwrap();
+        drop(sink);
+        reader.join().unwrap();
     }
 
     #[test]
