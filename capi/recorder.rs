@@ -316,6 +316,12 @@ unsafe fn recorder_mut<'a>(recorder: *mut tracecmd_recorder) -> Option<&'a mut C
 /// before trying again. Returns 0, or a negative errno value (-EINVAL for NULL).
 /// A stop that arrived before this call makes it flush and return at once.
 ///
+/// A ring buffer recorded into a regular file is written behind: the first call
+/// starts a writer thread of this recorder (all signals blocked in it), and the
+/// calling thread only moves ring-buffer pages into pipes, so that a slow file write
+/// does not hold up the draining. The flush at the end waits until the file has
+/// everything.
+///
 /// # Safety
 /// `recorder` is NULL or came from a `tracecmd_create_*recorder*` function and was
 /// not freed.
@@ -383,8 +389,8 @@ pub unsafe extern "C" fn tracecmd_flush_recording(recorder: *mut tracecmd_record
     })
 }
 
-/// Merges a max-kb ring into its file, closes every fd the recorder owns and frees
-/// it. NULL-safe.
+/// Writes out what the writer thread still holds and ends it, merges a max-kb ring
+/// into its file, closes every fd the recorder owns and frees it. NULL-safe.
 ///
 /// # Safety
 /// `recorder` is NULL or a live recorder that no other thread uses any more.

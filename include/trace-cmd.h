@@ -425,6 +425,12 @@ struct tracecmd_recorder *tracecmd_create_agent_recorder(struct buffer_instance 
  * before trying again. Returns 0, or a negative errno value (-EINVAL for NULL).
  * A stop that arrived before this call makes it flush and return at once.
  *
+ * A ring buffer recorded into a regular file is written behind: the first call
+ * starts a writer thread of this recorder (all signals blocked in it), and the
+ * calling thread only moves ring-buffer pages into pipes, so that a slow file write
+ * does not hold up the draining. The flush at the end waits until the file has
+ * everything.
+ *
  * # Safety
  * `recorder` is NULL or came from a `tracecmd_create_*recorder*` function and was
  * not freed.
@@ -452,8 +458,8 @@ void tracecmd_stop_recording(struct tracecmd_recorder *recorder);
 long tracecmd_flush_recording(struct tracecmd_recorder *recorder);
 
 /**
- * Merges a max-kb ring into its file, closes every fd the recorder owns and frees
- * it. NULL-safe.
+ * Writes out what the writer thread still holds and ends it, merges a max-kb ring
+ * into its file, closes every fd the recorder owns and frees it. NULL-safe.
  *
  * # Safety
  * `recorder` is NULL or a live recorder that no other thread uses any more.
