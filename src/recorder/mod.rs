@@ -820,15 +820,6 @@ impl CpuRecorder {
                         self.stop.wait(None, PollFlags::empty(), FIFO_PAUSE, true);
                     }
                 }
-                Step::MovedAll(_) => {
-                    self.stop.wait(
-                        Some(self.input.as_fd()),
-                        PollFlags::POLLIN,
-                        WAIT_SLICE,
-                        true,
-                    );
-                    input_was_ready = false;
-                }
                 Step::Retry => {}
                 Step::Full => self.wait_behind()?,
                 Step::Ended => {
@@ -842,7 +833,9 @@ impl CpuRecorder {
                     self.stop.wait(None, PollFlags::empty(), pause, true);
                     input_was_ready = false;
                 }
-                Step::Idle => {
+                // Nothing more now (or, after MovedAll, probably nothing): wait for
+                // the input.
+                Step::Idle | Step::MovedAll(_) => {
                     input_was_ready = self.stop.wait(
                         Some(self.input.as_fd()),
                         PollFlags::POLLIN,
