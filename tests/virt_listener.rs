@@ -313,3 +313,46 @@ fn random_and_truncated_streams_never_stop_the_listener() {
     wait_until("agent listed", || list(&r, false) == vec![("g".into(), 1)]);
     assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
 }
+
+#[test]
+fn a_manager_never_reads_the_agent_channel_with_the_idle_listener() {
+    // While no manager holds it, the listener reads what the agent says. A manager
+    // asking for the agent in the middle of such a read must wait for its end: two
+    // readers on one channel would split messages (seen: a manager reading guest
+    // metadata text as a message header).
+    let r = start(&[("vm", 1)]);
+    assert_eq!(register_dom(&r, "vm", 1).unwrap(), Msg::Ack);
+    let agent = FakeAgent::new(&r, "vm");
+    agent.handshake(1);
+    wait_until("agent listed", || list(&r, false) == vec![("vm".into(), 1)]);
+    // Half of a stray ACK: the listener starts reading it and waits for the rest.
+    let ack = Msg::Ack.encode().unwrap();
+    (&agent.to_host).write_all(&ack[..4]).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let paths = r.paths.clone();
+    let taker = std::thread::spawn(move || {
+        let m = connect_unix(&paths.manager_socket()).unwrap();
+        let ch = Channel::new(m.as_fd());
+        let n = session::connect_agent(&ch, b"vm", 0).unwrap();
+        let fds = session::get_fds(&ch).unwrap();
+        (Instant::now(), n, fds, m)
+    });
+    std::thread::sleep(Duration::from_millis(700));
+    let rest_sent = Instant::now();
+    (&agent.to_host).write_all(&ack[4..]).unwrap();
+    let (taken, n, (actl, _fifos), _m) = taker.join().unwrap();
+    assert_eq!(n, 1);
+    assert!(
+        taken >= rest_sent,
+        "the agent was handed over while the listener was still reading from it"
+    );
+    // From here the manager alone reads: the agent's answer arrives whole.
+    let ach = Channel::new(actl.as_fd());
+    v2::send(&ach, &Msg::Connect { cpus: 0 }).unwrap();
+    assert_eq!(
+        v2::recv(&agent.ch(), Wait::Timed).unwrap(),
+        Msg::Connect { cpus: 0 }
+    );
+    agent.send(&Msg::Ack);
+    assert_eq!(v2::recv(&ach, Wait::Timed).unwrap(), Msg::Ack);
+}

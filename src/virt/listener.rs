@@ -76,7 +76,11 @@ struct Agent {
     id: u64,
     cpus: u32,
     fd: Arc<OwnedFd>,
+    /// A manager holds the channel: only it reads from it.
     busy: bool,
+    /// The idle agent session is reading from the channel; a manager may take the
+    /// agent only once it has finished (two readers would split messages).
+    reading: bool,
 }
 
 #[derive(Debug, Default)]
@@ -326,20 +330,28 @@ fn agent_session(shared: &Shared, name: &str, fd: OwnedFd) {
         if !readable(&fd) {
             continue;
         }
-        if registered.is_some_and(|id| {
-            shared
-                .lock()
-                .agents
-                .get(name)
-                .is_some_and(|a| a.id == id && a.busy)
-        }) {
-            continue;
+        // Claim the channel for this read, unless a manager took the agent meanwhile.
+        if let Some(id) = registered {
+            let mut reg = shared.lock();
+            match reg.agents.get_mut(name) {
+                Some(a) if a.id == id && a.busy => continue,
+                Some(a) if a.id == id => a.reading = true,
+                _ => {}
+            }
         }
-        if peer_closed(&fd) {
+        let got = read_idle(&ch, &fd);
+        if let Some(id) = registered {
+            let mut reg = shared.lock();
+            if let Some(a) = reg.agents.get_mut(name).filter(|a| a.id == id) {
+                a.reading = false;
+            }
+            shared.freed.notify_all();
+        }
+        let Some(msg) = got else {
             log::info!("agent of {name} disconnected");
             break;
-        }
-        let cpus = match v2::recv(&ch, Wait::Timed) {
+        };
+        let cpus = match msg {
             Ok(Msg::TConnect) => {
                 if let Err(e) = v2::send(&ch, &Msg::rconnect()) {
                     log::warn!("agent of {name}: {e}; dropping the connection");
@@ -368,10 +380,10 @@ fn agent_session(shared: &Shared, name: &str, fd: OwnedFd) {
                 break;
             }
             Err(e) => {
-                // Out of step (e.g. garbage from a broken guest): throw away what
-                // is pending; a restarting agent begins with a fresh TCONNECT.
-                log::warn!("agent of {name}: {e}; discarding its pending bytes");
-                discard_pending(&fd);
+                // Out of step (e.g. garbage from a broken guest); `read_idle`
+                // threw away what was pending: a restarting agent begins with a
+                // fresh TCONNECT.
+                log::warn!("agent of {name}: {e}; discarded its pending bytes");
                 continue;
             }
         };
@@ -386,6 +398,7 @@ fn agent_session(shared: &Shared, name: &str, fd: OwnedFd) {
                 cpus,
                 fd: fd.clone(),
                 busy: false,
+                reading: false,
             },
         );
         registered = Some(id);
@@ -396,6 +409,22 @@ fn agent_session(shared: &Shared, name: &str, fd: OwnedFd) {
             reg.agents.remove(name);
         }
     }
+}
+
+/// One read of an idle agent's channel: `None` if the agent has gone, else the
+/// message (or the error, after throwing away what was pending).
+fn read_idle(ch: &Channel<'_>, fd: &OwnedFd) -> Option<crate::msg::Result<Msg>> {
+    if peer_closed(fd) {
+        return None;
+    }
+    let got = v2::recv(ch, Wait::Timed);
+    if matches!(
+        got,
+        Err(ref e) if !matches!(e, MsgError::Closed | MsgError::Io(_) | MsgError::Send(_))
+    ) {
+        discard_pending(fd);
+    }
+    Some(got)
 }
 
 fn open_rw(p: &Path) -> std::io::Result<std::fs::File> {
@@ -574,6 +603,15 @@ fn hand_over(
             .get(name)
             .map(|g| g.cpus.clone())
             .unwrap_or_default();
+        // Wait for an idle read of the agent session to end: from here on only the
+        // manager reads the channel.
+        while reg.agents.get(name).is_some_and(|a| a.reading && !a.busy) {
+            reg = shared
+                .freed
+                .wait_timeout(reg, Duration::from_millis(100))
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
         match reg.agents.get_mut(name) {
             Some(a) if !a.busy => {
                 a.busy = true;
