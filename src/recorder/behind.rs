@@ -340,10 +340,7 @@ impl WriteBehind {
     /// Lets the writer finish everything taken in and returns the output, with the
     /// first error the writer met (if the caller has not seen it yet).
     pub(super) fn close(mut self) -> (Sink, Result<(), RecorderError>) {
-        self.queue_current();
-        self.shared.lock().closing = true;
-        self.shared.to_writer.notify_one();
-        let sink = match self.thread.take().map(JoinHandle::join) {
+        let sink = match self.end_writer() {
             Some(Ok(sink)) => sink,
             _ => {
                 let e = io::Error::other("the recorder's writer thread died");
@@ -357,14 +354,21 @@ impl WriteBehind {
     }
 }
 
+impl WriteBehind {
+    /// Queues what the recording thread still holds, lets the writer write it all
+    /// and joins it; `None` once it has been joined.
+    fn end_writer(&mut self) -> Option<std::thread::Result<Sink>> {
+        let thread = self.thread.take()?;
+        self.queue_current();
+        self.shared.lock().closing = true;
+        self.shared.to_writer.notify_one();
+        Some(thread.join())
+    }
+}
+
 impl Drop for WriteBehind {
     fn drop(&mut self) {
-        if let Some(t) = self.thread.take() {
-            self.queue_current();
-            self.shared.lock().closing = true;
-            self.shared.to_writer.notify_one();
-            let _ = t.join();
-        }
+        let _ = self.end_writer();
     }
 }
 
@@ -541,7 +545,7 @@ mod tests {
                     full = true;
                     break;
                 }
-                other => panic!("unexpected step {}", step_name(&other)),
+                other => panic!("unexpected step {other:?}"),
             }
         }
         assert!(full, "the pool never filled up");
@@ -581,7 +585,7 @@ mod tests {
                 match wb.pull(in_r.as_fd()).unwrap() {
                     Step::Moved(_) | Step::MovedAll(_) => break,
                     Step::Full => wb.wait_room(Duration::from_millis(10)).unwrap(),
-                    other => panic!("unexpected step {}", step_name(&other)),
+                    other => panic!("unexpected step {other:?}"),
                 }
             }
         }
@@ -697,16 +701,5 @@ mod tests {
         res.unwrap();
         drop(sink);
         assert!(reader.join().unwrap().is_empty());
-    }
-
-    fn step_name(s: &Step) -> &'static str {
-        match s {
-            Step::Moved(_) => "Moved",
-            Step::MovedAll(_) => "MovedAll",
-            Step::Idle => "Idle",
-            Step::Ended => "Ended",
-            Step::Retry => "Retry",
-            Step::Full => "Full",
-        }
     }
 }

@@ -489,6 +489,7 @@ enum Mover {
 }
 
 /// Result of one attempt to move data.
+#[derive(Debug)]
 enum Step {
     /// Bytes went from the input to the output.
     Moved(usize),
