@@ -33,9 +33,8 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from topstate import restore, snapshot, tr_read, tr_write  # noqa: E402
+from topstate import DEBIAN, require, restore, snapshot, tr_read, tr_write  # noqa: E402
 
-DEBIAN = "/usr/bin/trace-cmd"
 GIB = 1 << 30
 BUFFER_KB = "4096"
 
@@ -225,11 +224,7 @@ def main():
     ap.add_argument("--rust", default=os.path.join(here, "../../target/release/trace-cmd"))
     ap.add_argument("--sandbox", default="/work/shared/tools/ftrace-sandbox")
     a = ap.parse_args()
-    if os.geteuid() != 0:
-        sys.exit("needs root")
-    for p in (a.rust, DEBIAN, a.sandbox):
-        if not os.access(p, os.X_OK):
-            sys.exit(f"missing {p} (build with `cargo build --release -p trace-cmd`)")
+    require(a.rust, DEBIAN, a.sandbox)
     cpus = os.cpu_count()
     # The lock the tests that record on the top-level buffer take.
     lock = open("/tmp/tracecmd-rs-top-buffer.lock", "a")

@@ -21,9 +21,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from topstate import restore, snapshot  # noqa: E402
-
-DEBIAN = "/usr/bin/trace-cmd"
+from topstate import DEBIAN, require, restore, snapshot  # noqa: E402
 
 
 def run(cmd):
@@ -58,11 +56,7 @@ def main():
     ap.add_argument("--rust", default=os.path.join(here, "../../target/release/trace-cmd"))
     ap.add_argument("--sandbox", default="/work/shared/tools/ftrace-sandbox")
     a = ap.parse_args()
-    if os.geteuid() != 0:
-        sys.exit("needs root")
-    for p in (a.rust, DEBIAN, a.sandbox):
-        if not os.access(p, os.X_OK):
-            sys.exit(f"missing {p} (build with `cargo build --release -p trace-cmd`)")
+    require(a.rust, DEBIAN, a.sandbox)
     secs = str(a.seconds)
     tools = {
         "rust": lambda out: [a.rust, "record", "-q", "-e", "sched", "-o", out, "sleep", secs],

@@ -1,12 +1,23 @@
-"""Top-level tracefs state shared by the benchmark scripts: read, write, and a
-snapshot of what a recording changes (enabled events, tracing_on, clock, buffer
-size) that restore() puts back, so a benchmark leaves tracefs as it found it."""
+"""What the benchmark scripts share: the precondition check (root, the tools),
+and the top-level tracefs state: read, write, and a snapshot of what a recording
+changes (enabled events, tracing_on, clock, buffer size) that restore() puts
+back, so a benchmark leaves tracefs as it found it."""
 
 import os
 import re
 import sys
 
 TRACING = "/sys/kernel/tracing"
+DEBIAN = "/usr/bin/trace-cmd"
+
+
+def require(*tools):
+    """Exits with the reason unless running as root with every tool executable."""
+    if os.geteuid() != 0:
+        sys.exit("needs root")
+    for p in tools:
+        if not os.access(p, os.X_OK):
+            sys.exit(f"missing {p} (build with `cargo build --release -p trace-cmd`)")
 
 
 def tr_read(path):
