@@ -36,6 +36,11 @@ pub(super) const MAX_PIPES: usize = 16;
 const BATCH: usize = 2 << 20;
 /// Data that has waited this long is written out even if less than [`BATCH`].
 const KICK_AFTER: Duration = Duration::from_millis(500);
+/// Most bytes one write of the writer thread moves. The copy into the page cache runs
+/// in the kernel, where a kernel without forced preemption does not switch threads; a
+/// splice of a whole 1 MiB pipe kept a recording thread that shared the CPU waiting
+/// for 4 ms. Returning to user space every 32 pages bounds that wait.
+const WRITE_CHUNK: usize = 128 << 10;
 
 /// One pipe of the pool and its capacity in bytes.
 #[derive(Debug)]
@@ -428,7 +433,7 @@ fn write_pipe(
     copy_buf: &mut Option<Vec<u8>>,
 ) -> Result<(), RecorderError> {
     while bytes > 0 {
-        let len = bytes.min(sink.room());
+        let len = bytes.min(sink.room()).min(WRITE_CHUNK);
         let res = match copy_buf {
             None => nix::fcntl::splice(
                 &pipe.read_end,
