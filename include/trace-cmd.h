@@ -431,6 +431,11 @@ struct tracecmd_recorder *tracecmd_create_agent_recorder(struct buffer_instance 
  * does not hold up the draining. The flush at the end waits until the file has
  * everything.
  *
+ * While it records a ring buffer, the calling thread (when in the normal or batch
+ * scheduling class) asks the kernel for a 0.1 ms time slice (`sched_setattr`, taken
+ * by Linux 6.12 and later), so that it gets a CPU soon after the kernel wakes it. It
+ * gets no more CPU time from that. The thread's own slice is back when this returns.
+ *
  * # Safety
  * `recorder` is NULL or came from a `tracecmd_create_*recorder*` function and was
  * not freed.

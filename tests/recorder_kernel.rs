@@ -273,3 +273,86 @@ fn flush_ends_while_a_writer_never_pauses() {
     drop(inst);
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// The scheduler slice of thread `tid` of this process, from `/proc` (nanoseconds).
+fn slice_of(tid: i32) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/self/task/{tid}/sched")).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("se.slice"))
+        .expect("no se.slice in /proc/self/task/TID/sched (kernel without EEVDF?)");
+    line.rsplit(':').next().unwrap().trim().parse().unwrap()
+}
+
+/// Whether the kernel takes a per-thread slice (Linux 6.12 and later).
+fn kernel_takes_custom_slices() -> bool {
+    let release = nix::sys::utsname::uname().unwrap();
+    let release = release.release().to_string_lossy().into_owned();
+    let mut parts = release.split(|c: char| !c.is_ascii_digit());
+    let major: u32 = parts.next().unwrap().parse().unwrap();
+    let minor: u32 = parts.next().unwrap().parse().unwrap();
+    (major, minor) >= (6, 12)
+}
+
+/// Gives the calling thread a slice of its own (as a caller of the library might).
+fn set_own_slice(ns: u64) {
+    // SAFETY: sched_attr is plain data; the kernel reads `size` bytes of it.
+    let mut attr: libc::sched_attr = unsafe { std::mem::zeroed() };
+    attr.size = std::mem::size_of::<libc::sched_attr>() as u32;
+    attr.sched_policy = libc::SCHED_OTHER as u32;
+    attr.sched_runtime = ns;
+    let rc = unsafe { libc::syscall(libc::SYS_sched_setattr, 0, &attr as *const _, 0) };
+    assert_eq!(rc, 0, "sched_setattr: {}", std::io::Error::last_os_error());
+}
+
+/// While it records a ring buffer, the calling thread has the 0.1 ms slice; afterwards
+/// it has its own again, whether that was the default or one it had set.
+fn recording_slice(tag: &'static str, own: Option<u64>) {
+    let (inst, cpu, dir) = setup(tag, 64);
+    let input = buffer_input(&inst, cpu);
+    let mut rec = CpuRecorder::to_file(input, &dir.join("out"), 0, RecordFlags::default())
+        .expect("create recorder");
+    let stop = rec.stop_handle();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let t = std::thread::spawn(move || {
+        if let Some(ns) = own {
+            set_own_slice(ns);
+        }
+        let tid = nix::unistd::gettid().as_raw();
+        tx.send((tid, slice_of(tid))).unwrap();
+        rec.record(Duration::from_millis(1)).expect("record");
+        slice_of(tid)
+    });
+    let (tid, before) = rx.recv().unwrap();
+    if let Some(ns) = own {
+        assert_eq!(before, ns, "the test could not set its own slice");
+    }
+    let want = if kernel_takes_custom_slices() {
+        100_000
+    } else {
+        eprintln!("kernel before 6.12: no per-thread slice; checking it stays {before}");
+        before
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut during = slice_of(tid);
+    while during != want && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+        during = slice_of(tid);
+    }
+    stop.stop();
+    let after = t.join().unwrap();
+    assert_eq!(during, want, "slice while recording");
+    assert_eq!(after, before, "slice after recording");
+    drop(inst);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn recording_thread_has_a_short_slice_and_gets_the_default_back() {
+    recording_slice("slice0", None);
+}
+
+#[test]
+fn recording_thread_gets_its_own_slice_back() {
+    recording_slice("slice3", Some(3_000_000));
+}

@@ -38,6 +38,7 @@ use crate::tracefs;
 
 mod behind;
 use behind::WriteBehind;
+mod slice;
 
 /// Longest single wait (input or output) before the loop looks around again. A stop
 /// ends a wait at once (self-pipe); this only bounds waits nothing else ends.
@@ -805,9 +806,11 @@ impl CpuRecorder {
     /// short move is also followed by a 250 µs pause so that data is moved in batches.
     /// A stop ends any wait at once. The stop that ends this call is consumed, so the
     /// next call records again; a stop that came before the call makes it flush and
-    /// return.
+    /// return. For a ring buffer, the calling thread asks the scheduler for a short
+    /// time slice while it records (see `slice.rs`), and gets its own back on return.
     pub fn record(&mut self, sleep: Duration) -> Result<(), RecorderError> {
         let mut input_was_ready = false;
+        let _slice = self.ring_buffer_input.then(slice::ShortSlice::request);
         loop {
             if self.stop.take() {
                 break;
