@@ -429,7 +429,12 @@ struct tracecmd_recorder *tracecmd_create_agent_recorder(struct buffer_instance 
  * starts a writer thread of this recorder (all signals blocked in it), and the
  * calling thread only moves ring-buffer pages into pipes, so that a slow file write
  * does not hold up the draining. The flush at the end waits until the file has
- * everything.
+ * everything. The writer thread writes whole pages at page-aligned offsets with
+ * `O_DIRECT`, past the page cache, through a second open of the same file (the
+ * output fd's offset is kept where it would be); an output at an unaligned offset,
+ * opened with `O_APPEND`, or on a file system that refuses `O_DIRECT` is written
+ * through the page cache, and so is every output when the environment has
+ * `TRACECMD_RS_NO_DIRECT` set (for slow disks, where the page cache absorbs bursts).
  *
  * While it records a ring buffer, the calling thread (when in the normal or batch
  * scheduling class) asks the kernel for a 0.1 ms time slice (`sched_setattr`, taken

@@ -24,7 +24,7 @@ fn markers_per_cpu(tag: &'static str, flags: RecordFlags) {
         stops.push(rec.stop_handle());
         handles.push(std::thread::spawn(move || {
             rec.record(Duration::from_millis(1)).expect("record");
-            rec.page_size()
+            (rec.page_size(), rec.uncached_bytes())
         }));
     }
     let writers: Vec<_> = cpus
@@ -40,9 +40,17 @@ fn markers_per_cpu(tag: &'static str, flags: RecordFlags) {
     for s in &stops {
         s.stop();
     }
-    let page_sizes: Vec<usize> = handles.into_iter().map(|h| h.join().unwrap()).collect();
-    for (&cpu, &page_size) in cpus.iter().zip(&page_sizes) {
+    let results: Vec<(usize, u64)> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    for (&cpu, &(page_size, uncached)) in cpus.iter().zip(&results) {
         let data = std::fs::read(dir.join(format!("cpu{cpu}"))).unwrap();
+        // Spliced pages go past the page cache (O_DIRECT, the file is on the test
+        // machine's ext4); the read/write path never does.
+        if flags.nosplice {
+            assert_eq!(uncached, 0, "CPU {cpu}: NOSPLICE wrote with O_DIRECT");
+        } else {
+            assert!(uncached > 0, "CPU {cpu}: no O_DIRECT write");
+            assert!(uncached <= data.len() as u64);
+        }
         let pages = parse_all(&data, page_size);
         assert!(!pages.is_empty(), "CPU {cpu}: nothing recorded");
         let found = markers_in(&pages, tag);
@@ -93,7 +101,9 @@ fn max_kb_keeps_bounds(tag: &'static str, flags: RecordFlags) {
     let stop = rec.stop_handle();
     let t = std::thread::spawn(move || {
         rec.record(Duration::from_millis(1)).expect("record");
+        let uncached = rec.uncached_bytes();
         rec.finish().expect("finish");
+        uncached
     });
     // ~ 20000 * 64 bytes = 300 pages: many times the ring.
     let d = inst.path().to_path_buf();
@@ -101,7 +111,15 @@ fn max_kb_keeps_bounds(tag: &'static str, flags: RecordFlags) {
         .join()
         .unwrap();
     stop.stop();
-    t.join().unwrap();
+    let uncached = t.join().unwrap();
+    if flags.nosplice {
+        assert_eq!(uncached, 0);
+    } else {
+        assert!(
+            uncached > 0,
+            "the ring halves were not written with O_DIRECT"
+        );
+    }
     let data = std::fs::read(&file).unwrap();
     let pages = parse_all(&data, page);
     let half = (max_kb as usize / 4) / 2;

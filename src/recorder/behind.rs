@@ -27,6 +27,7 @@ use nix::fcntl::{OFlag, SpliceFFlags};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{pthread_sigmask, SigSet, SigmaskHow};
 
+use super::uncached::Uncached;
 use super::{grow_pipe, sys, RecorderError, Sink, Step};
 
 /// Most pipes one recorder holds; with 1 MiB pipes, 16 MiB of backlog per CPU.
@@ -41,6 +42,9 @@ const KICK_AFTER: Duration = Duration::from_millis(500);
 /// splice of a whole 1 MiB pipe kept a recording thread that shared the CPU waiting
 /// for 4 ms. Returning to user space every 32 pages bounds that wait.
 const WRITE_CHUNK: usize = 128 << 10;
+/// Most bytes one direct write moves (the thread sleeps while the device writes, so
+/// larger writes cost nobody a CPU).
+const UNCACHED_CHUNK: usize = 1 << 20;
 
 /// One pipe of the pool and its capacity in bytes.
 #[derive(Debug)]
@@ -80,6 +84,8 @@ struct State {
     closing: bool,
     /// The output failed; the writer has stopped.
     failed: Option<RecorderError>,
+    /// Bytes the writer has written past the page cache (see `uncached.rs`).
+    direct_bytes: u64,
 }
 
 impl State {
@@ -152,6 +158,11 @@ impl WriteBehind {
             unkicked_since: None,
             pushed: 0,
         })
+    }
+
+    /// Bytes the writer has written past the page cache so far.
+    pub(super) fn uncached_bytes(&self) -> u64 {
+        self.shared.lock().direct_bytes
     }
 
     /// Bytes taken in so far.
@@ -380,6 +391,7 @@ impl Drop for WriteBehind {
 /// The writer thread: writes queued pipes out in order until closed or failed.
 fn write_queued(shared: &Shared, mut sink: Sink) -> Sink {
     let mut copy_buf: Option<Vec<u8>> = None;
+    let mut uncached = Uncached::new();
     loop {
         let (pipe, bytes) = {
             let mut st = shared.lock();
@@ -402,8 +414,9 @@ fn write_queued(shared: &Shared, mut sink: Sink) -> Sink {
                 st = shared.to_writer.wait(st).unwrap_or_else(|p| p.into_inner());
             }
         };
-        let res = write_pipe(&pipe, bytes, &mut sink, &mut copy_buf);
+        let res = write_pipe(&pipe, bytes, &mut sink, &mut copy_buf, &mut uncached);
         let mut st = shared.lock();
+        st.direct_bytes = uncached.bytes;
         match res {
             Ok(()) => st.idle.push(pipe),
             Err(e) => {
@@ -424,18 +437,26 @@ fn write_queued(shared: &Shared, mut sink: Sink) -> Sink {
     }
 }
 
-/// Moves `bytes` from `pipe` to the output, switching ring halves at their size; falls
-/// back to read/write for good when the output refuses splice.
+/// Moves `bytes` from `pipe` to the output, switching ring halves at their size:
+/// directly where it can, else through the page cache; falls back to read/write for
+/// good when the output refuses splice.
 fn write_pipe(
     pipe: &Pipe,
     mut bytes: usize,
     sink: &mut Sink,
     copy_buf: &mut Option<Vec<u8>>,
+    uncached: &mut Uncached,
 ) -> Result<(), RecorderError> {
     while bytes > 0 {
-        let len = bytes.min(sink.room()).min(WRITE_CHUNK);
-        let res = match copy_buf {
-            None => nix::fcntl::splice(
+        let len = bytes.min(sink.room());
+        let direct_res = match copy_buf {
+            None => uncached.write(pipe.read_end.as_fd(), sink.fd(), len.min(UNCACHED_CHUNK)),
+            Some(_) => None,
+        };
+        let len = len.min(WRITE_CHUNK);
+        let res = match (direct_res, copy_buf.as_mut()) {
+            (Some(res), _) => res,
+            (None, None) => nix::fcntl::splice(
                 &pipe.read_end,
                 None,
                 sink.fd(),
@@ -443,7 +464,7 @@ fn write_pipe(
                 len,
                 SpliceFFlags::SPLICE_F_MOVE,
             ),
-            Some(buf) => {
+            (None, Some(buf)) => {
                 let want = len.min(buf.len());
                 copy_out(pipe.read_end.as_fd(), sink.fd(), &mut buf[..want])
             }
@@ -605,6 +626,129 @@ mod tests {
         res.unwrap();
         drop(sink);
         assert!(reader.join().unwrap() == want);
+    }
+
+    /// A new file in the temporary directory holding `prefix`, open for writing at
+    /// its end (`append`: opened with O_APPEND).
+    fn file_sink(tag: &str, prefix: &[u8], append: bool) -> (Sink, std::path::PathBuf) {
+        let path = std::env::temp_dir().join(format!("tcrs-wb-{tag}-{}", std::process::id()));
+        std::fs::write(&path, prefix).unwrap();
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .append(append)
+            .open(&path)
+            .unwrap();
+        std::io::Seek::seek(&mut f, std::io::SeekFrom::End(0)).unwrap();
+        (sink_to(OwnedFd::from(f)), path)
+    }
+
+    /// Pulls `chunks` chunks and pushes an unaligned tail through a write-behind into
+    /// `sink`; returns the bytes sent, the output's offset at the end and the bytes
+    /// written past the page cache.
+    fn through_file(sink: Sink, chunks: usize) -> (Vec<u8>, u64, u64) {
+        let (in_r, in_w) = input_pipe();
+        let mut wb = WriteBehind::start(sink, page()).unwrap();
+        let mut sent = Vec::new();
+        for i in 0..chunks {
+            let data = chunk(i);
+            nix::unistd::write(&in_w, &data).unwrap();
+            sent.extend_from_slice(&data);
+            loop {
+                match wb.pull(in_r.as_fd()).unwrap() {
+                    Step::Moved(_) | Step::MovedAll(_) => break,
+                    Step::Full => wb.wait_room(Duration::from_millis(10)).unwrap(),
+                    other => panic!("unexpected step {other:?}"),
+                }
+            }
+        }
+        // A flush's partial page and its padding, as the recorder pushes them.
+        let tail = vec![0x5au8; 100];
+        wb.push_bytes(&tail).unwrap();
+        wb.push_bytes(&vec![0u8; page() - 100]).unwrap();
+        sent.extend_from_slice(&tail);
+        sent.resize(sent.len() + page() - 100, 0);
+        wb.wait_written().unwrap();
+        let uncached = wb.uncached_bytes();
+        let (mut sink, res) = wb.close();
+        res.unwrap();
+        let mut f = sink.files[0].take().unwrap();
+        let end = std::io::Seek::stream_position(&mut f).unwrap();
+        (sent, end, uncached)
+    }
+
+    #[test]
+    fn aligned_file_output_is_written_past_the_page_cache() {
+        let (sink, path) = file_sink("direct", &[], false);
+        let (sent, end, uncached) = through_file(sink, 40);
+        let got = std::fs::read(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert!(got == sent, "the file is not what was sent");
+        assert_eq!(
+            end,
+            sent.len() as u64,
+            "the output's offset is not at its end"
+        );
+        // Everything but the last (unaligned) pieces goes with O_DIRECT.
+        assert!(
+            uncached >= (40 * CHUNK) as u64,
+            "only {uncached} of {} bytes written directly",
+            40 * CHUNK
+        );
+        assert!(uncached <= sent.len() as u64);
+    }
+
+    #[test]
+    fn an_unaligned_or_appending_output_goes_through_the_page_cache() {
+        let prefix = b"header not a page long";
+        for append in [false, true] {
+            let (sink, path) = file_sink("cached", prefix, append);
+            let (sent, end, uncached) = through_file(sink, 8);
+            let got = std::fs::read(&path).unwrap();
+            std::fs::remove_file(&path).unwrap();
+            assert_eq!(&got[..prefix.len()], prefix);
+            assert!(
+                got[prefix.len()..] == sent[..],
+                "append {append}: wrong content"
+            );
+            assert_eq!(end, got.len() as u64);
+            assert_eq!(
+                uncached, 0,
+                "append {append}: O_DIRECT at an unaligned offset"
+            );
+        }
+        // Aligned but opened for appending: the page cache too.
+        let (sink, path) = file_sink("append", &vec![1u8; page()], true);
+        let (_, _, uncached) = through_file(sink, 8);
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(uncached, 0, "O_DIRECT on an O_APPEND output");
+    }
+
+    #[test]
+    fn no_direct_writes_when_turned_off() {
+        let (sink, path) = file_sink("off", &[], false);
+        let (in_r, in_w) = input_pipe();
+        nix::unistd::write(&in_w, &chunk(0)).unwrap();
+        let pipe = Pipe::new(page()).unwrap();
+        let n = nix::fcntl::splice(
+            &in_r,
+            None,
+            &pipe.write_end,
+            None,
+            CHUNK,
+            SpliceFFlags::empty(),
+        )
+        .unwrap();
+        assert_eq!(n, CHUNK);
+        let mut off = Uncached::unless(true);
+        assert!(off.write(pipe.read_end.as_fd(), sink.fd(), CHUNK).is_none());
+        let mut on = Uncached::unless(false);
+        assert!(
+            matches!(on.write(pipe.read_end.as_fd(), sink.fd(), CHUNK), Some(Ok(n)) if n == CHUNK)
+        );
+        assert_eq!(on.bytes, CHUNK as u64);
+        drop(sink);
+        assert!(std::fs::read(&path).unwrap() == chunk(0));
+        std::fs::remove_file(&path).unwrap();
     }
 
     #[test]

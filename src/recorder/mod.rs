@@ -39,6 +39,7 @@ use crate::tracefs;
 mod behind;
 use behind::WriteBehind;
 mod slice;
+mod uncached;
 
 /// Longest single wait (input or output) before the loop looks around again. A stop
 /// ends a wait at once (self-pipe); this only bounds waits nothing else ends.
@@ -791,6 +792,15 @@ impl CpuRecorder {
     /// The recording flags.
     pub fn flags(&self) -> RecordFlags {
         self.flags
+    }
+
+    /// Bytes written to the output with `O_DIRECT`, past the page cache (only a
+    /// ring buffer recorded into a regular file does that; see `uncached.rs`).
+    pub fn uncached_bytes(&self) -> u64 {
+        match &self.mover {
+            Mover::Behind(Some(wb)) => wb.uncached_bytes(),
+            _ => 0,
+        }
     }
 
     /// Whether data moves with splice (false after a fallback to read/write).

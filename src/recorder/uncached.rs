@@ -1,0 +1,144 @@
+//! Writes of the write-behind thread that bypass the page cache.
+//!
+//! Splicing ring-buffer pages into a file through the page cache copies every page
+//! and then has the file system track it as dirty data; on the recorder benchmark that
+//! was most of the writer thread's CPU time. With `O_DIRECT` the pages go from the
+//! pipe to the device as they are. The recorder's output stays what it was: a second
+//! open file description of the same file, opened with `O_DIRECT`, writes at the
+//! output's offset, and the output's offset is moved past what was written, so the
+//! caller's fd ends where it would have ended.
+//!
+//! Only whole, aligned blocks go this way: a piece at an unaligned offset or of
+//! unaligned length (the partial last page of a flush) is written through the output
+//! as before. A file system that refuses `O_DIRECT` (at open or at the first write)
+//! turns it off for the recorder; so does `TRACECMD_RS_NO_DIRECT` in the environment
+//! (for a slow disk, where the page cache absorbs bursts that 16 MiB of pipes cannot).
+
+use std::fs::{File, OpenOptions};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::unix::fs::OpenOptionsExt;
+
+use nix::errno::Errno;
+use nix::fcntl::{fcntl, FcntlArg, OFlag, SpliceFFlags};
+use nix::unistd::{lseek, Whence};
+
+/// Offsets and lengths of direct writes are multiples of this (the largest logical
+/// block size of common devices; ring-buffer pages are whole multiples of it).
+pub(super) const ALIGN: usize = 4096;
+/// The environment variable that turns direct writes off.
+pub(super) const NO_DIRECT_ENV: &str = "TRACECMD_RS_NO_DIRECT";
+
+/// The direct (page-cache bypassing) side of one output.
+#[derive(Debug)]
+pub(super) struct Uncached {
+    /// The `O_DIRECT` description and the raw fd of the output file it belongs to.
+    file: Option<(File, i32)>,
+    /// Off for good.
+    off: bool,
+    /// A direct write has worked (a later refusal is about that one piece only).
+    worked: bool,
+    /// Bytes written directly.
+    pub(super) bytes: u64,
+}
+
+impl Uncached {
+    /// Direct writes unless [`NO_DIRECT_ENV`] is set.
+    pub(super) fn new() -> Uncached {
+        Self::unless(std::env::var_os(NO_DIRECT_ENV).is_some())
+    }
+
+    /// Direct writes unless `off`.
+    pub(super) fn unless(off: bool) -> Uncached {
+        if off {
+            log::info!("{NO_DIRECT_ENV} is set: the recorder writes through the page cache");
+        }
+        Uncached {
+            file: None,
+            off,
+            worked: false,
+            bytes: 0,
+        }
+    }
+
+    /// Opens the direct description of `out` unless there is one; false when `out`
+    /// cannot have one (not a regular file, opened for appending, or the file system
+    /// refuses), which turns direct writes off.
+    fn open_for(&mut self, out: BorrowedFd<'_>) -> bool {
+        let raw = out.as_raw_fd();
+        if matches!(&self.file, Some((_, fd)) if *fd == raw) {
+            return true;
+        }
+        self.file = None;
+        let usable = nix::sys::stat::fstat(raw)
+            .is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFREG)
+            && fcntl(raw, FcntlArg::F_GETFL)
+                .is_ok_and(|fl| !OFlag::from_bits_truncate(fl).contains(OFlag::O_APPEND));
+        if !usable {
+            self.off = true;
+            return false;
+        }
+        match OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_DIRECT | libc::O_CLOEXEC)
+            .open(format!("/proc/self/fd/{raw}"))
+        {
+            Ok(f) => {
+                self.file = Some((f, raw));
+                true
+            }
+            Err(e) => {
+                log::info!("no direct writes to the output ({e}): writing through the page cache");
+                self.off = true;
+                false
+            }
+        }
+    }
+
+    /// Moves up to `len` bytes from `pipe` to `out` directly when that is possible for
+    /// this piece: `None` means the caller writes it through `out` instead.
+    pub(super) fn write(
+        &mut self,
+        pipe: BorrowedFd<'_>,
+        out: BorrowedFd<'_>,
+        len: usize,
+    ) -> Option<nix::Result<usize>> {
+        if self.off || len < ALIGN || !self.open_for(out) {
+            return None;
+        }
+        let pos = match lseek(out.as_raw_fd(), 0, Whence::SeekCur) {
+            Ok(p) if p as usize % ALIGN == 0 => p,
+            _ => return None,
+        };
+        let (file, _) = self.file.as_ref()?;
+        let mut at = pos;
+        let res = nix::fcntl::splice(
+            pipe,
+            None,
+            file.as_fd(),
+            Some(&mut at),
+            len / ALIGN * ALIGN,
+            SpliceFFlags::SPLICE_F_MOVE,
+        );
+        match res {
+            Ok(n) => {
+                if let Err(e) = lseek(out.as_raw_fd(), pos + n as i64, Whence::SeekSet) {
+                    return Some(Err(e));
+                }
+                self.worked = true;
+                self.bytes += n as u64;
+                Some(Ok(n))
+            }
+            // Refused before anything was written: the file system does not take it
+            // (then never again), or this piece's memory is not aligned.
+            Err(Errno::EINVAL) => {
+                if !self.worked {
+                    log::info!("the output refuses direct writes: writing through the page cache");
+                    self.off = true;
+                    self.file = None;
+                }
+                None
+            }
+            Err(e) => Some(Err(e)),
+        }
+    }
+}
