@@ -327,10 +327,14 @@ unsafe fn recorder_mut<'a>(recorder: *mut tracecmd_recorder) -> Option<&'a mut C
 /// through the page cache, and so is every output when the environment has
 /// `TRACECMD_RS_NO_DIRECT` set (for slow disks, where the page cache absorbs bursts).
 ///
-/// While it records a ring buffer, the calling thread (when in the normal or batch
-/// scheduling class) asks the kernel for a 0.1 ms time slice (`sched_setattr`, taken
-/// by Linux 6.12 and later), so that it gets a CPU soon after the kernel wakes it. It
-/// gets no more CPU time from that. The thread's own slice is back when this returns.
+/// While it records a ring buffer, the calling thread, when in the normal or batch
+/// scheduling class, runs as `SCHED_FIFO` priority 1 (the lowest real-time priority,
+/// with reset-on-fork) where it may (root, `CAP_SYS_NICE` or `RLIMIT_RTPRIO`), so
+/// that it drains the buffer as soon as the kernel wakes it; it does little per
+/// wake-up. With `TRACECMD_RS_NO_RT` set in the environment, or when that is refused,
+/// it asks for a 0.1 ms time slice instead (`sched_setattr`, taken by Linux 6.12 and
+/// later), which gets it a CPU sooner without more CPU time. The thread's own
+/// scheduling is back when this returns.
 ///
 /// # Safety
 /// `recorder` is NULL or came from a `tracecmd_create_*recorder*` function and was

@@ -38,7 +38,7 @@ use crate::tracefs;
 
 mod behind;
 use behind::WriteBehind;
-mod slice;
+mod sched;
 mod uncached;
 
 /// Longest single wait (input or output) before the loop looks around again. A stop
@@ -886,11 +886,12 @@ impl CpuRecorder {
     /// short move is also followed by a 250 µs pause so that data is moved in batches.
     /// A stop ends any wait at once. The stop that ends this call is consumed, so the
     /// next call records again; a stop that came before the call makes it flush and
-    /// return. For a ring buffer, the calling thread asks the scheduler for a short
-    /// time slice while it records (see `slice.rs`), and gets its own back on return.
+    /// return. For a ring buffer, the calling thread runs at the lowest real-time
+    /// priority while it records where it may, else asks for a short time slice (see
+    /// `sched.rs`), and gets its own scheduling back on return.
     pub fn record(&mut self, sleep: Duration) -> Result<(), RecorderError> {
         let mut input_was_ready = false;
-        let _slice = self.ring_buffer_input.then(slice::ShortSlice::request);
+        let _sched = self.ring_buffer_input.then(sched::RecordingSched::request);
         loop {
             if self.stop.take() {
                 break;

@@ -1,0 +1,178 @@
+//! Scheduling of the thread that drains the ring buffer while it records.
+//!
+//! The kernel wakes a recorder when its buffer reaches `buffer_percent`; what is left
+//! of the buffer then has to last until the thread gets a CPU. perf sched on the
+//! recorder benchmark showed the woken thread waiting 2–4 ms behind threads the
+//! scheduler had picked (kernel threads, the traced program's threads), and at 800k
+//! events/s per CPU a 1 MiB buffer at 50% has about 4 ms left: such waits are what
+//! lost events. The draining thread does little per wake-up (it moves page references
+//! into pipes; the file is written by another thread), so it is the thread to run
+//! first.
+//!
+//! While recording, a thread of the normal or batch class therefore becomes
+//! `SCHED_FIFO` priority 1, the lowest real-time priority, when it may (root,
+//! `CAP_SYS_NICE` or `RLIMIT_RTPRIO`), with reset-on-fork so that nothing it starts
+//! inherits it; `perf record --realtime` does the same on request. On the benchmark
+//! the longest such wait fell to under 1 ms. `TRACECMD_RS_NO_RT=1` turns that off.
+//! Otherwise (or when refused) the thread asks for a 0.1 ms time slice: since Linux
+//! 6.12 the EEVDF scheduler gives a thread with a shorter slice an earlier deadline,
+//! so it is picked sooner once woken, without more CPU time (no privilege needed;
+//! older kernels ignore it). Either way the thread's own settings come back when
+//! recording ends. Threads that already have a real-time or other policy are left
+//! alone.
+
+use std::io;
+use std::mem::size_of;
+
+/// The slice asked for while recording without real-time priority: the shortest the
+/// kernel takes.
+pub(super) const RECORDING_SLICE_NS: u64 = 100_000;
+/// The environment variable that keeps the recording thread out of `SCHED_FIFO`.
+pub(super) const NO_RT_ENV: &str = "TRACECMD_RS_NO_RT";
+
+/// The calling thread's scheduling attributes.
+fn get() -> io::Result<libc::sched_attr> {
+    // SAFETY: sched_attr is plain old data, and all zeros is a valid value of it.
+    let mut attr: libc::sched_attr = unsafe { std::mem::zeroed() };
+    // SAFETY: the kernel writes at most `size` bytes into `attr`, which has that size.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_sched_getattr,
+            0,
+            &mut attr as *mut libc::sched_attr,
+            size_of::<libc::sched_attr>() as libc::c_uint,
+            0,
+        )
+    };
+    if rc == 0 {
+        Ok(attr)
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Sets the calling thread's policy, nice value (normal and batch), real-time
+/// priority (FIFO), slice (normal and batch; 0: the kernel's default) and
+/// reset-on-fork flag.
+fn set(
+    policy: u32,
+    nice: i32,
+    priority: u32,
+    slice_ns: u64,
+    reset_on_fork: bool,
+) -> io::Result<()> {
+    // SAFETY: as in get().
+    let mut attr: libc::sched_attr = unsafe { std::mem::zeroed() };
+    attr.size = size_of::<libc::sched_attr>() as u32;
+    attr.sched_policy = policy;
+    attr.sched_nice = nice;
+    attr.sched_priority = priority;
+    attr.sched_runtime = slice_ns;
+    if reset_on_fork {
+        attr.sched_flags = libc::SCHED_FLAG_RESET_ON_FORK as u64;
+    }
+    // SAFETY: the kernel reads `attr.size` bytes from a valid, initialised sched_attr.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_sched_setattr,
+            0,
+            &attr as *const libc::sched_attr,
+            0,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+fn reset_on_fork(attr: &libc::sched_attr) -> bool {
+    attr.sched_flags & libc::SCHED_FLAG_RESET_ON_FORK as u64 != 0
+}
+
+/// What the recording thread got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Got {
+    Fifo,
+    ShortSlice,
+}
+
+/// The recording thread's scheduling; dropping it puts back what the thread had.
+#[derive(Debug)]
+pub(super) struct RecordingSched {
+    /// What to put back: the attributes before, and the slice to ask for (0: the
+    /// default).
+    restore: Option<(libc::sched_attr, u64)>,
+}
+
+impl RecordingSched {
+    /// Real-time priority unless [`NO_RT_ENV`] is set or it is refused, else the short
+    /// slice; for threads of the normal or batch class only. Failing both changes
+    /// nothing (some sandboxes refuse the system calls).
+    pub(super) fn request() -> RecordingSched {
+        let rt = std::env::var_os(NO_RT_ENV).is_none();
+        match Self::apply(rt) {
+            Ok(Some((before, own, got))) => {
+                log::debug!("recording thread scheduling: {got:?}");
+                RecordingSched {
+                    restore: Some((before, own)),
+                }
+            }
+            Ok(None) => RecordingSched { restore: None },
+            Err(e) => {
+                log::debug!("recording thread keeps its scheduling: {e}");
+                RecordingSched { restore: None }
+            }
+        }
+    }
+
+    fn apply(rt: bool) -> io::Result<Option<(libc::sched_attr, u64, Got)>> {
+        let before = get()?;
+        let policy = before.sched_policy as libc::c_int;
+        if policy != libc::SCHED_OTHER && policy != libc::SCHED_BATCH {
+            return Ok(None);
+        }
+        let fork = reset_on_fork(&before);
+        // Whether the thread had the default slice or one of its own: the kernel reports
+        // the slice in use either way, so compare with the default.
+        set(before.sched_policy, before.sched_nice, 0, 0, fork)?;
+        let default = get()?.sched_runtime;
+        let own = if before.sched_runtime == default {
+            0
+        } else {
+            before.sched_runtime
+        };
+        if rt && set(libc::SCHED_FIFO as u32, 0, 1, 0, true).is_ok() {
+            return Ok(Some((before, own, Got::Fifo)));
+        }
+        if let Err(e) = set(
+            before.sched_policy,
+            before.sched_nice,
+            0,
+            RECORDING_SLICE_NS,
+            fork,
+        ) {
+            let _ = set(before.sched_policy, before.sched_nice, 0, own, fork);
+            return Err(e);
+        }
+        Ok(Some((before, own, Got::ShortSlice)))
+    }
+}
+
+impl Drop for RecordingSched {
+    fn drop(&mut self) {
+        if let Some((before, own)) = self.restore.take() {
+            let res = set(
+                before.sched_policy,
+                before.sched_nice,
+                0,
+                own,
+                reset_on_fork(&before),
+            );
+            if let Err(e) = res {
+                log::warn!("could not restore the recording thread's scheduling: {e}");
+            }
+        }
+    }
+}

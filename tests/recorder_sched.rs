@@ -1,0 +1,117 @@
+//! The scheduling of the thread that records a ring buffer: real-time priority (or a
+//! short slice) while recording, its own settings back afterwards. Its own test
+//! binary, because it sets an environment variable the recorder reads. Needs root
+//! and tracefs.
+
+mod recorder_util;
+
+use std::time::{Duration, Instant};
+
+use recorder_util::*;
+use tracecmd_rs::recorder::{CpuRecorder, RecordFlags};
+
+const SCHED_FIFO: u64 = 1;
+
+/// (policy, slice in ns; 0 for a real-time thread) of thread `tid` of this process,
+/// from `/proc`.
+fn sched_of(tid: i32) -> (u64, u64) {
+    let text = std::fs::read_to_string(format!("/proc/self/task/{tid}/sched")).unwrap();
+    let field = |name: &str| -> Option<u64> {
+        let line = text
+            .lines()
+            .find(|l| l.split(':').next().unwrap().trim() == name)?;
+        Some(line.rsplit(':').next().unwrap().trim().parse().unwrap())
+    };
+    let policy = field("policy").expect("no policy in /proc/self/task/TID/sched");
+    // A real-time thread shows no fair-class slice.
+    (policy, field("se.slice").unwrap_or(0))
+}
+
+/// Whether the kernel takes a per-thread slice (Linux 6.12 and later).
+fn kernel_takes_custom_slices() -> bool {
+    let release = nix::sys::utsname::uname().unwrap();
+    let release = release.release().to_string_lossy().into_owned();
+    let mut parts = release.split(|c: char| !c.is_ascii_digit());
+    let major: u32 = parts.next().unwrap().parse().unwrap();
+    let minor: u32 = parts.next().unwrap().parse().unwrap();
+    (major, minor) >= (6, 12)
+}
+
+/// Gives the calling thread a slice of its own (as a caller of the library might).
+fn set_own_slice(ns: u64) {
+    // SAFETY: sched_attr is plain data; the kernel reads `size` bytes of it.
+    let mut attr: libc::sched_attr = unsafe { std::mem::zeroed() };
+    attr.size = std::mem::size_of::<libc::sched_attr>() as u32;
+    attr.sched_policy = libc::SCHED_OTHER as u32;
+    attr.sched_runtime = ns;
+    let rc = unsafe { libc::syscall(libc::SYS_sched_setattr, 0, &attr as *const _, 0) };
+    assert_eq!(rc, 0, "sched_setattr: {}", std::io::Error::last_os_error());
+}
+
+/// Records a ring buffer in a thread (with a slice of its own first, if `own`) and
+/// returns the thread's (policy, slice) before, once it differs while recording (or
+/// after 5 s), and after.
+fn watch_recording(tag: &str, own: Option<u64>) -> [(u64, u64); 3] {
+    let (inst, cpu, dir) = setup(tag, 64);
+    let input = buffer_input(&inst, cpu);
+    let mut rec = CpuRecorder::to_file(input, &dir.join("out"), 0, RecordFlags::default())
+        .expect("create recorder");
+    let stop = rec.stop_handle();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let t = std::thread::spawn(move || {
+        if let Some(ns) = own {
+            set_own_slice(ns);
+        }
+        let tid = nix::unistd::gettid().as_raw();
+        tx.send((tid, sched_of(tid))).unwrap();
+        rec.record(Duration::from_millis(1)).expect("record");
+        sched_of(tid)
+    });
+    let (tid, before) = rx.recv().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut during = sched_of(tid);
+    while during == before && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+        during = sched_of(tid);
+    }
+    stop.stop();
+    let after = t.join().unwrap();
+    drop(inst);
+    std::fs::remove_dir_all(dir).unwrap();
+    [before, during, after]
+}
+
+#[test]
+fn recording_thread_runs_first_and_gets_its_scheduling_back() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "needs root (tracefs, and SCHED_FIFO for the recording thread)"
+    );
+    let custom = kernel_takes_custom_slices();
+    if !custom {
+        eprintln!("kernel before 6.12: no per-thread slice; only the policy is checked");
+    }
+    for own in [None, Some(3_000_000)] {
+        // Root may: SCHED_FIFO while recording.
+        let [before, during, after] = watch_recording("rt", own);
+        assert_eq!(before.0, 0, "the test thread is not SCHED_OTHER");
+        if let Some(ns) = own.filter(|_| custom) {
+            assert_eq!(before.1, ns, "the test could not set its own slice");
+        }
+        assert_eq!(during.0, SCHED_FIFO, "policy while recording ({own:?})");
+        assert_eq!(after, before, "scheduling after recording ({own:?})");
+
+        // Turned off: a normal thread with the 0.1 ms slice while recording.
+        std::env::set_var("TRACECMD_RS_NO_RT", "1");
+        let [before, during, after] = watch_recording("slice", own);
+        std::env::remove_var("TRACECMD_RS_NO_RT");
+        assert_eq!(
+            during.0, 0,
+            "TRACECMD_RS_NO_RT=1 still made the thread real-time"
+        );
+        if custom {
+            assert_eq!(during.1, 100_000, "slice while recording ({own:?})");
+        }
+        assert_eq!(after, before, "scheduling after recording ({own:?})");
+    }
+}
