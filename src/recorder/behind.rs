@@ -543,6 +543,29 @@ mod tests {
         (0..CHUNK).map(|k| ((k * 7 + i * 13) % 251) as u8).collect()
     }
 
+    /// Writes chunks `0..n` into the input, pulling each (waiting for room when the
+    /// pool is full), and appends them to `sent`.
+    fn send_chunks(
+        wb: &mut WriteBehind,
+        in_r: &OwnedFd,
+        in_w: &OwnedFd,
+        n: usize,
+        sent: &mut Vec<u8>,
+    ) {
+        for i in 0..n {
+            let data = chunk(i);
+            nix::unistd::write(in_w, &data).unwrap();
+            sent.extend_from_slice(&data);
+            loop {
+                match wb.pull(in_r.as_fd()).unwrap() {
+                    Step::Moved(_) | Step::MovedAll(_) => break,
+                    Step::Full => wb.wait_room(Duration::from_millis(10)).unwrap(),
+                    other => panic!("unexpected step {other:?}"),
+                }
+            }
+        }
+    }
+
     /// Reads `out` to its end in a thread.
     fn drain(out: OwnedFd) -> std::thread::JoinHandle<Vec<u8>> {
         std::thread::spawn(move || {
@@ -603,18 +626,7 @@ mod tests {
         let reader = drain(out_r);
         let mut wb = WriteBehind::start(sink_to(out_w), page()).unwrap();
         let mut want = Vec::new();
-        for i in 0..5 {
-            let data = chunk(i);
-            nix::unistd::write(&in_w, &data).unwrap();
-            want.extend_from_slice(&data);
-            loop {
-                match wb.pull(in_r.as_fd()).unwrap() {
-                    Step::Moved(_) | Step::MovedAll(_) => break,
-                    Step::Full => wb.wait_room(Duration::from_millis(10)).unwrap(),
-                    other => panic!("unexpected step {other:?}"),
-                }
-            }
-        }
+        send_chunks(&mut wb, &in_r, &in_w, 5, &mut want);
         // Nothing more in the input: a pull says so and keeps its pipe.
         assert!(matches!(wb.pull(in_r.as_fd()).unwrap(), Step::Idle));
         let tail = vec![0xabu8; 3 * page() + 5];
@@ -649,18 +661,7 @@ mod tests {
         let (in_r, in_w) = input_pipe();
         let mut wb = WriteBehind::start(sink, page()).unwrap();
         let mut sent = Vec::new();
-        for i in 0..chunks {
-            let data = chunk(i);
-            nix::unistd::write(&in_w, &data).unwrap();
-            sent.extend_from_slice(&data);
-            loop {
-                match wb.pull(in_r.as_fd()).unwrap() {
-                    Step::Moved(_) | Step::MovedAll(_) => break,
-                    Step::Full => wb.wait_room(Duration::from_millis(10)).unwrap(),
-                    other => panic!("unexpected step {other:?}"),
-                }
-            }
-        }
+        send_chunks(&mut wb, &in_r, &in_w, chunks, &mut sent);
         // A flush's partial page and its padding, as the recorder pushes them.
         let tail = vec![0x5au8; 100];
         wb.push_bytes(&tail).unwrap();
