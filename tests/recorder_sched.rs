@@ -48,6 +48,23 @@ fn set_own_slice(ns: u64) {
     assert_eq!(rc, 0, "sched_setattr: {}", std::io::Error::last_os_error());
 }
 
+/// A recording thread that is stopped and joined however the test ends, so that a
+/// failed assertion does not leave it holding the instance (which then could not be
+/// removed).
+struct StopOnDrop(
+    tracecmd_rs::recorder::StopHandle,
+    Option<std::thread::JoinHandle<(u64, u64)>>,
+);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        if let Some(t) = self.1.take() {
+            self.0.stop();
+            let _ = t.join();
+        }
+    }
+}
+
 /// Records a ring buffer in a thread (with a slice of its own first, if `own`) and
 /// returns the thread's (policy, slice) before, once it differs while recording (or
 /// after 5 s), and after.
@@ -58,7 +75,8 @@ fn watch_recording(tag: &str, own: Option<u64>) -> [(u64, u64); 3] {
         .expect("create recorder");
     let stop = rec.stop_handle();
     let (tx, rx) = std::sync::mpsc::channel();
-    let t = std::thread::spawn(move || {
+    let mut recording = StopOnDrop(stop, None);
+    recording.1 = Some(std::thread::spawn(move || {
         if let Some(ns) = own {
             set_own_slice(ns);
         }
@@ -66,7 +84,7 @@ fn watch_recording(tag: &str, own: Option<u64>) -> [(u64, u64); 3] {
         tx.send((tid, sched_of(tid))).unwrap();
         rec.record(Duration::from_millis(1)).expect("record");
         sched_of(tid)
-    });
+    }));
     let (tid, before) = rx.recv().unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
     let mut during = sched_of(tid);
@@ -74,8 +92,8 @@ fn watch_recording(tag: &str, own: Option<u64>) -> [(u64, u64); 3] {
         std::thread::sleep(Duration::from_millis(5));
         during = sched_of(tid);
     }
-    stop.stop();
-    let after = t.join().unwrap();
+    recording.0.stop();
+    let after = recording.1.take().unwrap().join().unwrap();
     drop(inst);
     std::fs::remove_dir_all(dir).unwrap();
     [before, during, after]
