@@ -189,6 +189,39 @@ fn record_sched_with_a_command() {
 }
 
 #[test]
+fn record_does_not_poll_for_the_command() {
+    // record's own main thread: each check for the command's end is a waitid(), which
+    // the kernel reports as sched_process_wait. Checking every 20 ms gave about 50 a
+    // second; the command's exit now wakes it (pidfd), and the checks are 250 ms apart.
+    let inst = fresh("nopoll");
+    let dir = TempDir::new("nopoll");
+    let file = dir.path().join("t.dat");
+    let out = record(
+        &inst,
+        &[
+            "-e",
+            "sched:sched_process_wait",
+            "-o",
+            file.to_str().unwrap(),
+            "/bin/sleep",
+            "1",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let rep = report(&file);
+    let ours = rep
+        .stdout
+        .lines()
+        .filter(|l| l.contains(" trace-cmd-") && l.contains("sched_process_wait:"))
+        .count();
+    assert!(
+        ours <= 12,
+        "record checked for its command {ours} times in 1 s:\n{}",
+        rep.stdout
+    );
+}
+
+#[test]
 fn record_max_kb_keeps_the_newest_data() {
     let inst = fresh("maxkb");
     let dir = TempDir::new("maxkb");
