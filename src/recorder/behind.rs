@@ -85,7 +85,7 @@ struct State {
     /// The output failed; the writer has stopped.
     failed: Option<RecorderError>,
     /// Bytes the writer has written past the page cache (see `uncached.rs`).
-    direct_bytes: u64,
+    uncached_bytes: u64,
 }
 
 impl State {
@@ -162,7 +162,7 @@ impl WriteBehind {
 
     /// Bytes the writer has written past the page cache so far.
     pub(super) fn uncached_bytes(&self) -> u64 {
-        self.shared.lock().direct_bytes
+        self.shared.lock().uncached_bytes
     }
 
     /// Bytes taken in so far.
@@ -416,7 +416,7 @@ fn write_queued(shared: &Shared, mut sink: Sink) -> Sink {
         };
         let res = write_pipe(&pipe, bytes, &mut sink, &mut copy_buf, &mut uncached);
         let mut st = shared.lock();
-        st.direct_bytes = uncached.bytes;
+        st.uncached_bytes = uncached.bytes;
         match res {
             Ok(()) => st.idle.push(pipe),
             Err(e) => {
@@ -449,25 +449,23 @@ fn write_pipe(
 ) -> Result<(), RecorderError> {
     while bytes > 0 {
         let len = bytes.min(sink.room());
-        let direct_res = match copy_buf {
-            None => uncached.write(pipe.read_end.as_fd(), sink.fd(), len.min(UNCACHED_CHUNK)),
-            Some(_) => None,
-        };
-        let len = len.min(WRITE_CHUNK);
-        let res = match (direct_res, copy_buf.as_mut()) {
-            (Some(res), _) => res,
-            (None, None) => nix::fcntl::splice(
-                &pipe.read_end,
-                None,
-                sink.fd(),
-                None,
-                len,
-                SpliceFFlags::SPLICE_F_MOVE,
-            ),
-            (None, Some(buf)) => {
-                let want = len.min(buf.len());
+        let res = match copy_buf {
+            Some(buf) => {
+                let want = len.min(WRITE_CHUNK).min(buf.len());
                 copy_out(pipe.read_end.as_fd(), sink.fd(), &mut buf[..want])
             }
+            None => match uncached.write(pipe.read_end.as_fd(), sink.fd(), len.min(UNCACHED_CHUNK))
+            {
+                Some(res) => res,
+                None => nix::fcntl::splice(
+                    &pipe.read_end,
+                    None,
+                    sink.fd(),
+                    None,
+                    len.min(WRITE_CHUNK),
+                    SpliceFFlags::SPLICE_F_MOVE,
+                ),
+            },
         };
         match res {
             Ok(0) => {

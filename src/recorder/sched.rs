@@ -26,9 +26,9 @@ use std::mem::size_of;
 
 /// The slice asked for while recording without real-time priority: the shortest the
 /// kernel takes.
-pub(super) const RECORDING_SLICE_NS: u64 = 100_000;
+const RECORDING_SLICE_NS: u64 = 100_000;
 /// The environment variable that keeps the recording thread out of `SCHED_FIFO`.
-pub(super) const NO_RT_ENV: &str = "TRACECMD_RS_NO_RT";
+const NO_RT_ENV: &str = "TRACECMD_RS_NO_RT";
 
 /// The calling thread's scheduling attributes.
 fn get() -> io::Result<libc::sched_attr> {
@@ -91,13 +91,6 @@ fn reset_on_fork(attr: &libc::sched_attr) -> bool {
     attr.sched_flags & libc::SCHED_FLAG_RESET_ON_FORK as u64 != 0
 }
 
-/// What the recording thread got.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Got {
-    Fifo,
-    ShortSlice,
-}
-
 /// The recording thread's scheduling; dropping it puts back what the thread had.
 #[derive(Debug)]
 pub(super) struct RecordingSched {
@@ -114,7 +107,7 @@ impl RecordingSched {
         let rt = std::env::var_os(NO_RT_ENV).is_none();
         match Self::apply(rt) {
             Ok(Some((before, own, got))) => {
-                log::debug!("recording thread scheduling: {got:?}");
+                log::debug!("recording thread scheduling: {got}");
                 RecordingSched {
                     restore: Some((before, own)),
                 }
@@ -127,7 +120,7 @@ impl RecordingSched {
         }
     }
 
-    fn apply(rt: bool) -> io::Result<Option<(libc::sched_attr, u64, Got)>> {
+    fn apply(rt: bool) -> io::Result<Option<(libc::sched_attr, u64, &'static str)>> {
         let before = get()?;
         let policy = before.sched_policy as libc::c_int;
         if policy != libc::SCHED_OTHER && policy != libc::SCHED_BATCH {
@@ -144,7 +137,7 @@ impl RecordingSched {
             before.sched_runtime
         };
         if rt && set(libc::SCHED_FIFO as u32, 0, 1, 0, true).is_ok() {
-            return Ok(Some((before, own, Got::Fifo)));
+            return Ok(Some((before, own, "SCHED_FIFO 1")));
         }
         if let Err(e) = set(
             before.sched_policy,
@@ -156,7 +149,7 @@ impl RecordingSched {
             let _ = set(before.sched_policy, before.sched_nice, 0, own, fork);
             return Err(e);
         }
-        Ok(Some((before, own, Got::ShortSlice)))
+        Ok(Some((before, own, "0.1 ms slice")))
     }
 }
 

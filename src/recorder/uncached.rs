@@ -24,9 +24,9 @@ use nix::unistd::{lseek, Whence};
 
 /// Offsets and lengths of direct writes are multiples of this (the largest logical
 /// block size of common devices; ring-buffer pages are whole multiples of it).
-pub(super) const ALIGN: usize = 4096;
+const ALIGN: usize = 4096;
 /// The environment variable that turns direct writes off.
-pub(super) const NO_DIRECT_ENV: &str = "TRACECMD_RS_NO_DIRECT";
+const NO_DIRECT_ENV: &str = "TRACECMD_RS_NO_DIRECT";
 
 /// The direct (page-cache bypassing) side of one output.
 #[derive(Debug)]
