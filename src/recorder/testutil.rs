@@ -26,6 +26,7 @@ impl Drop for TmpPath {
     }
 }
 
+/// `name` in a fresh directory of its own (per process and name).
 pub(super) fn tmp(name: &str) -> TmpPath {
     let dir = std::env::temp_dir().join(format!("tcrs-rec-unit-{}-{name}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
