@@ -368,9 +368,76 @@ pub fn parse_trace_clock(text: &str) -> Option<(String, Vec<String>)> {
     current.map(|c| (c, all))
 }
 
-/// Parses `buffer_size_kb`: `"1410"` or `"7 (expanded: 1408)"` → the first number.
+/// What a `buffer_size_kb` file says, in KiB. The kernel prints three forms in the
+/// buffer's (top-level or instance) file: `"1408"` when every CPU's buffer has that
+/// size; `"7 (expanded: 1408)"` while the buffer still has its boot-time minimum
+/// size, the second number being the size it grows to at its first use (an event or
+/// tracer enabled, a size written); and `"X"` when the CPUs' buffers differ in size.
+/// A `per_cpu/cpuN/buffer_size_kb` file always holds that CPU's current size alone.
+/// (Before Linux 6.7 an instance could read `"1410 (expanded: 1408)"`: its own size,
+/// then the size the top-level buffer would grow to.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BufferSize {
+    /// Every CPU's buffer has the same size.
+    Uniform {
+        /// The size now (the first number).
+        kb: u64,
+        /// Set while the buffer has not been expanded yet: the size it gets then.
+        expands_to: Option<u64>,
+    },
+    /// `"X"`: the CPUs' buffers differ; each CPU's file holds its own size.
+    PerCpu,
+}
+
+impl BufferSize {
+    /// Parses the text of a `buffer_size_kb` file; None for anything the kernel does
+    /// not print.
+    pub fn parse(text: &str) -> Option<BufferSize> {
+        let text = text.trim();
+        if text == "X" {
+            return Some(BufferSize::PerCpu);
+        }
+        let number = |s: &str| -> Option<u64> {
+            // u64's parser takes a leading '+', the kernel never prints one.
+            if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            s.parse().ok()
+        };
+        let (kb, expands_to) = match text.split_once(' ') {
+            None => (number(text)?, None),
+            Some((kb, rest)) => {
+                let expanded = rest.strip_prefix("(expanded: ")?.strip_suffix(')')?;
+                (number(kb)?, Some(number(expanded)?))
+            }
+        };
+        Some(BufferSize::Uniform { kb, expands_to })
+    }
+
+    /// The size configured now, the value to write back to restore it; None when the
+    /// CPUs differ.
+    pub fn current_kb(self) -> Option<u64> {
+        match self {
+            BufferSize::Uniform { kb, .. } => Some(kb),
+            BufferSize::PerCpu => None,
+        }
+    }
+
+    /// The size each CPU's buffer has once tracing runs: a buffer not yet expanded
+    /// grows at its first use, so the larger of the two numbers. None when the CPUs
+    /// differ.
+    pub fn recording_kb(self) -> Option<u64> {
+        match self {
+            BufferSize::Uniform { kb, expands_to } => Some(kb.max(expands_to.unwrap_or(0))),
+            BufferSize::PerCpu => None,
+        }
+    }
+}
+
+/// Parses `buffer_size_kb` → the size configured now ([`BufferSize::current_kb`]):
+/// `"1410"` → 1410, `"7 (expanded: 1408)"` → 7, `"X"` → None.
 pub fn parse_buffer_size_kb(text: &str) -> Option<u64> {
-    text.split_whitespace().next()?.parse().ok()
+    BufferSize::parse(text)?.current_kb()
 }
 
 /// One CPU's `per_cpu/cpuN/stats`, parsed, with the original text kept for CPUSTAT.
@@ -491,14 +558,18 @@ impl Instance {
     }
 
     /// The per-CPU buffer size in KiB (`buffer_size_kb`; for a not yet expanded
-    /// top buffer this is the current, small size).
+    /// top buffer this is the current, small size: the value that restores it).
     pub fn buffer_size_kb(&self) -> Result<u64, TracefsError> {
         let path = self.file("buffer_size_kb");
         let text = read_text(&path)?;
-        parse_buffer_size_kb(&text).ok_or_else(|| TracefsError::Parse {
-            path,
-            detail: format!("expected a size in KiB, found {:?}", text.trim()),
-        })
+        let detail = match BufferSize::parse(&text) {
+            Some(BufferSize::Uniform { kb, .. }) => return Ok(kb),
+            Some(BufferSize::PerCpu) => {
+                "the CPUs' buffers differ in size (\"X\"); set one size for all first".to_string()
+            }
+            None => format!("expected a size in KiB, found {:?}", text.trim()),
+        };
+        Err(TracefsError::Parse { path, detail })
     }
 
     /// Sets the per-CPU buffer size in KiB.
@@ -851,6 +922,69 @@ impl Drop for TracefsState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn buffer_size_is_read_in_every_kernel_format() {
+        // Expanded (and every per-CPU file).
+        let plain = BufferSize::parse("1408\n").unwrap();
+        assert_eq!(
+            plain,
+            BufferSize::Uniform {
+                kb: 1408,
+                expands_to: None
+            }
+        );
+        assert_eq!(
+            (plain.current_kb(), plain.recording_kb()),
+            (Some(1408), Some(1408))
+        );
+        // The top buffer at its boot-time size: restore the 7, record with 1408.
+        let boot = BufferSize::parse("7 (expanded: 1408)\n").unwrap();
+        assert_eq!(
+            boot,
+            BufferSize::Uniform {
+                kb: 7,
+                expands_to: Some(1408)
+            }
+        );
+        assert_eq!(
+            (boot.current_kb(), boot.recording_kb()),
+            (Some(7), Some(1408))
+        );
+        // An instance before Linux 6.7 while the top buffer was not expanded.
+        let old = BufferSize::parse("1410 (expanded: 1408)").unwrap();
+        assert_eq!(
+            (old.current_kb(), old.recording_kb()),
+            (Some(1410), Some(1410))
+        );
+        // CPUs of different sizes.
+        let x = BufferSize::parse("X\n").unwrap();
+        assert_eq!(x, BufferSize::PerCpu);
+        assert_eq!((x.current_kb(), x.recording_kb()), (None, None));
+        for bad in [
+            "",
+            "\n",
+            "x",
+            "garbage",
+            "-7",
+            "+7",
+            "7 (expanded: )",
+            "7 (expanded: 1408",
+            "7 (expanded: +1408)",
+            "7 (shrunk: 1408)",
+            "99999999999999999999",
+        ] {
+            assert_eq!(BufferSize::parse(bad), None, "{bad:?}");
+        }
+        assert_eq!(
+            BufferSize::parse("18446744073709551615").and_then(BufferSize::current_kb),
+            Some(u64::MAX)
+        );
+        // The plain function answers the configured size.
+        assert_eq!(parse_buffer_size_kb("7 (expanded: 1408)\n"), Some(7));
+        assert_eq!(parse_buffer_size_kb("1410\n"), Some(1410));
+        assert_eq!(parse_buffer_size_kb("X\n"), None);
+    }
 
     #[test]
     fn instance_is_created_and_removed() {

@@ -23,12 +23,15 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
-use nix::fcntl::{OFlag, SpliceFFlags};
+use nix::fcntl::SpliceFFlags;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{pthread_sigmask, SigSet, SigmaskHow};
 
+use super::error::{sys, RecorderError};
+use super::pipe::new_pipe;
+use super::sink::Sink;
+use super::step::Step;
 use super::uncached::Uncached;
-use super::{grow_pipe, sys, RecorderError, Sink, Step};
 
 /// Most pipes one recorder holds; with 1 MiB pipes, 16 MiB of backlog per CPU.
 pub(super) const MAX_PIPES: usize = 16;
@@ -56,9 +59,7 @@ struct Pipe {
 
 impl Pipe {
     fn new(unit: usize) -> Result<Pipe, RecorderError> {
-        let (read_end, write_end) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)
-            .map_err(|e| RecorderError::Pipe(sys(e)))?;
-        let capacity = grow_pipe(read_end.as_fd(), unit);
+        let (read_end, write_end, capacity) = new_pipe(unit)?;
         Ok(Pipe {
             read_end,
             write_end,
@@ -513,23 +514,18 @@ fn copy_out(pipe: BorrowedFd<'_>, out: BorrowedFd<'_>, buf: &mut [u8]) -> nix::R
 #[cfg(test)]
 mod tests {
     use super::*;
+    use nix::fcntl::OFlag;
     use std::fs::File;
     use std::io::Read;
 
     const CHUNK: usize = 64 * 1024;
 
     fn page() -> usize {
-        super::super::system_page_size()
+        crate::recorder::buffer::system_page_size()
     }
 
     fn sink_to(fd: OwnedFd) -> Sink {
-        Sink {
-            files: [Some(File::from(fd)), None],
-            cur: 0,
-            half_bytes: 0,
-            cur_bytes: 0,
-            merged: true,
-        }
+        Sink::stream(File::from(fd))
     }
 
     fn input_pipe() -> (OwnedFd, OwnedFd) {
@@ -668,9 +664,9 @@ mod tests {
         sent.resize(sent.len() + page() - 100, 0);
         wb.wait_written().unwrap();
         let uncached = wb.uncached_bytes();
-        let (mut sink, res) = wb.close();
+        let (sink, res) = wb.close();
         res.unwrap();
-        let mut f = sink.files[0].take().unwrap();
+        let mut f = sink.into_first().unwrap();
         let end = std::io::Seek::stream_position(&mut f).unwrap();
         (sent, end, uncached)
     }

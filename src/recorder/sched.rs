@@ -94,22 +94,22 @@ fn reset_on_fork(attr: &libc::sched_attr) -> bool {
 /// The recording thread's scheduling; dropping it puts back what the thread had.
 #[derive(Debug)]
 pub(super) struct RecordingSched {
-    /// What to put back: the attributes before, and the slice to ask for (0: the
-    /// default).
-    restore: Option<(libc::sched_attr, u64)>,
+    /// The attributes before, to put back.
+    restore: Option<libc::sched_attr>,
 }
 
 impl RecordingSched {
     /// Real-time priority unless [`NO_RT_ENV`] is set or it is refused, else the short
     /// slice; for threads of the normal or batch class only. Failing both changes
-    /// nothing (some sandboxes refuse the system calls).
+    /// nothing (some sandboxes refuse the system calls). The thread goes straight to
+    /// its recording settings, with no step in between that another thread could see.
     pub(super) fn request() -> RecordingSched {
         let rt = std::env::var_os(NO_RT_ENV).is_none();
         match Self::apply(rt) {
-            Ok(Some((before, own, got))) => {
+            Ok(Some((before, got))) => {
                 log::debug!("recording thread scheduling: {got}");
                 RecordingSched {
-                    restore: Some((before, own)),
+                    restore: Some(before),
                 }
             }
             Ok(None) => RecordingSched { restore: None },
@@ -120,50 +120,47 @@ impl RecordingSched {
         }
     }
 
-    fn apply(rt: bool) -> io::Result<Option<(libc::sched_attr, u64, &'static str)>> {
+    fn apply(rt: bool) -> io::Result<Option<(libc::sched_attr, &'static str)>> {
         let before = get()?;
         let policy = before.sched_policy as libc::c_int;
         if policy != libc::SCHED_OTHER && policy != libc::SCHED_BATCH {
             return Ok(None);
         }
-        let fork = reset_on_fork(&before);
-        // Whether the thread had the default slice or one of its own: the kernel reports
-        // the slice in use either way, so compare with the default.
-        set(before.sched_policy, before.sched_nice, 0, 0, fork)?;
-        let default = get()?.sched_runtime;
-        let own = if before.sched_runtime == default {
-            0
-        } else {
-            before.sched_runtime
-        };
         if rt && set(libc::SCHED_FIFO as u32, 0, 1, 0, true).is_ok() {
-            return Ok(Some((before, own, "SCHED_FIFO 1")));
+            return Ok(Some((before, "SCHED_FIFO 1")));
         }
-        if let Err(e) = set(
+        set(
             before.sched_policy,
             before.sched_nice,
             0,
             RECORDING_SLICE_NS,
-            fork,
-        ) {
-            let _ = set(before.sched_policy, before.sched_nice, 0, own, fork);
-            return Err(e);
+            reset_on_fork(&before),
+        )?;
+        Ok(Some((before, "0.1 ms slice")))
+    }
+
+    /// Puts `before` back. The kernel reports the slice in use whether it is the
+    /// default or one the thread asked for, so the thread first goes back to the
+    /// default (slice 0, which follows later changes of the default) and asks for its
+    /// old slice again only if that differs.
+    fn put_back(before: &libc::sched_attr) -> io::Result<()> {
+        let (policy, nice, fork) = (
+            before.sched_policy,
+            before.sched_nice,
+            reset_on_fork(before),
+        );
+        set(policy, nice, 0, 0, fork)?;
+        if get()?.sched_runtime != before.sched_runtime {
+            set(policy, nice, 0, before.sched_runtime, fork)?;
         }
-        Ok(Some((before, own, "0.1 ms slice")))
+        Ok(())
     }
 }
 
 impl Drop for RecordingSched {
     fn drop(&mut self) {
-        if let Some((before, own)) = self.restore.take() {
-            let res = set(
-                before.sched_policy,
-                before.sched_nice,
-                0,
-                own,
-                reset_on_fork(&before),
-            );
-            if let Err(e) = res {
+        if let Some(before) = self.restore.take() {
+            if let Err(e) = Self::put_back(&before) {
                 log::warn!("could not restore the recording thread's scheduling: {e}");
             }
         }
