@@ -204,7 +204,8 @@ pub fn run(args: RecordArgs) -> Result<(), String> {
             s
         }
     };
-    if has_host {
+    // -N sends the host buffer only (guests are recorded into files).
+    if has_host || args.net.is_some() {
         let setup = HostSetup {
             buffer_name: args.instance.clone().unwrap_or_default(),
             events,
