@@ -86,15 +86,19 @@ fn check_buffer(file: &Path, buffer: &str, want: &[u64]) -> TraceDat {
     dat
 }
 
-/// Events per CPU of `buffer` in `report`'s output. With several named buffers,
-/// `report` right-aligns their names, so lines are matched after the padding.
+/// The lines of `buffer` in `report`'s output, without the buffer's name. With
+/// several named buffers, `report` right-aligns their names.
+fn buffer_lines<'a>(stdout: &'a str, buffer: &str) -> impl Iterator<Item = &'a str> {
+    let prefix = format!("{buffer}: ");
+    stdout
+        .lines()
+        .filter_map(move |l| l.trim_start().strip_prefix(&prefix))
+}
+
+/// Events per CPU of `buffer` in `report`'s output.
 fn report_counts(stdout: &str, buffer: &str, cpus: usize) -> Vec<u64> {
     let mut n = vec![0; cpus];
-    let prefix = format!("{buffer}: ");
-    for line in stdout.lines() {
-        let Some(rest) = line.trim_start().strip_prefix(&prefix) else {
-            continue;
-        };
+    for rest in buffer_lines(stdout, buffer) {
         let cpu = rest
             .split_once(" [")
             .and_then(|(_, r)| r.split_once(']'))
@@ -214,13 +218,20 @@ struct GuestData {
 const GUEST_MARKERS: usize = 400;
 
 fn guest_data() -> GuestData {
+    guest_data_with(&[], |_| {})
+}
+
+/// [`guest_data`] with `selectors` enabled too, and the metadata changed by `edit`
+/// (as a guest with another kernel would have it).
+fn guest_data_with(selectors: &[&str], edit: impl FnOnce(&mut Metadata)) -> GuestData {
     let inst = instance("engguest");
     let cpus = tracefs::cpu_count(&inst).unwrap();
     let dir = TempDir::new("engguest");
-    let rec = dat_common::record(&inst, &[], dir.path(), "guest", |i| {
+    let rec = dat_common::record(&inst, selectors, dir.path(), "guest", |i| {
         markers_on_cpu(i, 0, GUEST_MARKERS)
     });
-    let meta = Metadata::from_tracefs(&inst, &rec.events).unwrap();
+    let mut meta = Metadata::from_tracefs(&inst, &rec.events).unwrap();
+    edit(&mut meta);
     assert_eq!(meta.page_size, page_size_of(&meta.header_page));
     GuestData {
         meta: meta.to_bytes().unwrap(),
@@ -312,6 +323,55 @@ fn host_and_scripted_guest_into_one_file() {
     assert!(rep.stdout.contains("tcrs marker 399 on cpu 0"));
     assert!(rep.stdout.contains("tcrs marker 99 on cpu 0"));
     assert_eq!(files_in(dir.path()), vec!["t.dat".to_string()]);
+}
+
+#[test]
+fn guest_events_that_clash_with_the_hosts_are_moved_in_its_pages() {
+    // The guest's sched_switch has the host's ID but another format (another
+    // kernel): it must get a free ID, in the formats and in the guest's pages.
+    let data = guest_data_with(&["sched:sched_switch"], |m| {
+        let sched = m.systems.iter_mut().find(|(s, _)| s == "sched").unwrap();
+        for f in &mut sched.1 {
+            let text = String::from_utf8(f.clone()).unwrap();
+            *f = text
+                .replace("name: sched_switch", "name: guest_switch")
+                .into_bytes();
+        }
+    });
+    let guest_counts = data.counts.clone();
+    let dir = TempDir::new("engclash");
+    let inst = instance("engclash");
+    let name = name_of(&inst);
+    let file = dir.path().join("t.dat");
+    let mut s = session(&file);
+    let (link, agent) = guest_link(data.pages.len());
+    let peer = play_agent(agent, data, false);
+    s.add_guest(VM, link, &["-e".into(), "sched".into()])
+        .unwrap();
+    s.start_host(Instance::open(&name).unwrap(), setup(&inst))
+        .unwrap();
+    // Sleeping switches this thread out: the host records a sched_switch.
+    std::thread::sleep(Duration::from_millis(20));
+    let Recorded { stats, .. } = s.finish().unwrap();
+    peer.join().unwrap();
+    check_buffer(&file, &name, &kernel_counts(&stats));
+    check_buffer(&file, VM, &guest_counts);
+    let rep = report(&file);
+    let switches = |buffer: &str, event: &str| {
+        buffer_lines(&rep.stdout, buffer)
+            .filter(|l| l.contains(&format!(" {event}:")))
+            .count() as u64
+    };
+    let guest_switches = switches(VM, "guest_switch");
+    assert!(guest_switches > 0, "the guest recorded no sched_switch");
+    assert_eq!(
+        guest_switches,
+        guest_counts.iter().sum::<u64>() - GUEST_MARKERS as u64,
+        "every guest sched_switch decodes with the guest's format"
+    );
+    assert_eq!(switches(VM, "sched_switch"), 0);
+    assert_eq!(switches(&name, "guest_switch"), 0);
+    assert!(switches(&name, "sched_switch") > 0);
 }
 
 #[test]
