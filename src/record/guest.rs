@@ -270,12 +270,26 @@ const VALUE_OPTS: &[&str] = &[
 /// Options that concern the whole run, wherever they stand.
 const HOST_OPTS: &[&str] = &["-o", "-q", "-v", "--verbose", "--debug"];
 
+/// Why a `record -A` command line cannot be split.
+#[derive(Debug, thiserror::Error)]
+pub enum GuestArgsError {
+    /// `-A` at the end.
+    #[error("-A needs a guest name")]
+    MissingName,
+    /// `-A` with a bad `GUEST[:pid]`.
+    #[error(transparent)]
+    BadSpec(#[from] VirtError),
+    /// `-A GUEST` followed by no option of its own.
+    #[error("no options for the guest: give events after -A GUEST, e.g. -A vm1 -e sched")]
+    NoOptions,
+}
+
 /// Splits `trace-cmd record ...` into the host's arguments and the guests': the
 /// options after `-A GUEST` (up to the next `-A` or the command) go to that guest,
 /// except the run-wide `-o`, `-q`, `-v` and `--debug`.
 pub fn split_guest_args(
     args: Vec<String>,
-) -> std::result::Result<(Vec<String>, Vec<GuestSpec>), String> {
+) -> std::result::Result<(Vec<String>, Vec<GuestSpec>), GuestArgsError> {
     let mut host = Vec::new();
     let mut guests: Vec<GuestSpec> = Vec::new();
     let mut it = args.into_iter().peekable();
@@ -283,10 +297,8 @@ pub fn split_guest_args(
     host.extend(it.by_ref().take(2));
     while let Some(a) = it.next() {
         if a == "-A" {
-            let spec = it
-                .next()
-                .ok_or_else(|| "-A needs a guest name".to_string())?;
-            let (name, pid) = parse_guest_spec(&spec).map_err(|e| e.to_string())?;
+            let spec = it.next().ok_or(GuestArgsError::MissingName)?;
+            let (name, pid) = parse_guest_spec(&spec)?;
             guests.push(GuestSpec {
                 name,
                 pid,
@@ -313,9 +325,7 @@ pub fn split_guest_args(
         }
     }
     if guests.iter().any(|g| g.argv.is_empty()) {
-        return Err(
-            "no options for the guest: give events after -A GUEST, e.g. -A vm1 -e sched".into(),
-        );
+        return Err(GuestArgsError::NoOptions);
     }
     Ok((host, guests))
 }

@@ -26,7 +26,9 @@ mod session;
 mod writer;
 
 pub use cpus::{CpuFailure, CpuRecorderSet};
-pub use guest::{split_guest_args, GuestLink, GuestRecording, GuestSession, GuestSpec};
+pub use guest::{
+    split_guest_args, GuestArgsError, GuestLink, GuestRecording, GuestSession, GuestSpec,
+};
 pub use session::{HostSetup, NetTarget, RecordSession, Recorded};
 pub use writer::{Assembly, BufferKey, FileBuffer, TraceWriter, V6FileWriter};
 

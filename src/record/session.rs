@@ -232,16 +232,16 @@ impl RecordSession {
                 log::info!("recording {} events on {cpus} CPUs", s.events.len());
             }
             Sink::Net(target, session) => {
-                let net = connect_listener(&host.inst, &s.events, target, cpus)?;
+                let (net, use_tcp) = connect_listener(&host.inst, &s.events, target, cpus)?;
                 if (self.interrupted)() {
                     return Err(RecordError::Interrupted);
                 }
                 let flags = RecordFlags {
                     // UDP: one page per datagram, which only the read/write path gives.
-                    nosplice: !net.1,
+                    nosplice: !use_tcp,
                     ..RecordFlags::default()
                 };
-                let net = session.insert(net.0);
+                let net = session.insert(net);
                 for cpu in 0..cpus {
                     let sock = net.connect_data(cpu)?;
                     let rec = CpuRecorder::new(input(cpu), Output::Stream(sock), flags)
@@ -367,26 +367,32 @@ fn read_stats(inst: &Instance, cpus: usize) -> Result<Vec<CpuStats>, RecordError
 
 /// Tracing off, recorders finished, then what the file needs from tracefs; tracefs
 /// is put back either way.
-fn finish_host(mut h: HostRecording) -> Result<HostResult, RecordError> {
+fn finish_host(h: HostRecording) -> Result<HostResult, RecordError> {
+    let HostRecording {
+        recorders,
+        mut guard,
+        inst,
+        setup,
+    } = h;
     let res = (|| -> Result<HostResult, RecordError> {
-        h.inst.set_tracing_on(false)?;
-        let cpus = h.recorders.len();
-        std::mem::replace(&mut h.recorders, CpuRecorderSet::new("record")).finish()?;
-        let stats = read_stats(&h.inst, cpus)?;
-        let clock_text = h.inst.trace_clock_text()?;
+        inst.set_tracing_on(false)?;
+        let cpus = recorders.len();
+        recorders.finish()?;
+        let stats = read_stats(&inst, cpus)?;
+        let clock_text = inst.trace_clock_text()?;
         let clock = tracefs::parse_trace_clock(&clock_text)
             .map(|c| c.0)
             .unwrap_or_else(|| "local".into());
-        let meta = Metadata::from_tracefs(&h.inst, &h.setup.events)?;
+        let meta = Metadata::from_tracefs(&inst, &setup.events)?;
         Ok(HostResult {
-            name: h.setup.buffer_name.clone(),
+            name: setup.buffer_name.clone(),
             stats,
             clock_text,
             clock,
             meta,
         })
     })();
-    let restored = h.guard.restore();
+    let restored = guard.restore();
     let res = res?;
     restored.map_err(RecordError::Restore)?;
     Ok(res)
@@ -396,13 +402,19 @@ fn finish_net(
     host: Option<HostRecording>,
     session: Option<NetSession>,
 ) -> Result<Recorded, RecordError> {
-    let (Some(mut h), Some(session)) = (host, session) else {
+    let (Some(h), Some(session)) = (host, session) else {
         return Err(RecordError::NothingRecorded);
     };
+    let HostRecording {
+        recorders,
+        mut guard,
+        inst,
+        ..
+    } = h;
     let res = (|| -> Result<Vec<CpuStats>, RecordError> {
-        h.inst.set_tracing_on(false)?;
-        let cpus = h.recorders.len();
-        let flushed = std::mem::replace(&mut h.recorders, CpuRecorderSet::new("record")).finish();
+        inst.set_tracing_on(false)?;
+        let cpus = recorders.len();
+        let flushed = recorders.finish();
         if session.listener_gone() {
             return Err(RecordError::ListenerGone(session.label().to_string()));
         }
@@ -410,9 +422,9 @@ fn finish_net(
         let closed = session.finish();
         flushed?;
         closed?;
-        read_stats(&h.inst, cpus)
+        read_stats(&inst, cpus)
     })();
-    let restored = h.guard.restore();
+    let restored = guard.restore();
     let stats = res?;
     restored.map_err(RecordError::Restore)?;
     Ok(Recorded {

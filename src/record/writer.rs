@@ -214,3 +214,114 @@ impl Drop for V6FileWriter {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn temp_dir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("tcrs-v6w-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn write(out: Output, bytes: &[u8]) {
+        let Output::Stream(fd) = out else {
+            panic!("a plain file was asked for")
+        };
+        std::fs::File::from(fd).write_all(bytes).unwrap();
+    }
+
+    fn assembly(named: Vec<FileBuffer>) -> Assembly {
+        Assembly {
+            meta: Metadata {
+                page_size: 4096,
+                long_size: 8,
+                ..Metadata::default()
+            },
+            cpus: 2,
+            options: vec![],
+            top: FileBuffer {
+                name: String::new(),
+                trailing_clock: None,
+                data: Some(BufferKey::Host),
+            },
+            named,
+        }
+    }
+
+    #[test]
+    fn temporary_files_per_buffer_and_cpu_go_with_the_writer() {
+        let dir = temp_dir("files");
+        let mut w = V6FileWriter::new(&dir.join("t.dat"));
+        let vm = BufferKey::Guest("vm".into());
+        for cpu in 0..2 {
+            write(w.cpu_output(&BufferKey::Host, cpu, 0).unwrap(), &[1; 4096]);
+        }
+        write(w.cpu_output(&vm, 0, 0).unwrap(), &[2; 8192]);
+        assert!(w.cpu_output(&vm, 5, 0).is_err(), "CPUs come in order");
+        assert_eq!(w.recorded_bytes(&BufferKey::Host), 8192);
+        assert_eq!(w.recorded_bytes(&vm), 8192);
+        assert_eq!(names(&dir), ["t.dat.cpu0", "t.dat.cpu1", "t.dat.vm.cpu0"]);
+        drop(w);
+        assert!(names(&dir).is_empty(), "an abandoned writer leaves nothing");
+        std::fs::remove_dir(&dir).unwrap();
+    }
+
+    #[test]
+    fn finish_writes_the_file_and_removes_the_temporary_ones() {
+        let dir = temp_dir("finish");
+        let file = dir.join("t.dat");
+        let mut w = V6FileWriter::new(&file);
+        let vm = BufferKey::Guest("vm".into());
+        write(w.cpu_output(&BufferKey::Host, 0, 0).unwrap(), &[1; 4096]);
+        write(w.cpu_output(&vm, 0, 0).unwrap(), &[2; 8192]);
+        write(w.cpu_output(&vm, 1, 0).unwrap(), &[3; 4096]);
+        let named = vec![FileBuffer {
+            name: "vm".into(),
+            trailing_clock: None,
+            data: Some(vm),
+        }];
+        let ranges = Box::new(w).finish(&assembly(named)).unwrap();
+        assert_eq!(names(&dir), ["t.dat"]);
+        let sizes: Vec<Vec<u64>> = ranges
+            .iter()
+            .map(|b| b.iter().map(|r| r.size).collect())
+            .collect();
+        assert_eq!(sizes, [vec![4096, 0], vec![8192, 4096]]);
+        let bytes = std::fs::read(&file).unwrap();
+        assert!(bytes.starts_with(crate::output::MAGIC));
+        let at = ranges[1][0].offset as usize;
+        assert_eq!(&bytes[at..at + 8192], &[2; 8192][..]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_failed_finish_leaves_no_file() {
+        let dir = temp_dir("fail");
+        let file = dir.join("t.dat");
+        let mut w = V6FileWriter::new(&file);
+        write(w.cpu_output(&BufferKey::Host, 0, 0).unwrap(), &[1; 4096]);
+        // A buffer name the format cannot store: the writing fails half-way.
+        let named = vec![FileBuffer {
+            name: "a\0b".into(),
+            trailing_clock: None,
+            data: None,
+        }];
+        let e = Box::new(w).finish(&assembly(named)).unwrap_err();
+        assert!(matches!(e, RecordError::Incomplete { .. }), "{e}");
+        assert!(e.to_string().contains("removed the incomplete"), "{e}");
+        assert!(names(&dir).is_empty(), "{:?}", names(&dir));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
