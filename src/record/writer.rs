@@ -50,8 +50,9 @@ pub struct Assembly {
     pub meta: Metadata,
     /// CPU count of the file (every buffer's table has this many entries).
     pub cpus: u32,
-    /// Options in file order (TRACECLOCK, UNAME, VERSION, CPUSTAT…); the writer adds
-    /// what points into the file itself (BUFFER options).
+    /// Options in v6 file order (TRACECLOCK, UNAME, VERSION, CPUSTAT…, a named
+    /// buffer's CPUSTATs after its `buffer_stat_header`); the writer adds what points
+    /// into the file itself (BUFFER options). A v7 writer places them in its sections.
     pub options: Vec<DatOption>,
     /// The top buffer (first in the file).
     pub top: FileBuffer,
@@ -60,6 +61,10 @@ pub struct Assembly {
 }
 
 /// Where a recording's trace.dat comes from. See the module documentation.
+///
+/// Contract for implementations: dropping the writer before [`TraceWriter::finish`]
+/// succeeded removes everything it created, and no file at [`TraceWriter::path`]
+/// may look complete unless `finish` returned `Ok`.
 pub trait TraceWriter: Send + std::fmt::Debug {
     /// The file being written (for messages).
     fn path(&self) -> &Path;
