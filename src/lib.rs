@@ -8,6 +8,7 @@ pub mod listen;
 pub mod msg;
 pub mod netrecord;
 pub mod output;
+pub mod record;
 pub mod recorder;
 pub mod tracefs;
 pub mod transport;

@@ -7,7 +7,6 @@ mod listen;
 mod listen_virt;
 mod logger;
 mod record;
-mod record_guest;
 
 use clap::{Parser, Subcommand};
 
@@ -89,7 +88,7 @@ fn main() {
     // `record -A GUEST <options>`: the options after -A are the guest's.
     let argv: Vec<String> = std::env::args().collect();
     let (argv, guests) = if argv.get(1).map(String::as_str) == Some("record") {
-        match record_guest::split_guest_args(argv) {
+        match tracecmd_rs::record::split_guest_args(argv) {
             Ok(v) => v,
             Err(e) => {
                 eprintln!("trace-cmd: error: {e}");

@@ -1,28 +1,29 @@
-//! `trace-cmd record` (issue 4 items 3–5): set up tracefs, run one recorder
-//! thread per CPU into `<output>.cpuN`, then write a version 6 trace.dat and put
-//! tracefs back as it was, also on errors and Ctrl-C.
+//! `trace-cmd record` (issue 4 items 3–5), `record -N` (issue 5) and `record -A`
+//! (issue 6): the options, the signals, the traced command, the live line and the
+//! summary. The recording itself is the engine's (`tracecmd_rs::record`): tracefs,
+//! the per-CPU recorders of host and guests, the trace.dat or the listener.
 
 use std::io::IsTerminal;
 use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use clap::Args;
 
-use crate::record_guest;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{SigSet, Signal};
-use tracecmd_rs::output::{
-    bracketed_clock, standard_options, write_trace_dat, BufferData, CpuRange, DatOption, Metadata,
+use tracecmd_rs::netrecord::Proto;
+use tracecmd_rs::output::CpuRange;
+use tracecmd_rs::record::{
+    GuestSpec, HostSetup, NetTarget, RecordError, RecordSession, V6FileWriter,
 };
-use tracecmd_rs::recorder::{CpuRecorder, Input, RecordFlags, RecorderError, StopHandle};
-use tracecmd_rs::tracefs::{self, CpuStats, EventName, Instance, NotMounted, TracefsState};
+use tracecmd_rs::tracefs::{CpuStats, Instance, NotMounted};
+use tracecmd_rs::virt::VirtPaths;
 
-#[path = "record_net.rs"]
-mod net;
+/// Longest wait for connecting to a listener when the message timeout is off.
+const UNBOUNDED_CONNECT: Duration = Duration::from_secs(60);
 
 /// Options of `trace-cmd record` (trace-cmd's letters).
 #[derive(Args, Debug)]
@@ -81,21 +82,13 @@ pub struct RecordArgs {
     command: Vec<String>,
     /// Guests given with `-A` (split off the command line before parsing).
     #[arg(skip)]
-    pub guests: Vec<crate::record_guest::GuestSpec>,
+    pub guests: Vec<GuestSpec>,
 }
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
 fn interrupted() -> bool {
     INTERRUPTED.load(Ordering::SeqCst)
-}
-
-fn check_interrupt() -> Result<(), String> {
-    if interrupted() {
-        Err("interrupted before recording started; tracefs was restored".into())
-    } else {
-        Ok(())
-    }
 }
 
 fn stop_signals() -> SigSet {
@@ -123,98 +116,6 @@ fn watch_signals() -> Result<(), String> {
         })
         .map_err(|e| format!("cannot start the signal thread: {e}"))?;
     Ok(())
-}
-
-/// The per-CPU files `<output>.cpuN`, removed on drop.
-struct CpuFiles(Vec<PathBuf>);
-
-impl Drop for CpuFiles {
-    fn drop(&mut self) {
-        for p in &self.0 {
-            if let Err(e) = std::fs::remove_file(p) {
-                if e.kind() != std::io::ErrorKind::NotFound {
-                    log::warn!("could not remove {}: {e}", p.display());
-                }
-            }
-        }
-    }
-}
-
-type RecorderThread = JoinHandle<(CpuRecorder, Result<(), RecorderError>)>;
-
-/// The running recorder threads; dropping stops and joins them.
-struct Running {
-    stops: Vec<StopHandle>,
-    threads: Vec<RecorderThread>,
-}
-
-impl Running {
-    fn new() -> Running {
-        Running {
-            stops: Vec::new(),
-            threads: Vec::new(),
-        }
-    }
-
-    /// Starts `rec` in its own thread, recording until stopped.
-    fn spawn(&mut self, cpu: usize, mut rec: CpuRecorder, sleep: Duration) -> Result<(), String> {
-        self.stops.push(rec.stop_handle());
-        let t = std::thread::Builder::new()
-            .name(format!("record-cpu{cpu}"))
-            .spawn(move || {
-                let res = rec.record(sleep);
-                (rec, res)
-            })
-            .map_err(|e| format!("cannot start a recorder thread: {e}"))?;
-        self.threads.push(t);
-        Ok(())
-    }
-}
-
-impl Running {
-    fn any_finished(&self) -> bool {
-        self.threads.iter().any(|t| t.is_finished())
-    }
-
-    /// Stops every recorder, waits for its final flush, merges max-kb rings.
-    fn finish(mut self) -> Result<(), String> {
-        for s in &self.stops {
-            s.stop();
-        }
-        let mut first_err = None;
-        for (cpu, t) in std::mem::take(&mut self.threads).into_iter().enumerate() {
-            let res = match t.join() {
-                Ok((rec, res)) => res.and_then(|()| rec.finish()),
-                Err(_) => {
-                    first_err.get_or_insert(format!("the CPU {cpu} recorder thread panicked"));
-                    continue;
-                }
-            };
-            if let Err(e) = res {
-                first_err.get_or_insert(format!("recording CPU {cpu} failed: {e}"));
-            }
-        }
-        first_err.map_or(Ok(()), Err)
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        for s in &self.stops {
-            s.stop();
-        }
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
-    }
-}
-
-/// What a finished recording leaves for the file writer.
-struct Recorded {
-    stats: Vec<CpuStats>,
-    clock_text: String,
-    clock: String,
-    meta: Metadata,
 }
 
 /// `trace-cmd __exec COMMAND...`: unblocks SIGINT/SIGTERM and replaces itself with
@@ -280,239 +181,51 @@ pub fn run(args: RecordArgs) -> Result<(), String> {
     } else {
         inst.resolve_events(&selectors).map_err(|e| e.to_string())?
     };
-    check_interrupt()?;
-    let cpus = tracefs::cpu_count(&inst).map_err(|e| format!("cannot count CPUs: {e}"))?;
-    if let Some(target) = &args.net {
-        return net::run(&args, &inst, &events, cpus, target);
+    if interrupted() {
+        return Err(RecordError::Interrupted.to_string());
     }
-    let cpu_files = CpuFiles(
-        (0..cpus)
-            .map(|c| {
-                let mut p = args.output.clone().into_os_string();
-                p.push(format!(".cpu{c}"));
-                PathBuf::from(p)
-            })
-            .collect(),
-    );
-    let mut guest_files = record_guest::GuestFiles(Vec::new());
-    let guests = record_guest::start_guests(
-        &args.guests,
-        &args.output,
-        Duration::from_micros(args.sleep_us),
-        &mut guest_files,
-    )?;
-    let recorded = if has_host {
-        let mut guard = TracefsState::new(&inst);
-        let recorded = record_with(&args, &inst, &mut guard, &events, &cpu_files.0);
-        let restored = guard.restore();
-        let recorded = recorded.map_err(|e| {
-            format!(
-                "{e}; removed the per-CPU files, nothing was written to {}",
-                args.output.display()
-            )
-        })?;
-        restored.map_err(|e| format!("recording done, but restoring tracefs failed: {e}"))?;
-        Some(recorded)
-    } else {
-        run_command_only(&args)?;
-        None
-    };
-    let guest_results = record_guest::finish_guests(guests);
-    let (recorded, cpus) = match recorded {
-        Some(r) => (r, cpus),
-        None => {
-            let first = guest_results
-                .first()
-                .ok_or_else(|| "nothing was recorded".to_string())?;
-            (
-                Recorded {
-                    stats: vec![],
-                    clock_text: "[local]".into(),
-                    clock: "local".into(),
-                    meta: first.meta.clone(),
-                },
-                0,
-            )
-        }
-    };
-    let mut recorded = recorded;
-
-    let name = args.instance.clone().unwrap_or_default();
-    let files: Vec<Option<PathBuf>> = if has_host {
-        cpu_files.0.iter().cloned().map(Some).collect()
-    } else {
-        vec![]
-    };
-    let trailing = Some(bracketed_clock(&recorded.clock));
-    let stats_texts: Vec<String> = recorded.stats.iter().map(|s| s.text.clone()).collect();
-    let (options, top_buf, mut named) = if name.is_empty() {
-        let top_buf = BufferData {
-            name: String::new(),
-            trailing_clock: trailing,
-            cpu_files: files,
-        };
-        (
-            standard_options(&recorded.clock_text, &stats_texts),
-            top_buf,
-            vec![],
-        )
-    } else {
-        let mut options = standard_options(&recorded.clock_text, &[]);
-        options.push(DatOption::buffer_stat_header(&name));
-        options.extend(
-            stats_texts
-                .iter()
-                .enumerate()
-                .map(|(i, s)| DatOption::cpu_stat(i, s)),
-        );
-        let top_buf = BufferData {
-            name: String::new(),
-            trailing_clock: trailing.clone(),
-            cpu_files: vec![],
-        };
-        let named = BufferData {
-            name: name.clone(),
-            trailing_clock: trailing,
-            cpu_files: files,
-        };
-        (options, top_buf, vec![named])
-    };
-    let mut guest_errors = Vec::new();
-    let mut cpus = cpus;
-    for (i, g) in guest_results.iter().enumerate() {
-        if g.meta.page_size != 0 && g.meta.page_size != recorded.meta.page_size {
-            guest_errors.push(format!(
-                "guest {}: its page size {} differs from {}; its data is left out",
-                g.name, g.meta.page_size, recorded.meta.page_size
-            ));
-            continue;
-        }
-        if has_host || i > 0 {
-            if let Err(e) = record_guest::merge_guest(&mut recorded.meta, g) {
-                guest_errors.push(e);
-            }
-        }
-        cpus = cpus.max(g.files.len());
-        named.push(BufferData {
-            name: g.name.clone(),
-            trailing_clock: Some(bracketed_clock("local")),
-            cpu_files: g.files.iter().cloned().map(Some).collect(),
-        });
-        if let Some(e) = &g.error {
-            guest_errors.push(format!("guest {}: {e}", g.name));
-        }
-    }
-    let cpus32 = u32::try_from(cpus).map_err(|_| "too many CPUs".to_string())?;
-    let ranges = match write_trace_dat(
-        &args.output,
-        &recorded.meta,
-        cpus32,
-        &options,
-        &top_buf,
-        &named,
-    ) {
-        Ok(r) => r,
-        Err(e) => {
-            let _ = std::fs::remove_file(&args.output);
-            return Err(format!(
-                "{e}; removed the incomplete {}",
-                args.output.display()
-            ));
-        }
-    };
-    drop(cpu_files);
-    drop(guest_files);
-    if !guest_errors.is_empty() {
-        return Err(format!(
-            "{} was written with the host data and the guest data received so far, but: {}",
-            args.output.display(),
-            guest_errors.join("; ")
-        ));
-    }
-    if !args.quiet {
-        print_summary(
-            ranges
-                .get(usize::from(!name.is_empty()))
-                .map(Vec::as_slice)
-                .unwrap_or(&[]),
-            &recorded.stats,
-        );
-    }
-    Ok(())
-}
-
-/// Switches tracing off and sets up tracefs for the recording (tracer, buffer size,
-/// clock, exactly the requested events), with an empty buffer. `guard` undoes it.
-fn prepare_tracefs(
-    args: &RecordArgs,
-    guard: &mut TracefsState,
-    events: &[EventName],
-) -> Result<(), String> {
-    let setup = tracefs::RecordingSetup {
-        tracer: args.tracer.as_deref(),
-        buffer_kb: args.buffer_kb,
-        clock: args.clock.as_deref(),
-    };
-    guard
-        .prepare_recording(&setup, events)
-        .map_err(|e| e.to_string())?;
-    check_interrupt()?;
-    Ok(())
-}
-
-fn record_with(
-    args: &RecordArgs,
-    inst: &Instance,
-    guard: &mut TracefsState,
-    events: &[EventName],
-    cpu_files: &[PathBuf],
-) -> Result<Recorded, String> {
-    let s = |e: tracefs::TracefsError| e.to_string();
-    prepare_tracefs(args, guard, events)?;
-
     let sleep = Duration::from_micros(args.sleep_us);
-    let mut running = Running::new();
-    for (cpu, path) in cpu_files.iter().enumerate() {
-        let input = Input::Buffer {
-            dir: inst.path().to_path_buf(),
-            cpu,
+    let mut session = match &args.net {
+        Some(target) => RecordSession::to_listener(
+            NetTarget {
+                target: target.clone(),
+                use_tcp: args.tcp,
+                force: args.proto.and_then(Proto::from_number),
+                timeout: tracecmd_rs::msg::default_timeout().unwrap_or(UNBOUNDED_CONNECT),
+            },
+            sleep,
+            interrupted,
+        ),
+        None => {
+            let writer = Box::new(V6FileWriter::new(&args.output));
+            let mut s = RecordSession::to_file(writer, sleep, interrupted);
+            s.start_guests(&args.guests, &VirtPaths::new(None, None))
+                .map_err(|e| e.to_string())?;
+            s
+        }
+    };
+    // -N sends the host buffer only (guests are recorded into files).
+    if has_host || args.net.is_some() {
+        let setup = HostSetup {
+            buffer_name: args.instance.clone().unwrap_or_default(),
+            events,
+            tracer: args.tracer.clone(),
+            buffer_kb: args.buffer_kb,
+            clock: args.clock.clone(),
+            max_kb: args.max_kb.unwrap_or(0),
         };
-        let rec = CpuRecorder::to_file(
-            input,
-            path,
-            args.max_kb.unwrap_or(0),
-            RecordFlags::default(),
-        )
-        .map_err(|e| format!("cannot start the CPU {cpu} recorder: {e}"))?;
-        running.spawn(cpu, rec, sleep)?;
+        session.start_host(inst, setup).map_err(|e| e.to_string())?;
     }
-    guard.set_tracing_on(true).map_err(s)?;
-    log::info!(
-        "recording {} events on {} CPUs",
-        events.len(),
-        cpu_files.len()
-    );
-
-    let mut child = start_command(args)?;
-    wait_for_end(args, &mut child, &running, cpu_files, &|| false);
-    inst.set_tracing_on(false).map_err(s)?;
-    running.finish()?;
-
-    let stats = (0..cpu_files.len())
-        .map(|c| inst.cpu_stats(c))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(s)?;
-    let clock_text = inst.trace_clock_text().map_err(s)?;
-    let clock = tracefs::parse_trace_clock(&clock_text)
-        .map(|c| c.0)
-        .unwrap_or_else(|| "local".into());
-    let meta = Metadata::from_tracefs(inst, events).map_err(|e| e.to_string())?;
-    Ok(Recorded {
-        stats,
-        clock_text,
-        clock,
-        meta,
-    })
+    let mut child = match start_command(&args) {
+        Ok(c) => c,
+        Err(e) => return Err(session.abort(e).to_string()),
+    };
+    wait_for_end(&args, &mut child, &session);
+    let recorded = session.finish().map_err(|e| e.to_string())?;
+    if !args.quiet {
+        print_summary(&recorded.host_ranges, &recorded.stats);
+    }
+    Ok(())
 }
 
 /// Starts the command to trace (through `__exec`), or says how to stop.
@@ -539,18 +252,6 @@ fn start_command(args: &RecordArgs) -> Result<Option<Child>, String> {
     })
 }
 
-/// Runs the command (or waits for Ctrl-C) without tracing the host: `record -A`
-/// with no host events.
-fn run_command_only(args: &RecordArgs) -> Result<(), String> {
-    let mut child = start_command(args)?;
-    let running = Running {
-        stops: Vec::new(),
-        threads: Vec::new(),
-    };
-    wait_for_end(args, &mut child, &running, &[], &|| false);
-    Ok(())
-}
-
 /// How often the recording's end is checked for what nothing wakes the main thread
 /// for (a recorder that stopped, a listener that went away, the live line). The
 /// command's exit (a pidfd) and Ctrl-C (the signal ends `poll`) wake it at once.
@@ -567,15 +268,9 @@ fn pidfd_of(pid: u32) -> Option<OwnedFd> {
 }
 
 /// Waits until the command exits, Ctrl-C, a recorder stops on its own (an error),
-/// or `peer_gone` says the receiving end went away (network recording).
-fn wait_for_end(
-    args: &RecordArgs,
-    child: &mut Option<Child>,
-    running: &Running,
-    cpu_files: &[PathBuf],
-    peer_gone: &dyn Fn() -> bool,
-) {
-    let live = !args.quiet && !cpu_files.is_empty() && std::io::stderr().is_terminal();
+/// or the receiving end went away (network recording).
+fn wait_for_end(args: &RecordArgs, child: &mut Option<Child>, session: &RecordSession) {
+    let live = !args.quiet && session.recorded_bytes().is_some() && std::io::stderr().is_terminal();
     let mut last = Instant::now();
     // Ends the command as Ctrl-C would (on a terminal it got the signal too).
     let interrupt_child = |child: &mut Option<Child>| {
@@ -595,25 +290,21 @@ fn wait_for_end(
                 break;
             }
         }
-        if running.any_finished() {
+        if session.finished_early() {
             // A recorder only stops on its own on an error (e.g. disk full):
             // the recording is over, so is the command.
             log::warn!("a recorder stopped early; ending the recording");
             interrupt_child(child);
             break;
         }
-        if peer_gone() {
+        if session.peer_gone() {
             log::warn!("the listener closed the connection; ending the recording");
             interrupt_child(child);
             break;
         }
         if live && last.elapsed() >= Duration::from_secs(1) {
             last = Instant::now();
-            let bytes: u64 = cpu_files
-                .iter()
-                .filter_map(|p| std::fs::metadata(p).ok())
-                .map(|m| m.len())
-                .sum();
+            let bytes = session.recorded_bytes().unwrap_or(0);
             eprint!("\r{} KiB recorded   ", bytes / 1024);
         }
         let mut fds: Vec<PollFd> = exited

@@ -1,6 +1,7 @@
 //! Guests through the virt-server (spec §1.1, §3.3–§3.8): the host listener that
-//! brokers guests ([`listener`]), the guest agent ([`agent`]), the manager side of
-//! `record -A` ([`guest`]), and the guest metadata handling ([`meta`]).
+//! brokers guests ([`listener`]), the guest agent ([`agent`]), and the guest metadata
+//! handling ([`meta`]). The manager side of `record -A` is the recording engine's
+//! ([`crate::record::guest`]; [`guest`] keeps its old names).
 //!
 //! Messages the virt-server branch left undefined, all within the V2 command set
 //! (README "Guests (virt-server)"):

@@ -1,0 +1,439 @@
+//! The recording engine (`tracecmd_rs::record`) driven directly, without the
+//! `trace-cmd` binary (root, tracefs): a private instance recorded into a file and
+//! read back by our reader and by Debian's `trace-cmd report`; the abort path; and
+//! guests whose agent is a scripted peer on a socket pair, with pipes as the CPU
+//! FIFOs.
+
+#[path = "dat_common/mod.rs"]
+mod dat_common;
+
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use dat_common::{instance, markers_on_cpu, report, TempDir};
+use tracecmd_rs::msg::session;
+use tracecmd_rs::msg::v2::{self, Msg};
+use tracecmd_rs::msg::{Channel, Wait};
+use tracecmd_rs::output::reader::TraceDat;
+use tracecmd_rs::output::{page_size_of, Metadata};
+use tracecmd_rs::record::{
+    GuestLink, HostSetup, RecordError, RecordSession, Recorded, V6FileWriter,
+};
+use tracecmd_rs::tracefs::{self, CpuStats, Instance};
+
+fn never() -> bool {
+    false
+}
+
+fn name_of(inst: &Instance) -> String {
+    let name = inst.path().file_name().and_then(|n| n.to_str());
+    name.expect("an instance directory").to_string()
+}
+
+fn session(file: &Path) -> RecordSession {
+    RecordSession::to_file(
+        Box::new(V6FileWriter::new(file)),
+        Duration::from_millis(1),
+        never,
+    )
+}
+
+fn setup(inst: &Instance) -> HostSetup {
+    HostSetup {
+        buffer_name: name_of(inst),
+        events: inst.resolve_events(&["sched:sched_switch"]).unwrap(),
+        buffer_kb: Some(1024),
+        ..HostSetup::default()
+    }
+}
+
+/// Events per CPU the kernel saw: what is still in the buffer plus what was read.
+fn kernel_counts(stats: &[CpuStats]) -> Vec<u64> {
+    stats.iter().map(|s| s.entries + s.read_events).collect()
+}
+
+fn files_in(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+/// Checks a buffer of `file` against `want` with our reader and with `report`.
+fn check_buffer(file: &Path, buffer: &str, want: &[u64]) -> TraceDat {
+    let bytes = std::fs::read(file).unwrap();
+    let dat = TraceDat::parse(&bytes).expect("our reader parses the file");
+    let idx = dat
+        .buffers
+        .iter()
+        .position(|b| b.name == buffer)
+        .unwrap_or_else(|| panic!("no buffer {buffer:?} in the file"));
+    let ours = dat.count_events(&bytes, idx).unwrap();
+    assert_eq!(&ours[..want.len()], want, "reader vs kernel, {buffer:?}");
+    let rep = report(file);
+    assert_eq!(
+        report_counts(&rep.stdout, buffer, want.len()),
+        want,
+        "report vs kernel"
+    );
+    dat
+}
+
+/// The lines of `buffer` in `report`'s output, without the buffer's name. With
+/// several named buffers, `report` right-aligns their names.
+fn buffer_lines<'a>(stdout: &'a str, buffer: &str) -> impl Iterator<Item = &'a str> {
+    let prefix = format!("{buffer}: ");
+    stdout
+        .lines()
+        .filter_map(move |l| l.trim_start().strip_prefix(&prefix))
+}
+
+/// Events per CPU of `buffer` in `report`'s output.
+fn report_counts(stdout: &str, buffer: &str, cpus: usize) -> Vec<u64> {
+    let mut n = vec![0; cpus];
+    for rest in buffer_lines(stdout, buffer) {
+        let cpu = rest
+            .split_once(" [")
+            .and_then(|(_, r)| r.split_once(']'))
+            .and_then(|(c, _)| c.parse::<usize>().ok());
+        if let Some(c) = cpu.filter(|&c| c < cpus) {
+            n[c] += 1;
+        }
+    }
+    n
+}
+
+#[test]
+fn private_instance_into_a_file() {
+    let inst = instance("eng");
+    let name = name_of(&inst);
+    let cpus = tracefs::cpu_count(&inst).unwrap();
+    let dir = TempDir::new("eng");
+    let file = dir.path().join("t.dat");
+    let mut s = session(&file);
+    assert_eq!(s.recorded_bytes(), None, "no host recording yet");
+    s.start_host(Instance::open(&name).unwrap(), setup(&inst))
+        .unwrap();
+    assert!(inst.tracing_on().unwrap(), "tracing is on while recording");
+    assert_eq!(
+        inst.enabled_events().unwrap(),
+        inst.resolve_events(&["sched:sched_switch"]).unwrap()
+    );
+    let mut temp: Vec<String> = (0..cpus).map(|c| format!("t.dat.cpu{c}")).collect();
+    temp.sort();
+    assert_eq!(files_in(dir.path()), temp, "one temporary file per CPU");
+    for cpu in 0..cpus {
+        markers_on_cpu(&inst, cpu, 300);
+    }
+    assert!(!s.finished_early());
+    assert!(!s.peer_gone());
+    let Recorded { host_ranges, stats } = s.finish().unwrap();
+    assert_eq!(files_in(dir.path()), vec!["t.dat".to_string()]);
+    assert!(inst.enabled_events().unwrap().is_empty(), "events put back");
+    assert_eq!(stats.len(), cpus);
+    let want = kernel_counts(&stats);
+    assert!(want.iter().all(|&n| n >= 300), "markers missing: {want:?}");
+    let dat = check_buffer(&file, &name, &want);
+    // What finish reports is where the data is.
+    let idx = dat.buffers.iter().position(|b| b.name == name).unwrap();
+    let ranges: Vec<(u64, u64)> = host_ranges.iter().map(|r| (r.offset, r.size)).collect();
+    assert_eq!(ranges, dat.buffers[idx].cpu_data);
+    assert!(report(&file).stdout.contains("tcrs marker 299 on cpu 0"));
+}
+
+#[test]
+fn a_dropped_or_aborted_session_leaves_nothing() {
+    let inst = instance("engdrop");
+    let name = name_of(&inst);
+    let dir = TempDir::new("engdrop");
+    let file = dir.path().join("t.dat");
+    for abort in [false, true] {
+        let mut s = session(&file);
+        s.start_host(Instance::open(&name).unwrap(), setup(&inst))
+            .unwrap();
+        markers_on_cpu(&inst, 0, 10);
+        assert!(!files_in(dir.path()).is_empty());
+        if abort {
+            let e = s.abort("cannot run \"x\": gone".into());
+            assert!(matches!(e, RecordError::NotRecorded { .. }), "{e}");
+            assert!(e.to_string().contains("nothing was written to"), "{e}");
+        } else {
+            drop(s);
+        }
+        assert!(files_in(dir.path()).is_empty(), "left behind after abort");
+        assert!(inst.enabled_events().unwrap().is_empty(), "events put back");
+        // A fresh instance has tracing on; the recording put that back.
+        assert!(inst.tracing_on().unwrap());
+    }
+}
+
+/// The agent's end of a guest: control socket, the manager socket's far end, and
+/// the write ends of its CPU "FIFOs".
+struct ScriptedAgent {
+    control: UnixStream,
+    manager: UnixStream,
+    cpus: Vec<File>,
+}
+
+fn guest_link(cpus: usize) -> (GuestLink, ScriptedAgent) {
+    let (a_ours, a_theirs) = UnixStream::pair().unwrap();
+    let (m_ours, m_theirs) = UnixStream::pair().unwrap();
+    let mut fifos = Vec::new();
+    let mut writers = Vec::new();
+    for _ in 0..cpus {
+        let (r, w) = nix::unistd::pipe().unwrap();
+        fifos.push(r);
+        writers.push(File::from(w));
+    }
+    (
+        GuestLink {
+            manager: OwnedFd::from(m_ours),
+            agent: OwnedFd::from(a_ours),
+            cpu_fifos: fifos,
+        },
+        ScriptedAgent {
+            control: a_theirs,
+            manager: m_theirs,
+            cpus: writers,
+        },
+    )
+}
+
+/// A guest's recording made beforehand on a private instance: metadata, the
+/// pages of each CPU, and how many events each holds.
+struct GuestData {
+    meta: Vec<u8>,
+    page_size: usize,
+    pages: Vec<Vec<u8>>,
+    counts: Vec<u64>,
+}
+
+const GUEST_MARKERS: usize = 400;
+
+fn guest_data() -> GuestData {
+    guest_data_with(&[], |_| {})
+}
+
+/// [`guest_data`] with `selectors` enabled too, and the metadata changed by `edit`
+/// (as a guest with another kernel would have it).
+fn guest_data_with(selectors: &[&str], edit: impl FnOnce(&mut Metadata)) -> GuestData {
+    let inst = instance("engguest");
+    let cpus = tracefs::cpu_count(&inst).unwrap();
+    let dir = TempDir::new("engguest");
+    let rec = dat_common::record(&inst, selectors, dir.path(), "guest", |i| {
+        markers_on_cpu(i, 0, GUEST_MARKERS)
+    });
+    let mut meta = Metadata::from_tracefs(&inst, &rec.events).unwrap();
+    edit(&mut meta);
+    assert_eq!(meta.page_size, page_size_of(&meta.header_page));
+    GuestData {
+        meta: meta.to_bytes().unwrap(),
+        page_size: meta.page_size as usize,
+        pages: (0..cpus)
+            .map(|c| std::fs::read(&rec.cpu_files[c]).unwrap())
+            .collect(),
+        counts: rec.stats.iter().map(|s| s.entries).collect(),
+    }
+}
+
+/// Plays the agent: reads CONNECT and the arguments, answers TINIT, reads RINIT,
+/// sends the metadata, half of each CPU's pages, then on CLOSE the rest and ACK
+/// (unless `dies`: then it closes instead). Returns the arguments it got.
+fn play_agent(agent: ScriptedAgent, data: GuestData, dies: bool) -> JoinHandle<Vec<String>> {
+    std::thread::spawn(move || {
+        let ch = Channel::new(agent.control.as_fd());
+        let Msg::Connect { cpus: argc } = v2::recv(&ch, Wait::Timed).unwrap() else {
+            panic!("no CONNECT");
+        };
+        let argv = session::agent_parameters(&ch, argc).unwrap();
+        let page_size = data.page_size;
+        let rinit =
+            session::send_init(&ch, data.pages.len() as u32, page_size as u32, false).unwrap();
+        assert!(rinit.ports.is_empty(), "virt RINIT has no ports");
+        session::send_metadata(&ch, &data.meta).unwrap();
+        session::finish_metadata(&ch).unwrap();
+        let mut cpus = agent.cpus;
+        let halves: Vec<usize> = data
+            .pages
+            .iter()
+            .map(|p| (p.len() / page_size / 2) * page_size)
+            .collect();
+        for ((w, p), h) in cpus.iter_mut().zip(&data.pages).zip(&halves) {
+            w.write_all(&p[..*h]).unwrap();
+        }
+        let untimed = Channel::new(agent.control.as_fd()).with_timeout(None);
+        assert_eq!(v2::recv(&untimed, Wait::Timed).unwrap(), Msg::Close);
+        if dies {
+            return argv_strings(argv);
+        }
+        for ((w, p), h) in cpus.iter_mut().zip(&data.pages).zip(&halves) {
+            w.write_all(&p[*h..]).unwrap();
+        }
+        v2::send(&ch, &Msg::Ack).unwrap();
+        // The manager frees the agent at the listener.
+        let mch = Channel::new(agent.manager.as_fd());
+        assert_eq!(v2::recv(&mch, Wait::Timed).unwrap(), Msg::Finish);
+        argv_strings(argv)
+    })
+}
+
+/// The guest's name (its buffer in the file).
+const VM: &str = "vm1";
+
+fn argv_strings(v: Vec<Vec<u8>>) -> Vec<String> {
+    v.into_iter()
+        .map(|a| String::from_utf8(a).unwrap())
+        .collect()
+}
+
+#[test]
+fn host_and_scripted_guest_into_one_file() {
+    let dir = TempDir::new("engvm");
+    let data = guest_data();
+    let guest_counts = data.counts.clone();
+    assert_eq!(guest_counts[0], GUEST_MARKERS as u64);
+    let inst = instance("enghost");
+    let name = name_of(&inst);
+    let cpus = tracefs::cpu_count(&inst).unwrap();
+    let file = dir.path().join("t.dat");
+    let mut s = session(&file);
+    let (link, agent) = guest_link(cpus);
+    let peer = play_agent(agent, data, false);
+    let argv = vec!["-e".to_string(), "sched".to_string()];
+    s.add_guest(VM, link, &argv).unwrap();
+    s.start_host(Instance::open(&name).unwrap(), setup(&inst))
+        .unwrap();
+    markers_on_cpu(&inst, 0, 100);
+    let Recorded { stats, .. } = s.finish().unwrap();
+    assert_eq!(
+        peer.join().unwrap(),
+        argv,
+        "the agent got the guest's options"
+    );
+    check_buffer(&file, &name, &kernel_counts(&stats));
+    check_buffer(&file, VM, &guest_counts);
+    let rep = report(&file);
+    assert!(rep.stdout.contains("tcrs marker 399 on cpu 0"));
+    assert!(rep.stdout.contains("tcrs marker 99 on cpu 0"));
+    assert_eq!(files_in(dir.path()), vec!["t.dat".to_string()]);
+}
+
+#[test]
+fn guest_events_that_clash_with_the_hosts_are_moved_in_its_pages() {
+    // The guest's sched_switch has the host's ID but another format (another
+    // kernel): it must get a free ID, in the formats and in the guest's pages.
+    let data = guest_data_with(&["sched:sched_switch"], |m| {
+        let sched = m.systems.iter_mut().find(|(s, _)| s == "sched").unwrap();
+        for f in &mut sched.1 {
+            let text = String::from_utf8(f.clone()).unwrap();
+            *f = text
+                .replace("name: sched_switch", "name: guest_switch")
+                .into_bytes();
+        }
+    });
+    let guest_counts = data.counts.clone();
+    let dir = TempDir::new("engclash");
+    let inst = instance("engclash");
+    let name = name_of(&inst);
+    let file = dir.path().join("t.dat");
+    let mut s = session(&file);
+    let (link, agent) = guest_link(data.pages.len());
+    let peer = play_agent(agent, data, false);
+    s.add_guest(VM, link, &["-e".into(), "sched".into()])
+        .unwrap();
+    s.start_host(Instance::open(&name).unwrap(), setup(&inst))
+        .unwrap();
+    // Sleeping switches this thread out: the host records a sched_switch.
+    std::thread::sleep(Duration::from_millis(20));
+    let Recorded { stats, .. } = s.finish().unwrap();
+    peer.join().unwrap();
+    check_buffer(&file, &name, &kernel_counts(&stats));
+    check_buffer(&file, VM, &guest_counts);
+    let rep = report(&file);
+    let switches = |buffer: &str, event: &str| {
+        buffer_lines(&rep.stdout, buffer)
+            .filter(|l| l.contains(&format!(" {event}:")))
+            .count() as u64
+    };
+    let guest_switches = switches(VM, "guest_switch");
+    assert!(guest_switches > 0, "the guest recorded no sched_switch");
+    assert_eq!(
+        guest_switches,
+        guest_counts.iter().sum::<u64>() - GUEST_MARKERS as u64,
+        "every guest sched_switch decodes with the guest's format"
+    );
+    assert_eq!(switches(VM, "sched_switch"), 0);
+    assert_eq!(switches(&name, "guest_switch"), 0);
+    assert!(switches(&name, "sched_switch") > 0);
+}
+
+#[test]
+fn a_guest_that_dies_still_gives_a_file_with_what_arrived() {
+    let dir = TempDir::new("engdead");
+    let data = guest_data();
+    let cpus = data.pages.len();
+    let file = dir.path().join("t.dat");
+    let mut s = session(&file);
+    let (link, agent) = guest_link(cpus);
+    let peer = play_agent(agent, data, true);
+    s.add_guest(VM, link, &["-e".into(), "sched".into()])
+        .unwrap();
+    assert_eq!(s.recorded_bytes(), None, "guest-only: no live line");
+    let e = s.finish().unwrap_err();
+    peer.join().unwrap();
+    let text = e.to_string();
+    assert!(matches!(e, RecordError::GuestsIncomplete { .. }), "{text}");
+    assert!(
+        text.contains(&format!("guest {VM}: the agent did not confirm the stop")),
+        "{text}"
+    );
+    assert!(text.contains("was written with the host data"), "{text}");
+    // The file holds the guest's first half, readable.
+    let bytes = std::fs::read(&file).unwrap();
+    let dat = TraceDat::parse(&bytes).unwrap();
+    let vm = dat.buffers.iter().position(|b| b.name == VM).unwrap();
+    let got: u64 = dat.count_events(&bytes, vm).unwrap().iter().sum();
+    assert!(
+        got > 0 && got < GUEST_MARKERS as u64,
+        "{got} events: the first half only"
+    );
+    report(&file);
+}
+
+#[test]
+fn an_agent_that_refuses_is_an_error_and_is_freed() {
+    let dir = TempDir::new("engref");
+    let file = dir.path().join("t.dat");
+    let mut s = session(&file);
+    let (link, agent) = guest_link(1);
+    let peer = std::thread::spawn(move || {
+        let ch = Channel::new(agent.control.as_fd());
+        let Msg::Connect { cpus: argc } = v2::recv(&ch, Wait::Timed).unwrap() else {
+            panic!("no CONNECT");
+        };
+        session::agent_parameters(&ch, argc).unwrap();
+        session::send_metadata(&ch, b"no such event: bogus").unwrap();
+        session::finish_metadata(&ch).unwrap();
+        let mch = Channel::new(agent.manager.as_fd());
+        v2::recv(&mch, Wait::Timed).unwrap()
+    });
+    let e = s
+        .add_guest("vm", link, &["-e".into(), "bogus".into()])
+        .unwrap_err();
+    assert_eq!(peer.join().unwrap(), Msg::Finish, "agent freed");
+    assert!(
+        e.to_string().contains(
+            "guest vm: the guest agent of \"vm\" refused to record: no such event: bogus"
+        ),
+        "{e}"
+    );
+    drop(s);
+    assert!(files_in(dir.path()).is_empty());
+}
