@@ -8,14 +8,15 @@
  * The run then checks the values, and that the names this header used before
  * (TRACECMD_MSG_MNGR_*) still mean the same.
  *
- * Includes no project header but trace-cmd.h.
+ * Apart from the suite runner (common/tc.h), includes no project header but
+ * trace-cmd.h.
  */
 #include <errno.h>
 #include <stdbool.h>
-#include <stdio.h>
 
-#include <CUnit/Basic.h>
+#include <CUnit/CUnit.h>
 
+#include "tc.h"
 #include "trace-cmd.h"
 
 /* The branch's manager-request names, used the way its listener dispatches. */
@@ -203,24 +204,14 @@ static void test_calls_through_branch_types(void)
 
 int main(void)
 {
-	CU_pSuite s;
-	unsigned int failures;
+	static const struct tc_test tests[] = {
+		{ "TRACECMD_MSG_MNG_* values", test_mng_values },
+		{ "TRACECMD_MSG_MNGR_* still mean the same", test_former_names },
+		{ "flags, bits and recorder flags", test_flags_and_bits },
+		{ "handle fields and page_size", test_handle_fields_and_page_size },
+		{ "calls through the branch's function types", test_calls_through_branch_types },
+		{ NULL, NULL },
+	};
 
-	if (CU_initialize_registry() != CUE_SUCCESS)
-		return 1;
-	s = CU_add_suite("branch names", NULL, NULL);
-	if (!s || !CU_add_test(s, "TRACECMD_MSG_MNG_* values", test_mng_values) ||
-	    !CU_add_test(s, "TRACECMD_MSG_MNGR_* still mean the same", test_former_names) ||
-	    !CU_add_test(s, "flags, bits and recorder flags", test_flags_and_bits) ||
-	    !CU_add_test(s, "handle fields and page_size", test_handle_fields_and_page_size) ||
-	    !CU_add_test(s, "calls through the branch's function types", test_calls_through_branch_types)) {
-		fprintf(stderr, "CUnit setup failed: %s\n", CU_get_error_msg());
-		CU_cleanup_registry();
-		return 1;
-	}
-	CU_basic_set_mode(CU_BRM_VERBOSE);
-	CU_basic_run_tests();
-	failures = CU_get_number_of_failures();
-	CU_cleanup_registry();
-	return (int)failures;
+	return tc_run("branch names", tests);
 }
