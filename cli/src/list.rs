@@ -1,11 +1,9 @@
 //! `trace-cmd list -G` / `list -A` (spec §3.8): the listener's guests and agents.
 
-use std::os::fd::AsFd;
 use std::path::PathBuf;
 
 use clap::Args;
-use tracecmd_rs::msg::{session, Channel};
-use tracecmd_rs::transport::connect_unix;
+use tracecmd_rs::virt::guest::{self, Listing};
 use tracecmd_rs::virt::VirtPaths;
 
 /// Options of `trace-cmd list`.
@@ -28,18 +26,16 @@ pub fn run(a: ListArgs) -> Result<(), String> {
         return Err("give -G (guests) or -A (agents)".into());
     }
     let paths = VirtPaths::new(a.run_dir, None);
-    let sock = connect_unix(&paths.manager_socket()).map_err(|e| e.to_string())?;
-    let ch = Channel::new(sock.as_fd());
-    let mut print = |name: &[u8], cpus: u32| {
-        println!("{} with {cpus} cpus", String::from_utf8_lossy(name));
-    };
-    let n = if a.guests {
-        session::list_guests(&ch, &mut print)
+    let what = if a.guests {
+        Listing::Guests
     } else {
-        session::list_agents(&ch, &mut print)
+        Listing::Agents
+    };
+    let list = guest::list(&paths, what).map_err(|e| format!("listing from the listener: {e}"))?;
+    for (name, cpus) in &list {
+        println!("{name} with {cpus} cpus");
     }
-    .map_err(|e| format!("listing from the listener: {e}"))?;
-    if n == 0 {
+    if list.is_empty() {
         println!(
             "No {} registered",
             if a.guests { "guests" } else { "agents" }
