@@ -33,6 +33,20 @@ fn main() {
         header: Some(
             "/*\n * tracecmd-rs: trace-cmd's message protocol, connection helper and per-CPU\n * recorder with the C ABI of trace-cmd's virt-server branch.\n */".into(),
         ),
+        // The names this header gave the manager request types before it took
+        // the virt-server branch's `TRACECMD_MSG_MNG_*`; kept so that callers
+        // written against either compile.
+        after_includes: Some(
+            [
+                "\n/* Former names of enum tracecmd_msg_mngr_type's values. */",
+                "#define TRACECMD_MSG_MNGR_ERR TRACECMD_MSG_MNG_ERR",
+                "#define TRACECMD_MSG_MNGR_CONNECT TRACECMD_MSG_MNG_CONNECT",
+                "#define TRACECMD_MSG_MNGR_GLIST TRACECMD_MSG_MNG_GLIST",
+                "#define TRACECMD_MSG_MNGR_ALIST TRACECMD_MSG_MNG_ALIST",
+                "#define TRACECMD_MSG_MNGR_TRACE TRACECMD_MSG_MNG_TRACE",
+            ]
+            .join("\n"),
+        ),
         documentation: true,
         documentation_style: cbindgen::DocumentationStyle::Doxy,
         style: cbindgen::Style::Tag,

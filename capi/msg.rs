@@ -491,27 +491,27 @@ pub extern "C" fn tracecmd_msg_read_manager(
     msg_handle: *mut tracecmd_msg_handle,
 ) -> tracecmd_msg_mngr_type {
     use tracecmd_msg_mngr_type::*;
-    super::ffi_guard!(TRACECMD_MSG_MNGR_ERR, {
+    super::ffi_guard!(TRACECMD_MSG_MNG_ERR, {
         let Some(h) = H::new(msg_handle) else {
-            return TRACECMD_MSG_MNGR_ERR;
+            return TRACECMD_MSG_MNG_ERR;
         };
         let Ok(ch) = h.channel() else {
-            return TRACECMD_MSG_MNGR_ERR;
+            return TRACECMD_MSG_MNG_ERR;
         };
         match session::read_manager(&ch) {
             Ok(ManagerRequest::Connect { cpus }) => {
                 h.set_cpu_count(cpus);
-                TRACECMD_MSG_MNGR_CONNECT
+                TRACECMD_MSG_MNG_CONNECT
             }
-            Ok(ManagerRequest::GuestList) => TRACECMD_MSG_MNGR_GLIST,
-            Ok(ManagerRequest::AgentList) => TRACECMD_MSG_MNGR_ALIST,
+            Ok(ManagerRequest::GuestList) => TRACECMD_MSG_MNG_GLIST,
+            Ok(ManagerRequest::AgentList) => TRACECMD_MSG_MNG_ALIST,
             Ok(ManagerRequest::Trace { pid }) => {
                 h.set_pid(pid);
-                TRACECMD_MSG_MNGR_TRACE
+                TRACECMD_MSG_MNG_TRACE
             }
             Err(e) => {
                 fail("read manager", &e);
-                TRACECMD_MSG_MNGR_ERR
+                TRACECMD_MSG_MNG_ERR
             }
         }
     })

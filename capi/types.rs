@@ -55,15 +55,17 @@ pub enum tracecmd_msg_bits {
     TRACECMD_MSG_BIT_AGENT = 6,
 }
 
-/// What a manager asked for (result of `tracecmd_msg_read_manager`).
+/// What a manager asked for (result of `tracecmd_msg_read_manager`). The names
+/// are the virt-server branch's; the header also defines `TRACECMD_MSG_MNGR_*`
+/// for each (build.rs), the names earlier versions of this header used.
 #[repr(C)]
 #[allow(non_camel_case_types, clippy::upper_case_acronyms)]
 pub enum tracecmd_msg_mngr_type {
-    TRACECMD_MSG_MNGR_ERR = 0,
-    TRACECMD_MSG_MNGR_CONNECT = 1,
-    TRACECMD_MSG_MNGR_GLIST = 2,
-    TRACECMD_MSG_MNGR_ALIST = 3,
-    TRACECMD_MSG_MNGR_TRACE = 4,
+    TRACECMD_MSG_MNG_ERR = 0,
+    TRACECMD_MSG_MNG_CONNECT = 1,
+    TRACECMD_MSG_MNG_GLIST = 2,
+    TRACECMD_MSG_MNG_ALIST = 3,
+    TRACECMD_MSG_MNG_TRACE = 4,
 }
 
 /// Recorder flags (spec §1.2).

@@ -12,15 +12,24 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* Former names of enum tracecmd_msg_mngr_type's values. */
+#define TRACECMD_MSG_MNGR_ERR TRACECMD_MSG_MNG_ERR
+#define TRACECMD_MSG_MNGR_CONNECT TRACECMD_MSG_MNG_CONNECT
+#define TRACECMD_MSG_MNGR_GLIST TRACECMD_MSG_MNG_GLIST
+#define TRACECMD_MSG_MNGR_ALIST TRACECMD_MSG_MNG_ALIST
+#define TRACECMD_MSG_MNGR_TRACE TRACECMD_MSG_MNG_TRACE
+
 /**
- * What a manager asked for (result of `tracecmd_msg_read_manager`).
+ * What a manager asked for (result of `tracecmd_msg_read_manager`). The names
+ * are the virt-server branch's; the header also defines `TRACECMD_MSG_MNGR_*`
+ * for each (build.rs), the names earlier versions of this header used.
  */
 enum tracecmd_msg_mngr_type {
-  TRACECMD_MSG_MNGR_ERR = 0,
-  TRACECMD_MSG_MNGR_CONNECT = 1,
-  TRACECMD_MSG_MNGR_GLIST = 2,
-  TRACECMD_MSG_MNGR_ALIST = 3,
-  TRACECMD_MSG_MNGR_TRACE = 4,
+  TRACECMD_MSG_MNG_ERR = 0,
+  TRACECMD_MSG_MNG_CONNECT = 1,
+  TRACECMD_MSG_MNG_GLIST = 2,
+  TRACECMD_MSG_MNG_ALIST = 3,
+  TRACECMD_MSG_MNG_TRACE = 4,
 };
 
 /**

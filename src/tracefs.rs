@@ -154,6 +154,9 @@ pub enum TracefsError {
         /// The clocks listed in `trace_clock`.
         available: Vec<String>,
     },
+    /// A `list -e` regular expression that does not compile.
+    #[error("invalid regular expression `{0}` (POSIX basic syntax, as trace-cmd's)")]
+    BadRegex(String),
     /// A tracefs file did not have the expected contents.
     #[error("unexpected contents in {}: {detail}", path.display())]
     Parse {
@@ -179,8 +182,45 @@ impl TracefsError {
             TracefsError::NotMounted(_) => libc::ENODEV,
             TracefsError::Io { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
             TracefsError::UnknownEvent { .. } => libc::ENOENT,
-            TracefsError::UnknownClock { .. } | TracefsError::Parse { .. } => libc::EINVAL,
+            TracefsError::UnknownClock { .. }
+            | TracefsError::Parse { .. }
+            | TracefsError::BadRegex(_) => libc::EINVAL,
         }
+    }
+}
+
+/// A POSIX basic regular expression, matched case-insensitively anywhere in a
+/// string: what trace-cmd's `list` compiles with `regcomp(REG_ICASE | REG_NOSUB)`,
+/// so that a pattern selects here what it selects there.
+struct PosixRegex(Box<libc::regex_t>);
+
+impl PosixRegex {
+    fn new(pattern: &str) -> Result<PosixRegex, TracefsError> {
+        let bad = || TracefsError::BadRegex(pattern.to_string());
+        let c = std::ffi::CString::new(pattern).map_err(|_| bad())?;
+        // SAFETY: regex_t is plain data; regcomp fills it in, and on failure
+        // leaves nothing to free.
+        let mut re: Box<libc::regex_t> = Box::new(unsafe { std::mem::zeroed() });
+        let rc = unsafe { libc::regcomp(&mut *re, c.as_ptr(), libc::REG_ICASE | libc::REG_NOSUB) };
+        if rc != 0 {
+            return Err(bad());
+        }
+        Ok(PosixRegex(re))
+    }
+
+    fn is_match(&self, s: &str) -> bool {
+        let Ok(c) = std::ffi::CString::new(s) else {
+            return false;
+        };
+        // SAFETY: self.0 was compiled by regcomp; no match offsets are asked for.
+        unsafe { libc::regexec(&*self.0, c.as_ptr(), 0, std::ptr::null_mut(), 0) == 0 }
+    }
+}
+
+impl Drop for PosixRegex {
+    fn drop(&mut self) {
+        // SAFETY: compiled by regcomp and freed only here.
+        unsafe { libc::regfree(&mut *self.0) }
     }
 }
 
@@ -523,6 +563,62 @@ impl Instance {
             }
         }
         out.sort();
+        Ok(out)
+    }
+
+    /// The events as `trace-cmd list -e [REGEX]` shows them, one `system:event`
+    /// each. Without a regex: the lines of `available_events`. With one, split at
+    /// its first `:` into `SYS[:EVENT]` (POSIX basic regular expressions,
+    /// case-insensitive, matched anywhere in the name, as trace-cmd does): a system
+    /// whose name matches SYS gives all its events, or those matching EVENT; and
+    /// without EVENT (and no trailing `:`), every event whose own name matches SYS.
+    pub fn list_events(&self, regex: Option<&str>) -> Result<Vec<String>, TracefsError> {
+        let Some(regex) = regex.filter(|r| !r.is_empty()) else {
+            let path = self.file("available_events");
+            return Ok(read_text(&path)?.lines().map(str::to_string).collect());
+        };
+        // trace-cmd splits with strtok: leading ':' are skipped, an empty rest
+        // counts as none.
+        let trimmed = regex.trim_start_matches(':');
+        let (sys_re, ev_re) = match trimmed.split_once(':') {
+            Some((s, e)) if !e.is_empty() => (s, Some(e)),
+            Some((s, _)) => (s, None),
+            None => (trimmed, None),
+        };
+        let just_systems = ev_re.is_none() && regex.ends_with(':');
+        let sys_re = PosixRegex::new(sys_re)?;
+        let ev_re = ev_re.map(PosixRegex::new).transpose()?;
+        let events = self.available_events()?;
+        Ok(events
+            .iter()
+            .filter(|e| {
+                if sys_re.is_match(&e.system) {
+                    ev_re.as_ref().map_or(true, |r| r.is_match(&e.event))
+                } else {
+                    !just_systems && ev_re.is_none() && sys_re.is_match(&e.event)
+                }
+            })
+            .map(|e| format!("{}:{}", e.system, e.event))
+            .collect())
+    }
+
+    /// `available_tracers`, as `trace-cmd list -t` prints it.
+    pub fn available_tracers_text(&self) -> Result<String, TracefsError> {
+        read_text(&self.file("available_tracers"))
+    }
+
+    /// Every trace option, as `trace-cmd list -o` (3.1.6) lists them: the files of
+    /// `options/` in directory order (also the options of tracers not in use, which
+    /// `trace_options` leaves out), each as its name when set and `no<name>` when not.
+    pub fn trace_options_listing(&self) -> Result<Vec<String>, TracefsError> {
+        let dir = self.file("options");
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(&dir).map_err(io_err(&dir))? {
+            let entry = entry.map_err(io_err(&dir))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let set = read_text(&entry.path())?.trim() == "1";
+            out.push(if set { name } else { format!("no{name}") });
+        }
         Ok(out)
     }
 
@@ -922,6 +1018,66 @@ impl Drop for TracefsState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An instance over a fake tracing directory holding `events` (`sys:event`).
+    fn fake_instance(tag: &str, events: &[&str]) -> Instance {
+        let dir = std::env::temp_dir().join(format!("tcrs-list-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        for e in events {
+            let (sys, ev) = e.split_once(':').unwrap();
+            std::fs::create_dir_all(dir.join("events").join(sys).join(ev)).unwrap();
+        }
+        std::fs::write(dir.join("events/enable"), "0\n").unwrap();
+        std::fs::write(dir.join("available_events"), events.join("\n") + "\n").unwrap();
+        Instance {
+            path: dir,
+            remove_on_drop: false,
+        }
+    }
+
+    #[test]
+    fn list_events_selects_as_trace_cmd_does() {
+        let inst = fake_instance(
+            "sel",
+            &[
+                "sched:sched_switch",
+                "sched:sched_wakeup",
+                "syscalls:sys_enter_sched_yield",
+                "irq:irq_handler_entry",
+                "schedx:other",
+            ],
+        );
+        let list = |re: Option<&str>| inst.list_events(re).unwrap();
+        assert_eq!(list(None).len(), 5);
+        assert_eq!(list(Some("")).len(), 5);
+        // A system match gives the whole system; otherwise event names match.
+        assert_eq!(
+            list(Some("^sched$")),
+            ["sched:sched_switch", "sched:sched_wakeup"]
+        );
+        assert_eq!(
+            list(Some("sched_")),
+            [
+                "sched:sched_switch",
+                "sched:sched_wakeup",
+                "syscalls:sys_enter_sched_yield"
+            ]
+        );
+        // A trailing ':' means systems only.
+        assert_eq!(list(Some("^sched:")).len(), 3);
+        assert_eq!(list(Some("handler:")), Vec::<String>::new());
+        // SYS:EVENT, case-insensitive, anchored where the user anchors.
+        assert_eq!(list(Some("SCHED:WAKE")), ["sched:sched_wakeup"]);
+        assert_eq!(list(Some("sched:switch$")), ["sched:sched_switch"]);
+        assert_eq!(list(Some("sch:o")), ["schedx:other"]);
+        // POSIX basic syntax: `+` is a literal there.
+        assert_eq!(list(Some("sched_+")), Vec::<String>::new());
+        assert!(matches!(
+            inst.list_events(Some("sched[")),
+            Err(TracefsError::BadRegex(_))
+        ));
+        let _ = std::fs::remove_dir_all(inst.path());
+    }
 
     #[test]
     fn buffer_size_is_read_in_every_kernel_format() {

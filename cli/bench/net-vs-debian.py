@@ -33,7 +33,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from topstate import DEBIAN, require, restore, snapshot, tr_read, tr_write  # noqa: E402
+from topstate import DEBIAN, SANDBOX, require, restore, snapshot, tr_read, tr_write  # noqa: E402
 
 GIB = 1 << 30
 BUFFER_KB = "4096"
@@ -222,7 +222,8 @@ def main():
     ap.add_argument("--rates", default="20000,100000,300000,max")
     ap.add_argument("--transports", default="tcp,udp")
     ap.add_argument("--rust", default=os.path.join(here, "../../target/release/trace-cmd"))
-    ap.add_argument("--sandbox", default="/work/shared/tools/ftrace-sandbox")
+    ap.add_argument("--sandbox", default=SANDBOX,
+                    help="ftrace-sandbox that Debian's trace-cmd runs in (default: %(default)s)")
     a = ap.parse_args()
     require(a.rust, DEBIAN, a.sandbox)
     cpus = os.cpu_count()

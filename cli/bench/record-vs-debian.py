@@ -21,7 +21,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from topstate import DEBIAN, require, restore, snapshot  # noqa: E402
+from topstate import DEBIAN, SANDBOX, require, restore, snapshot  # noqa: E402
 
 
 def run(cmd):
@@ -54,7 +54,8 @@ def main():
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--seconds", type=float, default=5)
     ap.add_argument("--rust", default=os.path.join(here, "../../target/release/trace-cmd"))
-    ap.add_argument("--sandbox", default="/work/shared/tools/ftrace-sandbox")
+    ap.add_argument("--sandbox", default=SANDBOX,
+                    help="ftrace-sandbox that Debian's trace-cmd runs in (default: %(default)s)")
     a = ap.parse_args()
     require(a.rust, DEBIAN, a.sandbox)
     secs = str(a.seconds)

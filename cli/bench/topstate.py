@@ -9,6 +9,10 @@ import sys
 
 TRACING = "/sys/kernel/tracing"
 DEBIAN = "/usr/bin/trace-cmd"
+# The sandbox that lets Debian's trace-cmd record here lies in shared/, beside
+# the repository: <repo>/cli/bench/ -> <repo>/../shared/tools/ftrace-sandbox.
+SANDBOX = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                        "../../../shared/tools/ftrace-sandbox"))
 
 
 def require(*tools):

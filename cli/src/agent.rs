@@ -32,6 +32,9 @@ pub fn run(a: AgentArgs) -> Result<(), String> {
     let stopped = Arc::new(AtomicBool::new(false));
     let s2 = stopped.clone();
     // SIGINT/SIGTERM: a recording in progress is stopped and tracefs restored.
+    // Blocked in every thread and taken with sigwait: the kernel queues a blocked
+    // signal even when its disposition is "ignore", so this works also when
+    // SIGINT starts out ignored (a background job of a script).
     let mut set = SigSet::empty();
     set.add(Signal::SIGINT);
     set.add(Signal::SIGTERM);

@@ -33,7 +33,7 @@ enum Cmd {
     Connect(connect::ConnectArgs),
     /// The guest agent: `agent --virt [--ports-dir DIR]`.
     Agent(agent::AgentArgs),
-    /// List the listener's guests (-G) or agents (-A).
+    /// List events (-e [REGEX]), tracers (-t), options (-o), or the listener's guests (-G) or agents (-A).
     List(list::ListArgs),
     /// Print the version.
     Version,

@@ -267,12 +267,14 @@ fn debian_listener_forced_v1() {
 /// Debian's `trace-cmd` run inside `shared/tools/ftrace-sandbox` (which masks the
 /// function-tracer files this kernel refuses), as a record client.
 fn sandbox() -> PathBuf {
-    // CI lays shared/ beside the clone; a developer has it at /work/shared.
+    // shared/ lies beside the repository (in CI and for a developer alike).
     let beside = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/tools/ftrace-sandbox");
-    [beside, PathBuf::from("/work/shared/tools/ftrace-sandbox")]
-        .into_iter()
-        .find(|p| p.exists())
-        .expect("shared/tools/ftrace-sandbox is missing: it runs Debian's trace-cmd record here")
+    assert!(
+        beside.exists(),
+        "{} is missing: it runs Debian's trace-cmd record here",
+        beside.display()
+    );
+    beside
 }
 
 /// The reference cell of the interop matrix: Debian client to Debian listener,

@@ -18,7 +18,9 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use dat_common::{report, TempDir};
+use nix::sys::signal::Signal;
 use nix::sys::termios;
+use std::os::unix::process::CommandExt;
 use tracecmd_rs::tracefs::Instance;
 
 const BIN: &str = env!("CARGO_BIN_EXE_trace-cmd");
@@ -132,12 +134,17 @@ impl Sim {
     }
 
     fn start_agent(&mut self) {
-        let agent = Command::new(BIN)
-            .args(["agent", "--virt", "--debug", "--ports-dir"])
+        self.start_agent_with(|_| {});
+    }
+
+    /// Starts the agent, its command adjusted by `adjust` first.
+    fn start_agent_with(&mut self, adjust: impl FnOnce(&mut Command)) {
+        let mut c = Command::new(BIN);
+        c.args(["agent", "--virt", "--debug", "--ports-dir"])
             .arg(self.dir.path().join("ports"))
-            .stderr(File::create(self.dir.path().join("agent.log")).unwrap())
-            .spawn()
-            .expect("start the agent");
+            .stderr(File::create(self.dir.path().join("agent.log")).unwrap());
+        adjust(&mut c);
+        let agent = c.spawn().expect("start the agent");
         self.agent = Some(Killed(agent));
         wait_until("agent registered", Duration::from_secs(15), || {
             let o = tc(self).args(["list", "-A"]).output().unwrap();
@@ -416,9 +423,23 @@ fn a_vanished_manager_frees_the_agent() {
     );
 }
 
-#[test]
-fn sigterm_stops_the_agent_and_restores_the_guest_tracefs() {
-    let mut s = setup("vterm");
+/// `sig` to the agent while it records: it stops tracing, puts the guest's
+/// tracefs back and exits 0 (issue 15 item 2). With `sigint_ignored` the agent
+/// starts with SIGINT ignored, as a background job of a script does.
+fn signal_stops_the_agent(tag: &str, sig: Signal, sigint_ignored: bool) {
+    let mut s = setup(tag);
+    if sigint_ignored {
+        s.sim.agent = None;
+        s.sim.start_agent_with(|c| {
+            // SAFETY: only async-signal-safe calls between fork and exec.
+            unsafe {
+                c.pre_exec(|| {
+                    libc::signal(libc::SIGINT, libc::SIG_IGN);
+                    Ok(())
+                });
+            }
+        });
+    }
     let (host, guest) = (&s.host, &s.guest);
     let file = s.sim.dir.path().join("t.dat");
     let before = guest.enabled_events().unwrap();
@@ -433,10 +454,17 @@ fn sigterm_stops_the_agent_and_restores_the_guest_tracefs() {
     });
     let mut agent = s.sim.agent.take().unwrap();
     let pid = nix::unistd::Pid::from_raw(agent.0.id() as i32);
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
-    wait_until("agent exit", Duration::from_secs(5), || {
-        matches!(agent.0.try_wait(), Ok(Some(_)))
+    nix::sys::signal::kill(pid, sig).unwrap();
+    let mut status = None;
+    wait_until("agent exit", Duration::from_secs(10), || {
+        status = agent.0.try_wait().unwrap();
+        status.is_some()
     });
+    let log = std::fs::read_to_string(s.sim.dir.path().join("agent.log")).unwrap();
+    assert!(
+        status.unwrap().success(),
+        "agent exit {status:?} on {sig}:\n{log}"
+    );
     assert!(!guest.tracing_on().unwrap(), "tracing left on in the guest");
     assert_eq!(
         guest.enabled_events().unwrap(),
@@ -444,4 +472,76 @@ fn sigterm_stops_the_agent_and_restores_the_guest_tracefs() {
         "guest events left enabled"
     );
     let _ = rec.0.kill();
+}
+
+#[test]
+fn sigterm_stops_the_agent_and_restores_the_guest_tracefs() {
+    signal_stops_the_agent("vterm", Signal::SIGTERM, false);
+}
+
+#[test]
+fn sigint_stops_the_agent_and_restores_the_guest_tracefs() {
+    signal_stops_the_agent("vint", Signal::SIGINT, false);
+}
+
+#[test]
+fn sigint_stops_an_agent_started_with_sigint_ignored() {
+    signal_stops_the_agent("vintign", Signal::SIGINT, true);
+}
+
+/// A registered agent that waits for a manager exits 0 on either signal.
+#[test]
+fn signals_stop_an_idle_agent() {
+    for sig in [Signal::SIGINT, Signal::SIGTERM] {
+        let mut sim = Sim::new(&format!("vidle-{sig}"));
+        let mut agent = sim.agent.take().unwrap();
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(agent.0.id() as i32), sig).unwrap();
+        let mut status = None;
+        wait_until("agent exit", Duration::from_secs(10), || {
+            status = agent.0.try_wait().unwrap();
+            status.is_some()
+        });
+        assert!(status.unwrap().success(), "agent exit {status:?} on {sig}");
+    }
+}
+
+/// An agent still waiting for the listener's answer stops cleanly too.
+#[test]
+fn signals_stop_an_agent_that_waits_for_the_listener() {
+    for (i, sig) in [Signal::SIGINT, Signal::SIGTERM].into_iter().enumerate() {
+        let dir = TempDir::new(&format!("vwait{i}"));
+        let ports = dir.path().join("ports");
+        std::fs::create_dir_all(&ports).unwrap();
+        // Ports nobody answers on: the agent keeps retrying its handshake.
+        let mut slaves = Vec::new();
+        for name in PORTS {
+            let pty = nix::pty::openpty(None, None).unwrap();
+            let path = nix::unistd::ttyname(&pty.slave).unwrap();
+            std::os::unix::fs::symlink(&path, ports.join(name)).unwrap();
+            slaves.push(pty);
+        }
+        let log = dir.path().join("agent.log");
+        let mut agent = Killed(
+            Command::new(BIN)
+                .args(["agent", "--virt", "--debug", "--ports-dir"])
+                .arg(&ports)
+                .stderr(File::create(&log).unwrap())
+                .spawn()
+                .unwrap(),
+        );
+        wait_until("agent started", Duration::from_secs(10), || {
+            std::fs::read_to_string(&log).is_ok_and(|l| l.contains("ports in"))
+        });
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(agent.0.id() as i32), sig).unwrap();
+        let mut status = None;
+        wait_until("agent exit", Duration::from_secs(10), || {
+            status = agent.0.try_wait().unwrap();
+            status.is_some()
+        });
+        assert!(
+            status.unwrap().success(),
+            "agent exit {status:?} on {sig}:\n{}",
+            std::fs::read_to_string(&log).unwrap()
+        );
+    }
 }

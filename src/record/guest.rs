@@ -25,12 +25,9 @@ pub const AGENT_WAIT: Duration = Duration::from_secs(15);
 
 /// Whether the listener lists an agent named `name`.
 fn agent_listed(paths: &VirtPaths, name: &str) -> Result<bool> {
-    let s = transport::connect_unix(&paths.manager_socket())?;
-    let mut found = false;
-    session::list_agents(&Channel::new(s.as_fd()), &mut |n, _| {
-        found |= n == name.as_bytes()
-    })?;
-    Ok(found)
+    Ok(crate::virt::guest::list(paths, crate::virt::guest::Listing::Agents)?
+        .iter()
+        .any(|(n, _)| n == name))
 }
 
 /// A guest being recorded.

@@ -13,7 +13,7 @@ use std::time::Duration;
 use super::{io_err, Result, VirtError};
 use crate::msg::session;
 use crate::msg::v2::{self, Msg};
-use crate::msg::{Channel, MsgError, Wait, MAX_CPUS};
+use crate::msg::{Channel, MsgError, Wait, CONNECTION_MSG, MAX_CPUS};
 use crate::output::Metadata;
 use crate::recorder::{CpuRecorder, Input, Output, RecordFlags};
 use crate::tracefs::{self, Instance, TracefsState};
@@ -109,28 +109,42 @@ pub fn parse_guest_args(argv: &[String]) -> std::result::Result<GuestRecordArgs,
 }
 
 /// Handshake with the listener (TCONNECT/RCONNECT, CINIT/CRINIT), retried until
-/// the listener answers or `stopped()`.
-pub fn handshake(ch: &Channel<'_>, cpus: u32, stopped: &dyn Fn() -> bool) -> Result<()> {
-    loop {
-        let res = session::connect_to_server(ch).and_then(|()| {
-            v2::send(ch, &Msg::CInit { cpus })?;
-            loop {
-                match v2::recv(ch, Wait::Timed)? {
-                    Msg::CRInit => return Ok(()),
-                    Msg::RConnect(_) => continue,
-                    m => {
-                        return Err(MsgError::Unexpected {
-                            expected: "CRINIT",
-                            got: m.cmd().name(),
-                        })
-                    }
-                }
+/// the listener answers. Every wait checks `stopped()`, so that a signal ends the
+/// agent also while no listener answers: `Ok(false)` then.
+pub fn handshake(ch: &Channel<'_>, cpus: u32, stopped: &dyn Fn() -> bool) -> Result<bool> {
+    let limit = ch.timeout();
+    let attempt = || -> Result<Option<()>> {
+        v2::send(ch, &Msg::TConnect)?;
+        match recv_unless_stopped(ch, stopped, limit)? {
+            None => return Ok(None),
+            Some(Msg::RConnect(s)) if s.as_slice() == CONNECTION_MSG => {}
+            Some(Msg::RConnect(s)) => {
+                return Err(MsgError::NotTraceCmd(format!(
+                    "RCONNECT says {:?}",
+                    String::from_utf8_lossy(&s)
+                ))
+                .into())
             }
-        });
-        match res {
-            Ok(()) => return Ok(()),
-            Err(MsgError::Interrupted) if stopped() => return Err(MsgError::Interrupted.into()),
-            Err(e) if stopped() => return Err(e.into()),
+            Some(m) => return Err(unexpected("RCONNECT", &m)),
+        }
+        v2::send(ch, &Msg::CInit { cpus })?;
+        loop {
+            match recv_unless_stopped(ch, stopped, limit)? {
+                None => return Ok(None),
+                Some(Msg::CRInit) => return Ok(Some(())),
+                Some(Msg::RConnect(_)) => continue,
+                Some(m) => return Err(unexpected("CRINIT", &m)),
+            }
+        }
+    };
+    loop {
+        if stopped() {
+            return Ok(false);
+        }
+        match attempt() {
+            Ok(Some(())) => return Ok(true),
+            Ok(None) => return Ok(false),
+            Err(_) if stopped() => return Ok(false),
             Err(e) => {
                 log::info!("no answer from the host listener yet ({e}); retrying");
                 std::thread::sleep(Duration::from_millis(500));
@@ -139,13 +153,32 @@ pub fn handshake(ch: &Channel<'_>, cpus: u32, stopped: &dyn Fn() -> bool) -> Res
     }
 }
 
-/// The next message, waiting without a timeout but checking `stopped()` every
-/// 300 ms (`None` once it is true).
-fn recv_unless_stopped(ch: &Channel<'_>, stopped: &dyn Fn() -> bool) -> Result<Option<Msg>> {
+fn unexpected(expected: &'static str, m: &Msg) -> VirtError {
+    MsgError::Unexpected {
+        expected,
+        got: m.cmd().name(),
+    }
+    .into()
+}
+
+/// The next message, checking `stopped()` every 300 ms while none has started
+/// (`None` once it is true); with a `limit`, a message must start within it.
+fn recv_unless_stopped(
+    ch: &Channel<'_>,
+    stopped: &dyn Fn() -> bool,
+    limit: Option<Duration>,
+) -> Result<Option<Msg>> {
     use nix::poll::{PollFd, PollFlags, PollTimeout};
+    let deadline = limit.map(|l| std::time::Instant::now() + l);
     loop {
         if stopped() {
             return Ok(None);
+        }
+        if let Some(d) = deadline {
+            if std::time::Instant::now() >= d {
+                let ms = limit.unwrap_or_default().as_millis() as u64;
+                return Err(MsgError::TimedOut(ms).into());
+            }
         }
         let mut p = [PollFd::new(ch.fd(), PollFlags::POLLIN)];
         match nix::poll::poll(&mut p, PollTimeout::from(300u16)) {
@@ -165,7 +198,7 @@ fn recv_unless_stopped(ch: &Channel<'_>, stopped: &dyn Fn() -> bool) -> Result<O
 /// Waits for a manager's CONNECT{argc} (stray CLOSE/ACK are skipped); `None`
 /// once `stopped()`.
 pub fn wait_for_manager(ch: &Channel<'_>, stopped: &dyn Fn() -> bool) -> Result<Option<u32>> {
-    while let Some(m) = recv_unless_stopped(ch, stopped)? {
+    while let Some(m) = recv_unless_stopped(ch, stopped, None)? {
         match m {
             Msg::Connect { cpus } => return Ok(Some(cpus)),
             m => log::debug!("waiting for a manager: ignoring {}", m.cmd().name()),
@@ -178,7 +211,10 @@ pub fn wait_for_manager(ch: &Channel<'_>, stopped: &dyn Fn() -> bool) -> Result<
 pub fn serve(ports: &GuestPorts, stopped: &dyn Fn() -> bool) -> Result<()> {
     let ch = Channel::new(ports.ctl.as_fd());
     let cpus = ports.cpus.len() as u32;
-    handshake(&ch, cpus, stopped)?;
+    if !handshake(&ch, cpus, stopped)? {
+        log::info!("asked to exit before the host listener answered");
+        return Ok(());
+    }
     log::info!("registered with the host listener ({cpus} CPU ports); waiting for a manager");
     while !stopped() {
         let Some(argc) = wait_for_manager(&ch, stopped)? else {
@@ -191,6 +227,7 @@ pub fn serve(ports: &GuestPorts, stopped: &dyn Fn() -> bool) -> Result<()> {
         log::info!("manager asks to record: {argv:?}");
         match record_session(&ch, ports, &argv, stopped) {
             Ok(()) => log::info!("recording done; waiting for the next manager"),
+            Err(_) if stopped() => log::info!("recording stopped: the agent was asked to exit"),
             Err(e) => log::warn!("recording failed: {e}; waiting for the next manager"),
         }
     }
@@ -301,7 +338,7 @@ fn record_session(
     let lost = match sent {
         Err(e) => Some(VirtError::from(e)),
         Ok(()) => loop {
-            match recv_unless_stopped(ch, stopped) {
+            match recv_unless_stopped(ch, stopped, None) {
                 Ok(Some(Msg::Close)) => break None,
                 Ok(Some(m)) => log::debug!("while recording: ignoring {}", m.cmd().name()),
                 Ok(None) => break Some(VirtError::Invalid("the agent was asked to exit".into())),

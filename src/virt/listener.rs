@@ -532,11 +532,11 @@ fn manager_session(shared: &Arc<Shared>, paths: &VirtPaths, fd: OwnedFd) {
             Ok(gc) => match register_guest(shared, paths, gc) {
                 Ok(d) => {
                     log::info!("guest {d:?} registered");
-                    v2::send(&ch, &Msg::Ack)
+                    answer_connect(&ch, &Msg::Ack)
                 }
                 Err(why) => {
                     log::warn!("refused a connect: {why}");
-                    session::send_finish(&ch)
+                    answer_connect(&ch, &Msg::Finish)
                 }
             },
             Err(e) => Err(e),
@@ -577,6 +577,21 @@ fn manager_session(shared: &Arc<Shared>, paths: &VirtPaths, fd: OwnedFd) {
     };
     if let Err(e) = res {
         log::warn!("manager connection: {e}");
+    }
+}
+
+/// Answers a `connect`. The virt-server's C `connect` closes right after its
+/// strings without reading an answer (spec §3.4), so a peer that is gone by
+/// now is what the protocol expects, not a failure.
+fn answer_connect(ch: &Channel<'_>, answer: &Msg) -> crate::msg::Result<()> {
+    match v2::send(ch, answer) {
+        Err(MsgError::Send(e))
+            if matches!(e.raw_os_error(), Some(libc::EPIPE | libc::ECONNRESET)) =>
+        {
+            log::debug!("the connect client closed without reading the answer (as the virt-server's C connect does)");
+            Ok(())
+        }
+        r => r,
     }
 }
 

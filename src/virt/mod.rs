@@ -48,8 +48,12 @@ pub enum VirtError {
     },
     #[error("invalid domain name {0:?}: use 1 to 64 characters without '/', NUL or control characters, and not '.' or '..'")]
     BadDomain(String),
-    #[error("the listener refused to register guest {0:?} (already registered, or its FIFOs are missing; see the listener's log)")]
+    #[error("the listener refused to register guest {0:?} (are its FIFOs there? see the listener's log)")]
     Refused(String),
+    #[error("guest {guest:?} is already registered with the listener ({cpus} CPUs); restart the listener to register it anew")]
+    AlreadyRegistered { guest: String, cpus: u32 },
+    #[error("the listener neither answered nor lists guest {0:?}; see the listener's log")]
+    NoAnswer(String),
     #[error("the guest agent of {guest:?} refused to record: {reason}")]
     AgentRefused { guest: String, reason: String },
     #[error("the listener knows no free agent for guest {0:?} (is `trace-cmd agent --virt` running in it, and no other record -A using it?)")]
@@ -67,7 +71,9 @@ impl VirtError {
             VirtError::Msg(e) => e.errno(),
             VirtError::Io { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
             VirtError::BadDomain(_) | VirtError::Invalid(_) => libc::EINVAL,
-            VirtError::Refused(_) => libc::EEXIST,
+            VirtError::Refused(_) => libc::EINVAL,
+            VirtError::AlreadyRegistered { .. } => libc::EEXIST,
+            VirtError::NoAnswer(_) => libc::ETIMEDOUT,
             VirtError::AgentRefused { .. } => libc::EINVAL,
             VirtError::NoAgent(_) => libc::ENODEV,
             VirtError::BadMetadata(_) => libc::EBADMSG,
