@@ -355,7 +355,7 @@ pub type ServerHello = Hello;
 pub type AnyHello = Hello;
 
 /// Listener that speaks V1 and V2 (spec §3.2): sends "tracecmd" and negotiates.
-/// "-1V3" (or any other "-1V<x>") is answered "V2\0" and another CPU string is
+/// "-1V3" (or any other `-1V<x>`) is answered "V2\0" and another CPU string is
 /// read, as V2-era listeners do.
 pub fn server_negotiate(ch: &Channel<'_>) -> Result<Hello> {
     server_hello(ch, Proto::V2)
@@ -364,7 +364,7 @@ pub fn server_negotiate(ch: &Channel<'_>) -> Result<Hello> {
 /// Listener for every client generation (spec §3.1, §3.2, doc §6.3): sends
 /// "tracecmd", then the client's first string decides. A CPU count is a V1
 /// client; "-1V2" gets "V2\0" and the V2 magic check; "-1V3" gets "V3\0" and the
-/// V3 magic check. Any other "-1V<x>" is answered "V3\0" and another string is
+/// V3 magic check. Any other `-1V<x>` is answered "V3\0" and another string is
 /// read, as 3.x listeners do.
 pub fn server_negotiate_any(ch: &Channel<'_>) -> Result<Hello> {
     server_hello(ch, Proto::V3)
@@ -386,9 +386,12 @@ fn server_hello(ch: &Channel<'_>, highest: Proto) -> Result<Hello> {
             let n = super::check_count("cpu count", n, super::MAX_CPUS)?;
             return Ok(Hello::V1(v1::read_client_init_after_cpus(&mut src, n)?));
         };
-        let spoken = [&V2_TEXT, &V3_TEXT]
-            .into_iter()
-            .find(|v| v.proto <= highest && v.offer[3..4] == *version);
+        let spoken = match version {
+            b"2" => Some(&V2_TEXT),
+            b"3" => Some(&V3_TEXT),
+            _ => None,
+        }
+        .filter(|v| v.proto <= highest);
         let Some(v) = spoken else {
             let shown = String::from_utf8_lossy(version).into_owned();
             if offered.iter().any(|o| o == version) || offered.len() == MAX_OFFERS {
