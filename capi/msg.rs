@@ -1,6 +1,7 @@
 //! The message layer of the C ABI (spec §2.1, §7): `tracecmd_msg_*` and `page_size`.
 //!
-//! Conversions only: every protocol decision is in `crate::msg`. Conventions:
+//! Conversions only: every protocol decision is in `crate::msg` (the TINIT/RINIT
+//! handshake in `crate::msg::negotiate`). Conventions:
 //! * return 0 (or a count) on success and a negative errno on failure, unless the
 //!   C original documents another value (`-1` from `tracecmd_msg_connect_guest`
 //!   and `tracecmd_msg_agent_parameters`, `2` from `tracecmd_msg_transfer_fd`);
@@ -25,7 +26,8 @@
 // checked for NULL at the top of each body, not Rust's `unsafe fn`.
 #![allow(clippy::not_unsafe_ptr_arg_deref)]
 use super::types::{tracecmd_msg_flags as fl, tracecmd_msg_handle, tracecmd_msg_mngr_type};
-use crate::msg::session::{self, Initial, ManagerRequest};
+use crate::msg::negotiate::{self, Initial};
+use crate::msg::session::{self, ManagerRequest};
 use crate::msg::{self, Channel, MsgError};
 use std::ffi::CStr;
 use std::os::fd::{BorrowedFd, IntoRawFd};
@@ -277,7 +279,7 @@ pub extern "C" fn tracecmd_msg_send_init_data(
                 return -libc::EINVAL;
             };
             let use_tcp = flags & fl::TRACECMD_MSG_FL_USE_TCP as c_ulong != 0;
-            let rinit = match session::send_init(ch, cpus, effective_page_size(), use_tcp) {
+            let rinit = match negotiate::send_init(ch, cpus, effective_page_size(), use_tcp) {
                 Ok(r) => r,
                 Err(e) => return fail("send init data", &e),
             };
@@ -392,7 +394,7 @@ pub extern "C" fn tracecmd_msg_set_connection(
 #[no_mangle]
 pub extern "C" fn tracecmd_msg_initial_setting(msg_handle: *mut tracecmd_msg_handle) -> c_int {
     super::ffi_guard!(-libc::EFAULT, {
-        on_handle(msg_handle, |h, ch| match session::initial_setting(ch) {
+        on_handle(msg_handle, |h, ch| match negotiate::initial_setting(ch) {
             Ok(Initial::Agent { cpus }) => {
                 h.add_flags(fl::TRACECMD_MSG_FL_AGENT as c_ulong);
                 h.set_cpu_count(cpus);
@@ -439,7 +441,7 @@ pub extern "C" fn tracecmd_msg_send_port_array(
             };
             ret0(
                 "send port array",
-                session::send_port_array(ch, cpus as u32, list.as_deref()),
+                negotiate::send_port_array(ch, cpus as u32, list.as_deref()),
             )
         })
     })

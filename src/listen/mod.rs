@@ -2,7 +2,7 @@
 //! §3.1, §3.2, §6.1–6.3; doc §6, §7).
 //!
 //! The client's first string decides the protocol: a CPU count is V1, "-1V2" is
-//! V2, "-1V3" is V3 ([`crate::msg::handshake::server_negotiate_any`]). Each
+//! V2, "-1V3" is V3 ([`crate::msg::negotiate::server_negotiate_any`]). Each
 //! connection runs on its own thread with per-message timeouts, so a slow, silent
 //! or hostile client delays nobody else, and no client can end the listener
 //! (bad input is an error of that session only; sockets are written with
@@ -124,13 +124,8 @@ impl ListenError {
     }
 }
 
-/// The protocol a session spoke.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Protocol {
-    V1,
-    V2,
-    V3,
-}
+/// The protocol a session spoke (the one protocol enum, at its earlier name).
+pub use crate::msg::negotiate::Proto as Protocol;
 
 /// How a session ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

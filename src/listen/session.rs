@@ -10,16 +10,9 @@ use std::path::PathBuf;
 
 use super::data::DataPorts;
 use super::{name, ListenConfig, ListenError, Outcome, Protocol, SessionReport};
-use crate::msg::handshake::{self, AnyHello};
-use crate::msg::{session as msess, v2, v3, Channel, MsgError, Wait};
+use crate::msg::negotiate::{self, Hello};
+use crate::msg::{v2, v3, Channel, MsgError, Wait};
 use crate::output::{self, v7, BufferData, MAGIC};
-
-/// What TINIT (or the V1 announcement) asked for.
-struct Init {
-    cpus: u32,
-    page_size: u32,
-    tcp: bool,
-}
 
 pub(crate) fn run(stream: TcpStream, peer: SocketAddr, cfg: &ListenConfig) -> SessionReport {
     let mut report = SessionReport {
@@ -42,69 +35,23 @@ fn session(
     let label = peer.to_string();
     let _ = stream.set_nodelay(true);
     let ch = Channel::new(stream.as_fd()).with_timeout(cfg.timeout);
-    let hello = handshake::server_negotiate_any(&ch)?;
-    let (proto, init) = match hello {
-        AnyHello::V1(i) => (
-            Protocol::V1,
-            Init {
-                cpus: i.cpus,
-                page_size: i.page_size,
-                tcp: i.use_tcp,
-            },
-        ),
-        AnyHello::V2 => match msess::initial_setting(&ch)? {
-            msess::Initial::Record {
-                cpus,
-                page_size,
-                use_tcp,
-            } => (
-                Protocol::V2,
-                Init {
-                    cpus,
-                    page_size,
-                    tcp: use_tcp,
-                },
-            ),
-            msess::Initial::Agent { .. } => {
-                return Err(ListenError::Unsupported(
-                    "a guest-agent session (CINIT) on the network port".into(),
-                ))
+    let hello = negotiate::server_negotiate_any(&ch)?;
+    let proto = hello.proto();
+    let init = match hello {
+        Hello::V1(i) => i,
+        Hello::V2 => negotiate::initial_setting(&ch)?.record().ok_or_else(|| {
+            ListenError::Unsupported("a guest-agent session (CINIT) on the network port".into())
+        })?,
+        Hello::V3 => {
+            let req = negotiate::v3_initial_setting(&ch)?;
+            if req.vsock {
+                return Err(ListenError::Unsupported("per-CPU data over vsock".into()));
             }
-        },
-        AnyHello::V3 => match v3::recv(&ch, Wait::Timed)? {
-            v3::Msg::TInit {
-                cpus,
-                page_size,
-                options,
-            } => {
-                let mut tcp = false;
-                for o in &options {
-                    match o.as_str() {
-                        "tcp" => tcp = true,
-                        "vsock" => {
-                            return Err(ListenError::Unsupported("per-CPU data over vsock".into()))
-                        }
-                        other => log::info!("{label}: ignoring unknown TINIT option {other:?}"),
-                    }
-                }
-                (
-                    Protocol::V3,
-                    Init {
-                        cpus,
-                        page_size,
-                        tcp,
-                    },
-                )
+            for other in &req.unknown {
+                log::info!("{label}: ignoring unknown TINIT option {other:?}");
             }
-            m => {
-                let _ = v3::send(&ch, &v3::Msg::NotSupp);
-                return Err(MsgError::Unexpected {
-                    expected: "TINIT",
-                    got: v3_name(&m),
-                }
-                .into());
-            }
-        },
+            req.init
+        }
     };
     report.protocol = Some(proto);
     if init.cpus > cfg.max_cpus {
@@ -125,7 +72,7 @@ fn session(
         "{label}: protocol {proto:?}, {} CPUs, page size {}, data over {}",
         init.cpus,
         init.page_size,
-        if init.tcp { "TCP" } else { "UDP" }
+        if init.use_tcp { "TCP" } else { "UDP" }
     );
 
     let host = name::sanitise_host(&name::peer_host(peer));
@@ -146,7 +93,7 @@ fn session(
         })?;
     report.output = Some(dat_path.clone());
     let ports = match DataPorts::bind(
-        init.tcp,
+        init.use_tcp,
         init.page_size,
         cfg.first_data_port,
         cpu_paths.clone(),
@@ -158,11 +105,7 @@ fn session(
         }
     };
     let port_list: Vec<u32> = ports.ports.iter().map(|&p| u32::from(p)).collect();
-    let sent = match proto {
-        Protocol::V1 => handshake::server_send_ports_v1(&ch, &port_list),
-        Protocol::V2 => msess::send_port_array(&ch, init.cpus, Some(&port_list)),
-        Protocol::V3 => v3::send(&ch, &v3::Msg::RInit { ports: port_list }),
-    };
+    let sent = negotiate::send_ports(&ch, proto, &port_list);
     let data = match sent
         .map_err(ListenError::from)
         .and_then(|_| ports.start(label.clone()))
@@ -213,18 +156,6 @@ fn session(
 fn remove_files(paths: &[PathBuf]) {
     for p in paths {
         let _ = std::fs::remove_file(p);
-    }
-}
-
-fn v3_name(m: &v3::Msg) -> &'static str {
-    match m {
-        v3::Msg::Close => "CLOSE",
-        v3::Msg::TInit { .. } => "TINIT",
-        v3::Msg::RInit { .. } => "RINIT",
-        v3::Msg::SendData(_) => "SEND_DATA",
-        v3::Msg::FinData => "FIN_DATA",
-        v3::Msg::NotSupp => "NOT_SUPP",
-        v3::Msg::Unsupported { .. } => "an agent or proxy command",
     }
 }
 
@@ -316,7 +247,7 @@ fn receive_metadata(
                     Ok(m) => {
                         log::info!(
                             "{label}: {} during the metadata; answered NOT_SUPP",
-                            v3_name(&m)
+                            m.name()
                         );
                         v3::send(ch, &v3::Msg::NotSupp)?;
                     }
@@ -330,7 +261,7 @@ fn receive_metadata(
                     Ok(m) => {
                         log::info!(
                             "{label}: {} while waiting for CLOSE; answered NOT_SUPP",
-                            v3_name(&m)
+                            m.name()
                         );
                         if let Err(e) = v3::send(ch, &v3::Msg::NotSupp) {
                             return partial(label, e);

@@ -16,23 +16,62 @@
 //! Receives that the C original makes without a timeout use [`Wait::Blocking`]: they
 //! still return [`MsgError::Interrupted`] when a signal arrives.
 //!
-//! [`handshake`] holds the text negotiation of both sides (V1 and V2, with the
-//! fallback rules of spec §3.2 and §6.3); [`session`] the message sequences of
-//! spec §2.1 (TINIT/RINIT, metadata, strings, manager and agent messages, fd
-//! passing) as safe functions that the C layer and the CLI share.
+//! [`negotiate`] holds the protocol negotiation of both sides for every generation:
+//! the text handshake with the fallback rules of spec §3.2 and §6.3, the one
+//! protocol-version enum [`Proto`], and the TINIT/RINIT (or V1 text) announcement
+//! of V1, V2 and V3; [`session`] the other message sequences of spec §2.1
+//! (metadata, strings, manager and agent messages, fd passing) as safe functions
+//! that the C layer and the CLI share.
 //!
 //! Decoding is strict and bounded: nothing is allocated from a size field before it
 //! has been checked against [`MSG_MAX_LEN`], and every malformed input is a
 //! [`MsgError`] that says what was wrong.
 
+/// Declares a dialect's command enum with its numbers and upstream names, once:
+/// `from_u32` and `name` are generated from the same list, so a command cannot be
+/// numbered without a name, and a `match` on the enum that misses one fails to
+/// compile.
+macro_rules! commands {
+    ($(#[$meta:meta])* $vis:vis enum $name:ident {
+        $($(#[$vmeta:meta])* $variant:ident = $num:literal => $text:literal,)*
+    }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        #[repr(u32)]
+        $vis enum $name {
+            $($(#[$vmeta])* $variant = $num,)*
+        }
+
+        impl $name {
+            /// The command with number `n`, if it is one.
+            pub fn from_u32(n: u32) -> Option<$name> {
+                match n {
+                    $($num => Some($name::$variant),)*
+                    _ => None,
+                }
+            }
+
+            /// The command's name as the C original spells it.
+            pub fn name(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text,)*
+                }
+            }
+        }
+    };
+}
+
 pub mod channel;
-pub mod handshake;
+pub mod negotiate;
 pub mod session;
 pub mod v1;
 pub mod v2;
 pub mod v3;
 
 pub use channel::{default_timeout, parse_timeout, set_default_timeout, Channel, Wait};
+/// The module's earlier name, kept so existing callers compile.
+pub use negotiate as handshake;
+pub use negotiate::Proto;
 
 /// Largest message accepted or sent, header included (spec §1.1).
 pub const MSG_MAX_LEN: usize = 8192;

@@ -8,7 +8,7 @@
 //! | spec §2.1 function | here |
 //! |---|---|
 //! | connect_to_server / set_connection | [`connect_to_server`] / [`set_connection`] |
-//! | send_init_data / initial_setting / send_port_array | [`send_init`] / [`initial_setting`] / [`send_port_array`] |
+//! | send_init_data / initial_setting / send_port_array | [`send_init`] / [`initial_setting`] / [`send_port_array`] (in [`super::negotiate`], re-exported here) |
 //! | metadata_send / finish_sending_metadata / collect_metadata | [`send_metadata`] / [`finish_metadata`] / [`collect_metadata`] |
 //! | send_close_msg | [`send_close`] |
 //! | (strings, §1.6) | [`send_string`] / [`recv_string`] |
@@ -20,6 +20,7 @@
 //! | agent_connect / agent_parameters | [`agent_connect`] / [`agent_parameters`] |
 
 use super::channel::{Channel, Wait};
+pub use super::negotiate::{initial_setting, send_init, send_port_array, Initial, RInit};
 use super::v2::{self, Msg};
 use super::{check_count, MsgError, Result, CONNECTION_MSG, MAX_CPUS, MAX_STRING_LEN};
 use super::{MSG_MAX_LEN, MSG_META_MAX_LEN};
@@ -27,7 +28,7 @@ use crate::transport;
 use std::io::Write;
 use std::os::fd::{BorrowedFd, OwnedFd};
 
-fn unexpected(expected: &'static str, got: &Msg) -> MsgError {
+pub(super) fn unexpected(expected: &'static str, got: &Msg) -> MsgError {
     MsgError::Unexpected {
         expected,
         got: got.cmd().name(),
@@ -55,75 +56,6 @@ pub fn set_connection(ch: &Channel<'_>) -> Result<()> {
         Msg::Close => Err(MsgError::Aborted),
         m => Err(unexpected("TCONNECT", &m)),
     }
-}
-
-/// The server's RINIT answer as the client sees it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RInit {
-    pub cpus: u32,
-    /// Empty in virt mode.
-    pub ports: Vec<u32>,
-}
-
-/// Client: TINIT, then the RINIT answer (CLOSE → [`MsgError::Aborted`]).
-pub fn send_init(ch: &Channel<'_>, cpus: u32, page_size: u32, use_tcp: bool) -> Result<RInit> {
-    v2::send(
-        ch,
-        &Msg::TInit {
-            cpus,
-            page_size,
-            use_tcp,
-        },
-    )?;
-    match v2::recv(ch, Wait::Timed)? {
-        Msg::RInit { cpus, ports } => Ok(RInit { cpus, ports }),
-        Msg::Close => Err(MsgError::Aborted),
-        m => Err(unexpected("RINIT", &m)),
-    }
-}
-
-/// What the first message on a server connection asked for.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Initial {
-    /// A guest agent sent CINIT (CRINIT already answered).
-    Agent { cpus: u32 },
-    /// A record client sent TINIT.
-    Record {
-        cpus: u32,
-        page_size: u32,
-        use_tcp: bool,
-    },
-}
-
-/// Server: wait for TINIT or CINIT; a CINIT is answered with CRINIT.
-pub fn initial_setting(ch: &Channel<'_>) -> Result<Initial> {
-    match v2::recv(ch, Wait::Timed)? {
-        Msg::CInit { cpus } => {
-            v2::send(ch, &Msg::CRInit)?;
-            Ok(Initial::Agent { cpus })
-        }
-        Msg::TInit {
-            cpus,
-            page_size,
-            use_tcp,
-        } => Ok(Initial::Record {
-            cpus,
-            page_size,
-            use_tcp,
-        }),
-        m => Err(unexpected("TINIT or CINIT", &m)),
-    }
-}
-
-/// Server: RINIT with `cpus` and the ports (none in virt mode).
-pub fn send_port_array(ch: &Channel<'_>, cpus: u32, ports: Option<&[u32]>) -> Result<()> {
-    v2::send(
-        ch,
-        &Msg::RInit {
-            cpus,
-            ports: ports.map(<[u32]>::to_vec).unwrap_or_default(),
-        },
-    )
 }
 
 /// Sends `data` as SENDMETA chunks of at most 8180 bytes (empty data: one empty

@@ -22,55 +22,30 @@ pub const MSGOPT_USETCP: u32 = 1;
 /// Size of one binary TINIT option.
 pub const OPT_LEN: usize = 12;
 
-/// Command numbers (spec §1.5).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u32)]
-pub enum Cmd {
-    Error = 0,
-    Close = 1,
-    TConnect = 2,
-    RConnect = 3,
-    TInit = 4,
-    RInit = 5,
-    SendMeta = 6,
-    FinMeta = 7,
-    Connect = 8,
-    Ack = 9,
-    GList = 10,
-    Domain = 11,
-    Finish = 12,
-    CInit = 13,
-    CRInit = 14,
-    AList = 15,
-    Trace = 16,
+commands! {
+    /// Command numbers (spec §1.5); 17 (MAX) and above are not commands.
+    pub enum Cmd {
+        Error = 0 => "ERROR",
+        Close = 1 => "CLOSE",
+        TConnect = 2 => "TCONNECT",
+        RConnect = 3 => "RCONNECT",
+        TInit = 4 => "TINIT",
+        RInit = 5 => "RINIT",
+        SendMeta = 6 => "SENDMETA",
+        FinMeta = 7 => "FINMETA",
+        Connect = 8 => "CONNECT",
+        Ack = 9 => "ACK",
+        GList = 10 => "GLIST",
+        Domain = 11 => "DOMAIN",
+        Finish = 12 => "FINISH",
+        CInit = 13 => "CINIT",
+        CRInit = 14 => "CRINIT",
+        AList = 15 => "ALIST",
+        Trace = 16 => "TRACE",
+    }
 }
 
 impl Cmd {
-    const ALL: [Cmd; 17] = [
-        Cmd::Error,
-        Cmd::Close,
-        Cmd::TConnect,
-        Cmd::RConnect,
-        Cmd::TInit,
-        Cmd::RInit,
-        Cmd::SendMeta,
-        Cmd::FinMeta,
-        Cmd::Connect,
-        Cmd::Ack,
-        Cmd::GList,
-        Cmd::Domain,
-        Cmd::Finish,
-        Cmd::CInit,
-        Cmd::CRInit,
-        Cmd::AList,
-        Cmd::Trace,
-    ];
-
-    /// The command with number `n`; 17 (MAX) and above are not commands.
-    pub fn from_u32(n: u32) -> Option<Cmd> {
-        Cmd::ALL.get(n as usize).copied()
-    }
-
     /// Minimum message size (header + fixed body); 0 for header-only commands.
     pub fn min_size(self) -> u32 {
         match self {
@@ -83,29 +58,6 @@ impl Cmd {
             | Cmd::CInit
             | Cmd::Trace => 12,
             _ => 0,
-        }
-    }
-
-    /// The command's name as the C original spells it.
-    pub fn name(self) -> &'static str {
-        match self {
-            Cmd::Error => "ERROR",
-            Cmd::Close => "CLOSE",
-            Cmd::TConnect => "TCONNECT",
-            Cmd::RConnect => "RCONNECT",
-            Cmd::TInit => "TINIT",
-            Cmd::RInit => "RINIT",
-            Cmd::SendMeta => "SENDMETA",
-            Cmd::FinMeta => "FINMETA",
-            Cmd::Connect => "CONNECT",
-            Cmd::Ack => "ACK",
-            Cmd::GList => "GLIST",
-            Cmd::Domain => "DOMAIN",
-            Cmd::Finish => "FINISH",
-            Cmd::CInit => "CINIT",
-            Cmd::CRInit => "CRINIT",
-            Cmd::AList => "ALIST",
-            Cmd::Trace => "TRACE",
         }
     }
 }

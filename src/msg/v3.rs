@@ -1,26 +1,50 @@
-//! Framing of the modern V3 protocol (spec §6.2b), for a later issue's use.
+//! Framing of the modern V3 protocol (spec §6.2b).
 //!
 //! Header: `BE32 size` (total), `BE32 cmd`, `BE32 cmd_size` (length of the fixed
 //! body that follows). The receiver keeps `min(cmd_size, known body)` bytes of the
 //! body and skips the rest, as upstream does; everything after the body is payload.
-//! Bodies decoded here: CLOSE, TINIT, RINIT, SEND_DATA, FIN_DATA, NOT_SUPP; the
-//! other known commands (6..=11) decode to [`Msg::Unsupported`] so that a caller can
-//! answer NOT_SUPP.
+//! Commands are the [`Cmd`] enum (one name table, [`Cmd::name`]). Bodies decoded
+//! here: CLOSE, TINIT, RINIT, SEND_DATA, FIN_DATA, NOT_SUPP; the other known
+//! commands (6..=11) decode to [`Msg::Unsupported`] so that a caller can answer
+//! NOT_SUPP. The TINIT/RINIT exchange itself is in [`super::negotiate`].
 
 use super::channel::{Channel, Wait};
 use super::{check_count, MsgError, Result, MAX_CPUS, MSG_MAX_LEN, MSG_META_MAX_LEN};
 
 /// Header length.
 pub const HDR_LEN: usize = 12;
-/// Number of V3 commands (0..=11).
-pub const CMD_COUNT: u32 = 12;
 
-pub const CLOSE: u32 = 0;
-pub const TINIT: u32 = 1;
-pub const RINIT: u32 = 2;
-pub const SEND_DATA: u32 = 3;
-pub const FIN_DATA: u32 = 4;
-pub const NOT_SUPP: u32 = 5;
+commands! {
+    /// Command numbers (spec §6.2b); 12 and above are not commands. Only CLOSE …
+    /// NOT_SUPP have bodies decoded here; the agent, time-sync and proxy commands
+    /// decode to [`Msg::Unsupported`].
+    pub enum Cmd {
+        Close = 0 => "CLOSE",
+        TInit = 1 => "TINIT",
+        RInit = 2 => "RINIT",
+        SendData = 3 => "SEND_DATA",
+        FinData = 4 => "FIN_DATA",
+        NotSupp = 5 => "NOT_SUPP",
+        TraceReq = 6 => "TRACE_REQ",
+        TraceResp = 7 => "TRACE_RESP",
+        CloseResp = 8 => "CLOSE_RESP",
+        TimeSync = 9 => "TIME_SYNC",
+        TraceProxy = 10 => "TRACE_PROXY",
+        Cont = 11 => "CONT",
+    }
+}
+
+impl Cmd {
+    /// Bytes of fixed body this crate reads; a longer body is skipped, as upstream
+    /// does, and a shorter one is refused.
+    fn body_len(self) -> usize {
+        match self {
+            Cmd::TInit => 12,
+            Cmd::RInit => 4,
+            _ => 0,
+        }
+    }
+}
 
 /// One V3 message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,7 +62,8 @@ pub enum Msg {
     SendData(Vec<u8>),
     FinData,
     NotSupp,
-    /// A known command whose body this crate does not decode (yet).
+    /// A known command whose body this crate does not decode (yet); `cmd` is its
+    /// number ([`Cmd::from_u32`] gives it back).
     Unsupported {
         cmd: u32,
     },
@@ -48,25 +73,26 @@ fn get32(b: &[u8], off: usize) -> u32 {
     u32::from_be_bytes([b[off], b[off + 1], b[off + 2], b[off + 3]])
 }
 
-fn name(cmd: u32) -> &'static str {
-    match cmd {
-        CLOSE => "CLOSE",
-        TINIT => "TINIT",
-        RINIT => "RINIT",
-        SEND_DATA => "SEND_DATA",
-        FIN_DATA => "FIN_DATA",
-        NOT_SUPP => "NOT_SUPP",
-        _ => "V3 command",
-    }
-}
-
 impl Msg {
+    /// The command's name, for messages and logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Msg::Close => Cmd::Close.name(),
+            Msg::TInit { .. } => Cmd::TInit.name(),
+            Msg::RInit { .. } => Cmd::RInit.name(),
+            Msg::SendData(_) => Cmd::SendData.name(),
+            Msg::FinData => Cmd::FinData.name(),
+            Msg::NotSupp => Cmd::NotSupp.name(),
+            Msg::Unsupported { cmd } => Cmd::from_u32(*cmd).map_or("V3 command", Cmd::name),
+        }
+    }
+
     /// The exact bytes upstream trace-cmd sends.
     pub fn encode(&self) -> Result<Vec<u8>> {
-        let (cmd, body, payload): (u32, Vec<u8>, Vec<u8>) = match self {
-            Msg::Close => (CLOSE, vec![], vec![]),
-            Msg::FinData => (FIN_DATA, vec![], vec![]),
-            Msg::NotSupp => (NOT_SUPP, vec![], vec![]),
+        let (cmd, body, payload): (Cmd, Vec<u8>, Vec<u8>) = match self {
+            Msg::Close => (Cmd::Close, vec![], vec![]),
+            Msg::FinData => (Cmd::FinData, vec![], vec![]),
+            Msg::NotSupp => (Cmd::NotSupp, vec![], vec![]),
             Msg::Unsupported { .. } => {
                 return Err(MsgError::InvalidArgument(
                     "cannot encode an undecoded V3 command",
@@ -76,7 +102,7 @@ impl Msg {
                 if d.len() > MSG_META_MAX_LEN {
                     return Err(MsgError::TooBig("a data chunk over 8180 bytes"));
                 }
-                (SEND_DATA, vec![], d.clone())
+                (Cmd::SendData, vec![], d.clone())
             }
             Msg::TInit {
                 cpus,
@@ -92,7 +118,7 @@ impl Msg {
                     p.extend_from_slice(o.as_bytes());
                     p.push(0);
                 }
-                (TINIT, body, p)
+                (Cmd::TInit, body, p)
             }
             Msg::RInit { ports } => {
                 let body = (ports.len() as u32).to_be_bytes().to_vec();
@@ -101,7 +127,7 @@ impl Msg {
                     p.extend_from_slice(port.to_string().as_bytes());
                     p.push(0);
                 }
-                (RINIT, body, p)
+                (Cmd::RInit, body, p)
             }
         };
         let size = HDR_LEN + body.len() + payload.len();
@@ -109,7 +135,7 @@ impl Msg {
             return Err(MsgError::TooBig("a V3 message over 8192 bytes"));
         }
         let mut out = Vec::with_capacity(size);
-        for v in [size as u32, cmd, body.len() as u32] {
+        for v in [size as u32, cmd as u32, body.len() as u32] {
             out.extend_from_slice(&v.to_be_bytes());
         }
         out.extend_from_slice(&body);
@@ -119,7 +145,7 @@ impl Msg {
 }
 
 /// Checks a header; returns `(cmd, size, cmd_size)`.
-pub fn parse_header(hdr: &[u8; HDR_LEN]) -> Result<(u32, usize, usize)> {
+pub fn parse_header(hdr: &[u8; HDR_LEN]) -> Result<(Cmd, usize, usize)> {
     let size = get32(hdr, 0);
     let cmd = get32(hdr, 4);
     let cmd_size = get32(hdr, 8);
@@ -130,12 +156,10 @@ pub fn parse_header(hdr: &[u8; HDR_LEN]) -> Result<(u32, usize, usize)> {
             max: MSG_MAX_LEN as u32,
         });
     }
-    if cmd >= CMD_COUNT {
-        return Err(MsgError::UnknownCommand(cmd));
-    }
+    let cmd = Cmd::from_u32(cmd).ok_or(MsgError::UnknownCommand(cmd))?;
     if cmd_size > size - HDR_LEN as u32 {
         return Err(MsgError::SizeMismatch {
-            cmd: name(cmd),
+            cmd: cmd.name(),
             field: cmd_size,
             actual: size as usize - HDR_LEN,
         });
@@ -144,10 +168,10 @@ pub fn parse_header(hdr: &[u8; HDR_LEN]) -> Result<(u32, usize, usize)> {
 }
 
 /// NUL-terminated strings filling `payload` exactly, `count` of them.
-fn strings(cmd: u32, payload: &[u8], count: usize) -> Result<Vec<&[u8]>> {
+fn strings(cmd: Cmd, payload: &[u8], count: usize) -> Result<Vec<&[u8]>> {
     if count > payload.len() {
         return Err(MsgError::SizeMismatch {
-            cmd: name(cmd),
+            cmd: cmd.name(),
             field: count as u32,
             actual: payload.len(),
         });
@@ -158,7 +182,7 @@ fn strings(cmd: u32, payload: &[u8], count: usize) -> Result<Vec<&[u8]>> {
         let Some(nul) = rest.iter().position(|&b| b == 0) else {
             return Err(MsgError::BadText(format!(
                 "{} string is not NUL-terminated",
-                name(cmd)
+                cmd.name()
             )));
         };
         out.push(&rest[..nul]);
@@ -166,7 +190,7 @@ fn strings(cmd: u32, payload: &[u8], count: usize) -> Result<Vec<&[u8]>> {
     }
     if !rest.is_empty() {
         return Err(MsgError::SizeMismatch {
-            cmd: name(cmd),
+            cmd: cmd.name(),
             field: (payload.len() - rest.len()) as u32,
             actual: payload.len(),
         });
@@ -175,15 +199,11 @@ fn strings(cmd: u32, payload: &[u8], count: usize) -> Result<Vec<&[u8]>> {
 }
 
 /// Decodes a message from its body (`cmd_size` bytes) and payload.
-pub fn decode_body(cmd: u32, body: &[u8], payload: &[u8]) -> Result<Msg> {
-    let need = match cmd {
-        TINIT => 12,
-        RINIT => 4,
-        _ => 0,
-    };
+pub fn decode_body(cmd: Cmd, body: &[u8], payload: &[u8]) -> Result<Msg> {
+    let need = cmd.body_len();
     if body.len() < need {
         return Err(MsgError::TooShort {
-            cmd: name(cmd),
+            cmd: cmd.name(),
             size: (HDR_LEN + body.len() + payload.len()) as u32,
             min: (HDR_LEN + need) as u32,
         });
@@ -193,17 +213,17 @@ pub fn decode_body(cmd: u32, body: &[u8], payload: &[u8]) -> Result<Msg> {
             Ok(m)
         } else {
             Err(MsgError::UnexpectedPayload {
-                cmd: name(cmd),
+                cmd: cmd.name(),
                 len: payload.len(),
             })
         }
     };
     match cmd {
-        CLOSE => header_only(Msg::Close),
-        FIN_DATA => header_only(Msg::FinData),
-        NOT_SUPP => header_only(Msg::NotSupp),
-        SEND_DATA => Ok(Msg::SendData(payload.to_vec())),
-        TINIT => {
+        Cmd::Close => header_only(Msg::Close),
+        Cmd::FinData => header_only(Msg::FinData),
+        Cmd::NotSupp => header_only(Msg::NotSupp),
+        Cmd::SendData => Ok(Msg::SendData(payload.to_vec())),
+        Cmd::TInit => {
             let cpus = check_count(
                 "TINIT cpu count",
                 i64::from(get32(body, 0) as i32),
@@ -228,7 +248,7 @@ pub fn decode_body(cmd: u32, body: &[u8], payload: &[u8]) -> Result<Msg> {
                 options,
             })
         }
-        RINIT => {
+        Cmd::RInit => {
             let cpus = check_count(
                 "RINIT cpu count",
                 i64::from(get32(body, 0) as i32),
@@ -248,7 +268,12 @@ pub fn decode_body(cmd: u32, body: &[u8], payload: &[u8]) -> Result<Msg> {
             }
             Ok(Msg::RInit { ports })
         }
-        _ => Ok(Msg::Unsupported { cmd }),
+        Cmd::TraceReq
+        | Cmd::TraceResp
+        | Cmd::CloseResp
+        | Cmd::TimeSync
+        | Cmd::TraceProxy
+        | Cmd::Cont => Ok(Msg::Unsupported { cmd: cmd as u32 }),
     }
 }
 

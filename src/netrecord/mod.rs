@@ -6,7 +6,9 @@
 //! Negotiation ([`NetSession::connect`]): offer V3 ("-1V3\0"); a V2-era listener
 //! answers "V2\0" and waits for another CPU string, so V2 continues on the same
 //! connection; a V1-only listener closes, so the client reconnects and speaks V1.
-//! [`Proto`] passed as `force` skips the others.
+//! [`Proto`] passed as `force` skips the others. The handshake and the
+//! TINIT/RINIT (or V1 text) announcement are [`crate::msg::negotiate`]'s, shared
+//! with the listener.
 //!
 //! What each protocol carries as metadata ([`NetSession::send_metadata`]):
 //!
@@ -21,51 +23,19 @@
 //! is checked (port count, port range), so a broken or hostile listener ends the
 //! session with an error, never a hang or a panic.
 
-pub mod negotiate;
-
-use std::fmt;
 use std::io;
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs, UdpSocket};
 use std::os::fd::{AsFd, OwnedFd};
 use std::time::Duration;
 
-use crate::msg::{self, session, v1::ClientInit, v3, Channel, MsgError, Wait};
+use crate::msg::negotiate::Negotiated;
+use crate::msg::{self, session, v1::ClientInit, v3, Channel, MsgError};
 use crate::output::{write_options_block, DatOption, Metadata, OutputError};
-use negotiate::Offered;
 
-/// A protocol generation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Proto {
-    /// The pre-2014 text protocol (wire spec §3.1).
-    V1,
-    /// Released V2 / virt-server branch (wire spec §3.2).
-    V2,
-    /// trace-cmd 3.x (shared doc §6).
-    V3,
-}
-
-impl Proto {
-    /// From the number given to `--proto`.
-    pub fn from_number(n: u8) -> Option<Proto> {
-        match n {
-            1 => Some(Proto::V1),
-            2 => Some(Proto::V2),
-            3 => Some(Proto::V3),
-            _ => None,
-        }
-    }
-}
-
-impl fmt::Display for Proto {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let n = match self {
-            Proto::V1 => 1,
-            Proto::V2 => 2,
-            Proto::V3 => 3,
-        };
-        write!(f, "V{n}")
-    }
-}
+/// The negotiation this client runs, kept at its earlier path.
+pub use crate::msg::negotiate;
+/// The protocol generation, kept at its earlier path.
+pub use crate::msg::negotiate::Proto;
 
 /// What went wrong talking to the listener. [`NetError::errno`] gives the C errno.
 #[derive(Debug, thiserror::Error)]
@@ -208,88 +178,44 @@ impl NetSession {
         let timeout = params.timeout;
         let control = connect_control(&addrs, &label, timeout)?;
 
+        // Forced V1: nothing is said on this connection before the V1 text.
         let offered = match params.force {
-            Some(Proto::V1) => Offered::Closed,
-            Some(wanted) => {
+            Some(Proto::V1) => Negotiated::V1Fallback,
+            force => {
                 let ch = Channel::new(control.as_fd()).with_timeout(Some(timeout));
-                negotiate::read_banner(&ch).map_err(proto_err)?;
-                let r = if wanted == Proto::V3 {
-                    negotiate::offer_v3(&ch, false, &label)
-                } else {
-                    negotiate::offer_v2(&ch)
-                };
-                match r.map_err(proto_err)? {
-                    Offered::Closed => {
+                let highest = force.unwrap_or(Proto::V3);
+                match negotiate::client_offer(&ch, highest, force.is_none()).map_err(proto_err)? {
+                    Negotiated::V1Fallback if force.is_some() => {
                         return Err(NetError::NotSpoken {
                             addr: label,
-                            wanted,
+                            wanted: highest,
                         })
                     }
                     o => o,
                 }
             }
-            None => {
-                let ch = Channel::new(control.as_fd()).with_timeout(Some(timeout));
-                negotiate::read_banner(&ch).map_err(proto_err)?;
-                negotiate::offer_v3(&ch, true, &label).map_err(proto_err)?
-            }
         };
-        let (control, proto) = match offered {
-            Offered::V3 => (control, Proto::V3),
-            Offered::V2 => (control, Proto::V2),
-            // Forced V1: nothing was said on this connection yet; use it.
-            Offered::Closed if params.force == Some(Proto::V1) => (control, Proto::V1),
-            Offered::Closed => {
-                log::info!(
-                    "listener at {label} closed on the versioned offer (a V1-only listener); reconnecting with V1"
-                );
-                drop(control);
-                (connect_control(&addrs, &label, timeout)?, Proto::V1)
-            }
+        let proto = offered.proto();
+        let control = if proto == Proto::V1 && params.force.is_none() {
+            log::info!(
+                "listener at {label} closed on the versioned offer (a V1-only listener); reconnecting with V1"
+            );
+            drop(control);
+            connect_control(&addrs, &label, timeout)?
+        } else {
+            control
         };
         let peer = control.peer_addr().map_err(|source| NetError::Connect {
             addr: label.clone(),
             source,
         })?;
         let ch = Channel::new(control.as_fd()).with_timeout(Some(timeout));
-        let raw_ports: Vec<u32> = match proto {
-            Proto::V1 => {
-                let init = ClientInit {
-                    cpus: params.cpus,
-                    page_size: params.page_size,
-                    use_tcp: params.use_tcp,
-                };
-                msg::handshake::client_v1(&ch, &init).map_err(proto_err)?
-            }
-            Proto::V2 => {
-                session::send_init(&ch, params.cpus, params.page_size, params.use_tcp)
-                    .map_err(proto_err)?
-                    .ports
-            }
-            Proto::V3 => {
-                let options = if params.use_tcp {
-                    vec!["tcp".to_string()]
-                } else {
-                    vec![]
-                };
-                let tinit = v3::Msg::TInit {
-                    cpus: params.cpus,
-                    page_size: params.page_size,
-                    options,
-                };
-                v3::send(&ch, &tinit).map_err(proto_err)?;
-                match v3::recv(&ch, Wait::Timed).map_err(proto_err)? {
-                    v3::Msg::RInit { ports } => ports,
-                    v3::Msg::Close => return Err(proto_err(MsgError::Aborted)),
-                    _ => {
-                        return Err(proto_err(MsgError::Unexpected {
-                            expected: "RINIT",
-                            got: "another message",
-                        }))
-                    }
-                }
-            }
+        let init = ClientInit {
+            cpus: params.cpus,
+            page_size: params.page_size,
+            use_tcp: params.use_tcp,
         };
+        let raw_ports = negotiate::client_init(&ch, proto, &init).map_err(proto_err)?;
         let ports = check_ports(&label, params.cpus, &raw_ports)?;
         log::info!(
             "listener at {label}: protocol {proto}, per-CPU data over {} to ports {ports:?}",
