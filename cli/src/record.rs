@@ -73,12 +73,10 @@ pub struct RecordArgs {
     /// Show debugging detail.
     #[arg(long)]
     pub debug: bool,
-    /// Command to trace; without one, record until Ctrl-C.
-    #[arg(
-        trailing_var_arg = true,
-        allow_hyphen_values = true,
-        value_name = "COMMAND"
-    )]
+    /// Command to trace; without one, record until Ctrl-C. Everything from the
+    /// first word that is not an option (or after `--`) is the command's, so an
+    /// unknown option before it is refused as an option, as trace-cmd does.
+    #[arg(trailing_var_arg = true, value_name = "COMMAND")]
     command: Vec<String>,
     /// Guests given with `-A` (split off the command line before parsing).
     #[arg(skip)]

@@ -229,7 +229,7 @@ impl RecordSession {
                     host.recorders.start(cpu, rec, self.sleep)?;
                 }
                 host.guard.set_tracing_on(true)?;
-                log::info!("recording {} events on {cpus} CPUs", s.events.len());
+                log::info!("recording {} on {cpus} CPUs", event_types(&s.events));
             }
             Sink::Net(target, session) => {
                 let (net, use_tcp) = connect_listener(&host.inst, &s.events, target, cpus)?;
@@ -250,8 +250,8 @@ impl RecordSession {
                 }
                 host.guard.set_tracing_on(true)?;
                 log::info!(
-                    "recording {} events on {cpus} CPUs to {} ({})",
-                    s.events.len(),
+                    "recording {} on {cpus} CPUs to {} ({})",
+                    event_types(&s.events),
                     net.label(),
                     net.proto()
                 );
@@ -357,6 +357,22 @@ fn connect_listener(
     }
     session.send_metadata(&meta, &options)?;
     Ok((session, params.use_tcp))
+}
+
+/// What a recording of `events` records, in words that say what they count:
+/// "26 event types of 1 system" (each selector expands to event types).
+pub fn event_types(events: &[EventName]) -> String {
+    let mut systems: Vec<&str> = events.iter().map(|e| e.system.as_str()).collect();
+    systems.sort_unstable();
+    systems.dedup();
+    let plural = |n: usize, one: &str, many: &str| {
+        format!("{n} {}", if n == 1 { one } else { many })
+    };
+    format!(
+        "{} of {}",
+        plural(events.len(), "event type", "event types"),
+        plural(systems.len(), "system", "systems")
+    )
 }
 
 fn read_stats(inst: &Instance, cpus: usize) -> Result<Vec<CpuStats>, RecordError> {
@@ -571,4 +587,26 @@ fn merge_guest(
         map.len()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod event_words {
+    use super::*;
+
+    #[test]
+    fn counts_say_what_they_count() {
+        let ev = |s: &str, e: &str| EventName {
+            system: s.into(),
+            event: e.into(),
+        };
+        assert_eq!(event_types(&[]), "0 event types of 0 systems");
+        assert_eq!(
+            event_types(&[ev("sched", "sched_switch")]),
+            "1 event type of 1 system"
+        );
+        assert_eq!(
+            event_types(&[ev("sched", "a"), ev("irq", "b"), ev("sched", "c")]),
+            "3 event types of 2 systems"
+        );
+    }
 }
