@@ -69,6 +69,27 @@ pub struct Recording {
     pub events: Vec<EventName>,
 }
 
+impl Recording {
+    /// The recording as a buffer named `name` (`""` = top) with clock `[local]`.
+    pub fn buffer(&self, name: &str) -> tracecmd_rs::output::BufferData {
+        tracecmd_rs::output::BufferData {
+            name: name.into(),
+            trailing_clock: Some(tracecmd_rs::output::bracketed_clock("local")),
+            cpu_files: self.cpu_files.iter().cloned().map(Some).collect(),
+        }
+    }
+
+    /// The per-CPU stats texts, in CPU order.
+    pub fn stats_texts(&self) -> Vec<String> {
+        self.stats.iter().map(|s| s.text.clone()).collect()
+    }
+
+    /// The kernel's per-CPU `entries`, in CPU order.
+    pub fn entries(&self) -> Vec<u64> {
+        self.stats.iter().map(|s| s.entries).collect()
+    }
+}
+
 /// Pins the calling thread to one CPU.
 pub fn pin_to_cpu(cpu: usize) {
     let mut set = nix::sched::CpuSet::new();
@@ -170,6 +191,35 @@ pub fn record(
     }
 }
 
+/// A workload that produces sched events and about `n` markers per CPU.
+pub fn workload(inst: &Instance, n: usize) {
+    let cpus = tracefs::cpu_count(inst).unwrap();
+    for cpu in 0..cpus {
+        markers_on_cpu(inst, cpu, n + cpu * 7);
+    }
+    let st = Command::new("/bin/sleep")
+        .arg("0.01")
+        .status()
+        .expect("run sleep");
+    assert!(st.success());
+}
+
+/// Two recordings for a file with a named buffer: `top` of sched_switch and 20
+/// markers per CPU, `guest` of 50 markers on CPU 0 only (the other CPUs empty);
+/// and the top instance's metadata.
+pub fn top_and_guest(dir: &Path) -> (Recording, Recording, tracecmd_rs::output::Metadata) {
+    let top = instance("nbtop");
+    let guest = instance("nbguest");
+    let rec_top = record(&top, &["sched:sched_switch"], dir, "top", |i| {
+        workload(i, 20)
+    });
+    let rec_guest = record(&guest, &[], dir, "guest", |i| markers_on_cpu(i, 0, 50));
+    assert_eq!(rec_guest.stats[0].entries, 50);
+    assert!(rec_guest.stats[1..].iter().all(|s| s.entries == 0));
+    let meta = tracecmd_rs::output::Metadata::from_tracefs(&top, &rec_top.events).unwrap();
+    (rec_top, rec_guest, meta)
+}
+
 /// Per-(buffer, cpu) event counts printed by `trace-cmd report`, and its stdout.
 pub struct Report {
     pub counts: BTreeMap<(String, usize), u64>,
@@ -230,6 +280,40 @@ fn parse_event_line(line: &str) -> Option<(String, usize)> {
         _ => String::new(),
     };
     Some((buffer, cpu))
+}
+
+/// Runs `report` on `file` and checks, per buffer in file order (`expected`: name
+/// and the kernel's per-CPU entries), that our reader's counts (`ours(i)` for buffer
+/// number i) and report's counts both equal the kernel's, and that report printed
+/// nothing else. Returns the report.
+pub fn assert_counts(
+    file: &Path,
+    expected: &[(&str, Vec<u64>)],
+    ours: impl Fn(usize) -> Vec<u64>,
+) -> Report {
+    let rep = report(file);
+    for (i, (name, want)) in expected.iter().enumerate() {
+        assert!(
+            want.iter().sum::<u64>() > 0,
+            "the workload recorded nothing"
+        );
+        let mut mine = ours(i);
+        mine.resize(want.len().max(mine.len()), 0);
+        assert_eq!(mine, *want, "reader vs kernel entries, buffer {name:?}");
+        let theirs = per_cpu(&rep, name, want.len());
+        assert_eq!(
+            theirs, *want,
+            "report vs kernel entries, buffer {name:?}\n{}",
+            rep.stdout
+        );
+    }
+    let total: u64 = expected.iter().map(|(_, v)| v.iter().sum::<u64>()).sum();
+    assert_eq!(
+        rep.counts.values().sum::<u64>(),
+        total,
+        "report printed extra events"
+    );
+    rep
 }
 
 /// Counts for one buffer as a per-CPU vector of length `cpus`.
