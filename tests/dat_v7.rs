@@ -312,6 +312,11 @@ fn recorder_writes_into_the_sinks() {
             }
         },
     );
+    // Prepared with other cmdlines than the final metadata has: those are
+    // compressed again at the end, the rest is used as prepared.
+    let mut early = live.meta.clone();
+    early.cmdlines = b"1 early\n".to_vec();
+    w.prepare_metadata(&early).unwrap();
     w.finish(
         &live.meta,
         cpus as u32,

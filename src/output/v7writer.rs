@@ -259,7 +259,9 @@ struct Pending {
 ///    [`V7Writer::cpu_sink`]: the returned fd is what the per-CPU recorder writes
 ///    into (`recorder::Output::Stream(fd)`); or [`V7Writer::cpu_file`] for data
 ///    already in a file;
-/// 3. optionally [`V7Writer::set_buffer_clock`] / [`V7Writer::set_buffer_page_size`];
+/// 3. optionally [`V7Writer::set_buffer_clock`] / [`V7Writer::set_buffer_page_size`],
+///    and, while recording, [`V7Writer::prepare_metadata`] so that the end has
+///    less to do;
 /// 4. once every recorder is finished (their fds closed), [`V7Writer::finish`] with
 ///    the metadata, the CPU count and the options (as for v6: TRACECLOCK, UNAME,
 ///    VERSION, CPUSTAT…, see [`super::standard_options`]).
@@ -270,7 +272,11 @@ pub struct V7Writer {
     compression: Compression,
     sync: bool,
     buffers: Vec<Pending>,
+    prepared: Prepared,
 }
+
+/// Metadata pieces compressed ahead of time: (raw, compressed block) pairs.
+type Prepared = Vec<(Vec<u8>, Vec<u8>)>;
 
 impl std::fmt::Debug for V7Writer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -304,6 +310,7 @@ impl V7Writer {
             compression,
             sync: true,
             buffers: Vec::new(),
+            prepared: Vec::new(),
         })
     }
 
@@ -312,6 +319,22 @@ impl V7Writer {
     /// final name but missing data).
     pub fn set_sync(&mut self, sync: bool) {
         self.sync = sync;
+    }
+
+    /// Compresses the metadata sections now, while recording, so that
+    /// [`V7Writer::finish`] need not (kallsyms alone is megabytes: tens of ms).
+    /// `finish` uses a prepared section only if its contents are unchanged, so a
+    /// `meta` whose cmdlines are read again at the end is still right.
+    pub fn prepare_metadata(&mut self, meta: &Metadata) -> Result<(), OutputError> {
+        let Some(mut z) = self.compression.compressor()? else {
+            return Ok(());
+        };
+        self.prepared = meta
+            .pieces()?
+            .into_iter()
+            .map(|raw| z.block(&raw).map(|b| (raw, b)))
+            .collect::<Result<_, _>>()?;
+        Ok(())
     }
 
     /// Where the per-CPU temporary files go (default: the directory of the output).
@@ -405,6 +428,7 @@ impl V7Writer {
             compression,
             sync,
             mut buffers,
+            prepared,
             ..
         } = self;
         if meta.page_size != page_size {
@@ -441,7 +465,15 @@ impl V7Writer {
             return Err(e);
         }
         let mut partial = Partial::create(&path)?;
-        let ranges = assemble(&mut partial.file, meta, cpus, options, compression, ready)?;
+        let ranges = assemble(
+            &mut partial.file,
+            meta,
+            cpus,
+            options,
+            compression,
+            &prepared,
+            ready,
+        )?;
         partial.commit(sync)?;
         Ok(ranges)
     }
@@ -520,6 +552,7 @@ fn assemble(
     cpus: u32,
     options: &[DatOption],
     compression: Compression,
+    prepared: &Prepared,
     buffers: Vec<ReadyBuffer>,
 ) -> Result<Vec<(String, Vec<CpuRange>)>, OutputError> {
     let mut zstd = compression.compressor()?;
@@ -540,9 +573,12 @@ fn assemble(
 
     // Sections 16–21; each is found through an option holding its offset.
     let mut section_opts = Vec::new();
-    for ((id, desc), raw) in META_SECTIONS.iter().zip(meta.pieces()?) {
+    for (i, ((id, desc), raw)) in META_SECTIONS.iter().zip(meta.pieces()?).enumerate() {
         let desc = strings.id(desc);
-        let sec = maybe_compressed(*id, desc, &raw, zstd.as_mut())?;
+        let sec = match prepared.get(i) {
+            Some((r, block)) if *r == raw => section(*id, true, desc, block),
+            _ => maybe_compressed(*id, desc, &raw, zstd.as_mut())?,
+        };
         let at = append(out, &sec, &format!("metadata section {id}"))?;
         section_opts.push(DatOption {
             id: *id,
@@ -679,11 +715,18 @@ mod tests {
     /// A file with a top buffer (CPU 0 streamed, CPU 1 from a file, CPU 2 empty)
     /// and a named buffer with data on CPU 1 only.
     fn sample(dir: &Path, c: Compression) -> Vec<u8> {
+        sample_prepared(dir, c, None)
+    }
+
+    fn sample_prepared(dir: &Path, c: Compression, early: Option<&Metadata>) -> Vec<u8> {
         let path = dir.join(format!("{c:?}.dat"));
         let raw = dir.join("raw1");
         std::fs::write(&raw, pages(3)).unwrap();
         let mut w = V7Writer::new(&path, 4096, c).unwrap();
         w.set_sync(false);
+        if let Some(m) = early {
+            w.prepare_metadata(m).unwrap();
+        }
         w.cpu_file("guest", 1, &raw).unwrap();
         let fd = w.cpu_sink("", 0).unwrap();
         std::fs::File::from(fd).write_all(&pages(25)).unwrap();
@@ -741,6 +784,19 @@ mod tests {
             assert_eq!(top.get(2).map_or(0, Vec::len), 0);
             assert_eq!(v7read::count_events(&b, &dat, 0).unwrap()[..2], [25, 3]);
             assert_eq!(v7read::count_events(&b, &dat, 1).unwrap(), [0, 3]);
+        }
+    }
+
+    #[test]
+    fn prepared_metadata_gives_the_same_file() {
+        let t = tmp("prep");
+        for c in [Compression::Zstd, Compression::None] {
+            let plain = sample(&t.0, c);
+            assert_eq!(sample_prepared(&t.0, c, Some(&meta())), plain);
+            // Prepared from other cmdlines: the final ones are written.
+            let mut early = meta();
+            early.cmdlines = b"2 other\n".to_vec();
+            assert_eq!(sample_prepared(&t.0, c, Some(&early)), plain);
         }
     }
 

@@ -261,18 +261,17 @@ pub fn report(file: &Path) -> Report {
 
 /// `[name:]  comm-pid [CPU] ts: event: ...` → (buffer name, CPU).
 fn parse_event_line(line: &str) -> Option<(String, usize)> {
-    let open = line.find(" [")?;
-    let rest = &line[open + 2..];
-    let close = rest.find(']')?;
-    let cpu: usize = rest[..close].parse().ok()?;
-    if !rest[close + 1..]
-        .trim_start()
-        .chars()
-        .next()?
-        .is_ascii_digit()
-    {
-        return None; // not followed by a timestamp
-    }
+    // The CPU field is the first " [N]" followed by a timestamp: a comm may
+    // contain " [" too (threads named "client [::ffff:…" exist on this machine).
+    let (open, cpu) = line.match_indices(" [").find_map(|(open, _)| {
+        let rest = &line[open + 2..];
+        let close = rest.find(']')?;
+        let cpu: usize = rest[..close].parse().ok()?;
+        let ts = rest[close + 1..].trim_start();
+        let ts = ts.split(':').next()?;
+        let is_ts = !ts.is_empty() && ts.chars().all(|c| c.is_ascii_digit() || c == '.');
+        is_ts.then_some((open, cpu))
+    })?;
     let head = &line[..open];
     // Named-buffer lines start with "name: "; top-buffer lines with spaces.
     let buffer = match head.split_once(": ") {
@@ -280,6 +279,16 @@ fn parse_event_line(line: &str) -> Option<(String, usize)> {
         _ => String::new(),
     };
     Some((buffer, cpu))
+}
+
+#[test]
+fn event_lines_with_brackets_in_the_comm() {
+    let l = "        client [::ffff:-27978 [001]  7259.756723: sched_stat_runtime: comm=x";
+    assert_eq!(parse_event_line(l), Some((String::new(), 1)));
+    let l = "guest:            <...>-28013 [001]  7259.921787: print: tracing_mark_write: x";
+    assert_eq!(parse_event_line(l), Some(("guest".into(), 1)));
+    assert_eq!(parse_event_line("CPU 1 is empty"), None);
+    assert_eq!(parse_event_line("cpus=2"), None);
 }
 
 /// Runs `report` on `file` and checks, per buffer in file order (`expected`: name
