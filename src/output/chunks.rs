@@ -272,21 +272,35 @@ impl<W: Write> Write for ChunkWriter<W> {
     }
 }
 
+/// An unnamed file in `dir` (O_TMPFILE) with permissions `mode`: it can be given
+/// a name later (linkat), and disappears with its last fd otherwise.
+pub(crate) fn unnamed_file(dir: &Path, mode: u32) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .mode(mode)
+        .custom_flags(libc::O_TMPFILE | libc::O_CLOEXEC)
+        .open(dir)
+}
+
+/// Whether an O_TMPFILE failure means the file system cannot do it (so a named
+/// file is the way), rather than that no file can be made there.
+pub(crate) fn tmpfile_unsupported(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EOPNOTSUPP | libc::EISDIR | libc::EINVAL)
+    )
+}
+
 /// An anonymous file in `dir` (O_TMPFILE, or created and unlinked at once): it
 /// disappears with its last fd, so a crash or Ctrl-C leaves nothing behind.
 pub(crate) fn anonymous_file(dir: &Path) -> Result<File, OutputError> {
     use std::os::unix::fs::OpenOptionsExt;
     let what = || format!("a temporary file in {}", dir.display());
-    match std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .mode(0o600)
-        .custom_flags(libc::O_TMPFILE | libc::O_CLOEXEC)
-        .open(dir)
-    {
+    match unnamed_file(dir, 0o600) {
         Ok(f) => return Ok(f),
-        // File systems without O_TMPFILE say EOPNOTSUPP (or EISDIR on old kernels).
-        Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => return Err(werr(what())(e)),
+        Err(e) if !tmpfile_unsupported(&e) => return Err(werr(what())(e)),
         Err(_) => {}
     }
     for n in 0..100 {

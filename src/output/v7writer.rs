@@ -15,11 +15,13 @@
 
 use std::fs::File;
 use std::io::{Seek, SeekFrom, Write};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use super::chunks::{werr, ChunkWriter, Compression, CpuChunks, CpuStream, Zstd};
+use super::chunks::{
+    tmpfile_unsupported, unnamed_file, werr, ChunkWriter, Compression, CpuChunks, CpuStream, Zstd,
+};
 use super::v7::STRINGS;
 use super::{option_id, BufferData, CpuRange, DatOption, Metadata, OutputError, MAGIC};
 
@@ -479,10 +481,13 @@ impl V7Writer {
     }
 }
 
-/// The output under a temporary name in the target's directory; removed on drop
-/// unless [`Partial::commit`] renamed it to the target.
+/// The output being written: an unnamed file in the target's directory (O_TMPFILE),
+/// or on file systems without that a hidden temporary name removed on drop. Only
+/// [`Partial::commit`] gives it the target's name, so whatever happens before
+/// (an error, a crash, Ctrl-C) never leaves a file there that looks complete.
 struct Partial {
     file: File,
+    unnamed: bool,
     tmp: PathBuf,
     path: PathBuf,
     done: bool,
@@ -497,15 +502,29 @@ impl Partial {
         tmp_name.push(name);
         tmp_name.push(format!(".partial-{}", std::process::id()));
         let tmp = path.with_file_name(tmp_name);
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)
-            .map_err(werr(tmp.display().to_string()))?;
+        let dir = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        let (file, unnamed) = match unnamed_file(dir, 0o644) {
+            Ok(f) => (f, true),
+            Err(e) if !tmpfile_unsupported(&e) => {
+                return Err(werr(format!("{} (creating it)", path.display()))(e))
+            }
+            Err(_) => {
+                let f = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .open(&tmp)
+                    .map_err(werr(tmp.display().to_string()))?;
+                (f, false)
+            }
+        };
         Ok(Partial {
             file,
+            unnamed,
             tmp,
             path: path.to_path_buf(),
             done: false,
@@ -516,7 +535,25 @@ impl Partial {
         if sync {
             self.file
                 .sync_all()
-                .map_err(werr(format!("{} (syncing it)", self.tmp.display())))?;
+                .map_err(werr(format!("{} (syncing it)", self.path.display())))?;
+        }
+        if self.unnamed {
+            // A name for the finished file, then the target's name in one step
+            // (linkat cannot replace an existing file; rename does).
+            let fd = format!("/proc/self/fd/{}", self.file.as_raw_fd());
+            nix::unistd::linkat(
+                None,
+                Path::new(&fd),
+                None,
+                self.tmp.as_path(),
+                nix::fcntl::AtFlags::AT_SYMLINK_FOLLOW,
+            )
+            .map_err(|e| {
+                werr(format!("{} (naming it)", self.tmp.display()))(
+                    std::io::Error::from_raw_os_error(e as i32),
+                )
+            })?;
+            self.unnamed = false;
         }
         std::fs::rename(&self.tmp, &self.path).map_err(werr(format!(
             "{} (renaming {} to it)",
@@ -530,7 +567,7 @@ impl Partial {
 
 impl Drop for Partial {
     fn drop(&mut self) {
-        if !self.done {
+        if !self.done && !self.unnamed {
             let _ = std::fs::remove_file(&self.tmp);
         }
     }
