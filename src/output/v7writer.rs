@@ -191,18 +191,19 @@ pub(crate) fn write_buffer_section(
         let werr_cpu = || werr(format!("CPU {cpu} data of {what}"));
         let size = match src {
             CpuSource::Empty => 0,
+            CpuSource::Raw(mut f) if !compressed => {
+                out.seek(SeekFrom::Start(offset)).map_err(werr_cpu())?;
+                // copy_file_range between files: the bytes need not pass through here.
+                std::io::copy(&mut f, out).map_err(werr_cpu())?
+            }
             CpuSource::Raw(mut f) => {
                 out.seek(SeekFrom::Start(offset)).map_err(werr_cpu())?;
-                if compressed {
-                    out.write_all(&0u32.to_le_bytes()).map_err(werr_cpu())?;
-                }
+                out.write_all(&0u32.to_le_bytes()).map_err(werr_cpu())?;
                 let mut w = ChunkWriter::new(&mut *out, page_size, compression)?;
                 w.fill_from(&mut f)?;
                 let (_, st) = w.finish()?;
-                if compressed {
-                    out.write_all_at(&st.chunks.to_le_bytes(), offset)
-                        .map_err(werr_cpu())?;
-                }
+                out.write_all_at(&st.chunks.to_le_bytes(), offset)
+                    .map_err(werr_cpu())?;
                 if st.raw == 0 {
                     // Nothing came: the CPU is empty, not a count of 0 chunks.
                     out.set_len(end).map_err(werr_cpu())?;
