@@ -3,6 +3,7 @@
 //! Needs root, tracefs and /usr/bin/trace-cmd (3.1.6).
 
 mod dat_common;
+mod listen_common;
 
 use std::path::Path;
 
@@ -155,31 +156,10 @@ fn named_buffer() {
 
 #[test]
 fn reader_agrees_with_report_on_debian_v6_file() {
-    assert!(
-        Path::new(dat_common::TRACE_CMD).exists(),
-        "{} is missing: install Debian's trace-cmd",
-        dat_common::TRACE_CMD
-    );
-    let sandbox = "/work/shared/tools/ftrace-sandbox";
-    assert!(Path::new(sandbox).exists(), "{sandbox} is missing");
-    let top = Instance::top().unwrap();
-    let before = dat_common::TopState::read(&top);
+    let _lock = listen_common::lock_top_buffer();
     let dir = TempDir::new("debian");
     let file = dir.path().join("d6.dat");
-    let out = std::process::Command::new(sandbox)
-        .args([dat_common::TRACE_CMD, "record", "--file-version", "6"])
-        .args(["-e", "sched:sched_switch", "-e", "sched:sched_wakeup", "-o"])
-        .arg(&file)
-        .args(["/bin/sleep", "0.1"])
-        .output()
-        .expect("run trace-cmd record");
-    // Whatever record left behind is put back before asserting anything.
-    before.restore(&top);
-    assert!(
-        out.status.success(),
-        "trace-cmd record failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    dat_common::debian_record(&file, &["--file-version", "6"]);
     let bytes = std::fs::read(&file).unwrap();
     let dat = TraceDat::parse(&bytes).expect("our reader parses Debian's v6 file");
     assert_eq!(dat.version, 6);

@@ -6,6 +6,7 @@
 //! tracefs and /usr/bin/trace-cmd (3.1.6).
 
 mod dat_common;
+mod listen_common;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -473,4 +474,23 @@ fn zstd_file_is_smaller_than_v6() {
         }
     );
     assert!(size(&v7) < size(&v6));
+}
+
+/// Our reader (with `v7read` for the chunks) agrees with report on a file that
+/// Debian's 3.1.6 `record` wrote: v7, zstd.
+#[test]
+fn reader_agrees_with_report_on_debian_v7_file() {
+    let _lock = listen_common::lock_top_buffer();
+    let dir = TempDir::new("debian7");
+    let file = dir.path().join("d7.dat");
+    dat_common::debian_record(&file, &[]);
+    let bytes = std::fs::read(&file).unwrap();
+    let dat = TraceDat::parse(&bytes).expect("our reader parses Debian's v7 file");
+    assert_eq!(dat.version, 7);
+    assert_eq!(dat.compression.as_ref().map(|c| c.0.as_str()), Some("zstd"));
+    assert_eq!(dat.buffers.len(), 1);
+    let ours = v7read::count_events(&bytes, &dat, 0).unwrap();
+    assert!(ours.iter().sum::<u64>() > 0, "Debian recorded no events");
+    let rep = report(&file);
+    assert_eq!(ours, dat_common::per_cpu(&rep, "", ours.len()));
 }

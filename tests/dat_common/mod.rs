@@ -332,6 +332,35 @@ pub fn per_cpu(r: &Report, buffer: &str, cpus: usize) -> Vec<u64> {
         .collect()
 }
 
+/// Runs Debian's `trace-cmd record` (in the ftrace sandbox) of sched_switch and
+/// sched_wakeup for `sleep 0.1` with the extra arguments `args`, into `file`, and
+/// puts back the top-level settings it changed. The caller holds the top-buffer lock.
+pub fn debian_record(file: &Path, args: &[&str]) {
+    assert!(
+        Path::new(TRACE_CMD).exists(),
+        "{TRACE_CMD} is missing: install Debian's trace-cmd"
+    );
+    let sandbox = "/work/shared/tools/ftrace-sandbox";
+    assert!(Path::new(sandbox).exists(), "{sandbox} is missing");
+    let top = Instance::top().unwrap();
+    let before = TopState::read(&top);
+    let out = Command::new(sandbox)
+        .args([TRACE_CMD, "record"])
+        .args(args)
+        .args(["-e", "sched:sched_switch", "-e", "sched:sched_wakeup", "-o"])
+        .arg(file)
+        .args(["/bin/sleep", "0.1"])
+        .output()
+        .expect("run trace-cmd record");
+    // Whatever record left behind is put back before asserting anything.
+    before.restore(&top);
+    assert!(
+        out.status.success(),
+        "trace-cmd record failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// The top-level settings a stock `trace-cmd record` may change.
 pub struct TopState {
     events: Vec<EventName>,
