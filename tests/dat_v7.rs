@@ -232,6 +232,8 @@ fn sink_fed_page_by_page_and_in_bursts() {
 
 /// What a live recording on an instance produced.
 struct Live {
+    /// What each recorder's `record` + `finish` returned.
+    results: Vec<Result<(), String>>,
     stats: Vec<String>,
     clock_text: String,
     meta: Metadata,
@@ -267,8 +269,9 @@ fn record_live(
         let mut rec = CpuRecorder::new(input, output(cpu), RecordFlags::default()).unwrap();
         stops.push(rec.stop_handle());
         threads.push(std::thread::spawn(move || {
-            rec.record(Duration::from_millis(10)).expect("record");
-            rec.finish().expect("finish the recorder");
+            rec.record(Duration::from_millis(10))
+                .and_then(|_| rec.finish())
+                .map_err(|e| e.to_string())
         }));
     }
     workload();
@@ -279,13 +282,12 @@ fn record_live(
     for s in &stops {
         s.stop();
     }
-    for t in threads {
-        t.join().unwrap();
-    }
+    let results = threads.into_iter().map(|t| t.join().unwrap()).collect();
     let clock_text = inst.trace_clock_text().unwrap();
     let meta = Metadata::from_tracefs(inst, &events).unwrap();
     state.restore().unwrap();
     Live {
+        results,
         stats: stats.iter().map(|s| s.text.clone()).collect(),
         clock_text,
         meta,
@@ -313,6 +315,9 @@ fn recorder_writes_into_the_sinks() {
             }
         },
     );
+    for r in &live.results {
+        assert_eq!(r, &Ok(()), "a recorder failed");
+    }
     // Prepared with other cmdlines than the final metadata has: those are
     // compressed again at the end, the rest is used as prepared.
     let mut early = live.meta.clone();
@@ -413,6 +418,49 @@ fn full_disk_leaves_no_file_that_looks_complete() {
     );
 }
 
+/// The disk fills while the real recorders write into the sinks: the recorders
+/// stop with an error instead of blocking, finish names the full disk, and no
+/// file is left.
+#[test]
+fn full_disk_while_recording() {
+    let inst = dat_common::instance("v7livefull");
+    let cpus = tracefs::cpu_count(&inst).unwrap();
+    let page = tracecmd_rs::output::page_size_of(&inst.header_page().unwrap());
+    let tiny = TinyFs::mount("live", 128);
+    let file = tiny.0.join("trace.dat");
+    // Uncompressed, so that the markers fill 128 KiB quickly.
+    let mut w = V7Writer::new(&file, page, Compression::None).unwrap();
+    let live = record_live(
+        &inst,
+        &[],
+        |cpu| Output::Stream(w.cpu_sink("", cpu).unwrap()),
+        || {
+            // More than a sink's pipe holds (1 MiB), so the recorders see it.
+            for cpu in 0..cpus {
+                dat_common::markers_on_cpu(&inst, cpu, 60_000);
+            }
+        },
+    );
+    assert!(
+        live.results.iter().any(Result::is_err),
+        "no recorder noticed the full disk: {:?}",
+        live.results
+    );
+    let e = w
+        .finish(
+            &live.meta,
+            cpus as u32,
+            &standard_options(&live.clock_text, &live.stats),
+        )
+        .unwrap_err();
+    assert_eq!(e.errno(), libc::ENOSPC, "{e}");
+    assert!(
+        entries_in(&tiny.0).is_empty(),
+        "left behind: {:?}",
+        entries_in(&tiny.0)
+    );
+}
+
 /// v7 with zstd against v6 on a sched-heavy recording made by the real recorder
 /// (whatever the machine's other load adds): the same events, and the compressed
 /// file is smaller (the ratio is printed for the record).
@@ -444,6 +492,9 @@ fn zstd_file_is_smaller_than_v6() {
             }
         },
     );
+    for r in &live.results {
+        assert_eq!(r, &Ok(()), "a recorder failed");
+    }
     let (meta, stats, clock_text) = (live.meta, live.stats, live.clock_text);
     let top = BufferData {
         name: String::new(),
