@@ -3,49 +3,24 @@
 //! Needs root, tracefs and /usr/bin/trace-cmd (3.1.6).
 
 mod dat_common;
+mod listen_common;
 
 use std::path::Path;
 
-use dat_common::{per_cpu, record, report, Recording, TempDir};
+use dat_common::{per_cpu, record, report, TempDir};
 use tracecmd_rs::output::reader::TraceDat;
 use tracecmd_rs::output::{
     attach_cpu_data, bracketed_clock, standard_options, write_trace_dat, BufferData, DatOption,
     Metadata,
 };
-use tracecmd_rs::tracefs::{self, Instance};
+use tracecmd_rs::tracefs::Instance;
 
-/// A workload that produces sched events and markers on every CPU.
 fn workload(inst: &Instance) {
-    workload_n(inst, 20);
+    dat_common::workload(inst, 20);
 }
 
-/// Like [`workload`] with about `n` markers per CPU (many pages for large `n`).
 fn workload_n(inst: &Instance, n: usize) {
-    let cpus = tracefs::cpu_count(inst).unwrap();
-    for cpu in 0..cpus {
-        dat_common::markers_on_cpu(inst, cpu, n + cpu * 7);
-    }
-    let st = std::process::Command::new("/bin/sleep")
-        .arg("0.01")
-        .status()
-        .expect("run sleep");
-    assert!(st.success());
-}
-
-fn top_buffer(rec: &Recording) -> BufferData {
-    BufferData {
-        name: String::new(),
-        trailing_clock: Some(bracketed_clock("local")),
-        cpu_files: rec.cpu_files.iter().cloned().map(Some).collect(),
-    }
-}
-
-fn stats_texts(rec: &Recording) -> Vec<String> {
-    rec.stats.iter().map(|s| s.text.clone()).collect()
-}
-
-fn entries(rec: &Recording) -> Vec<u64> {
-    rec.stats.iter().map(|s| s.entries).collect()
+    dat_common::workload(inst, n);
 }
 
 /// Checks the file three ways: our reader's counts, report's counts, the kernel's
@@ -55,28 +30,12 @@ fn check_file(file: &Path, expected: &[(&str, Vec<u64>)]) {
     let dat = TraceDat::parse(&bytes).expect("our reader parses the file");
     assert_eq!(dat.version, 6);
     assert_eq!(dat.buffers.len(), expected.len());
-    let rep = report(file);
-    for (i, (name, want)) in expected.iter().enumerate() {
+    for (i, (name, _)) in expected.iter().enumerate() {
         assert_eq!(dat.buffers[i].name, *name);
-        let ours = dat.count_events(&bytes, i).expect("count events");
-        let theirs = per_cpu(&rep, name, want.len());
-        assert!(
-            want.iter().sum::<u64>() > 0,
-            "the workload recorded nothing"
-        );
-        assert_eq!(ours, *want, "reader vs kernel entries, buffer {name:?}");
-        assert_eq!(
-            theirs, *want,
-            "report vs kernel entries, buffer {name:?}\n{}",
-            rep.stdout
-        );
     }
-    let total: u64 = expected.iter().map(|(_, v)| v.iter().sum::<u64>()).sum();
-    assert_eq!(
-        rep.counts.values().sum::<u64>(),
-        total,
-        "report printed extra events"
-    );
+    dat_common::assert_counts(file, expected, |i| {
+        dat.count_events(&bytes, i).expect("count events")
+    });
 }
 
 #[test]
@@ -91,8 +50,8 @@ fn one_shot_sched_and_markers() {
         &file,
         &meta,
         cpus,
-        &standard_options(&rec.clock_text, &stats_texts(&rec)),
-        &top_buffer(&rec),
+        &standard_options(&rec.clock_text, &rec.stats_texts()),
+        &rec.buffer(""),
         &[],
     )
     .unwrap();
@@ -103,7 +62,7 @@ fn one_shot_sched_and_markers() {
             "CPU data not page aligned"
         );
     }
-    check_file(&file, &[("", entries(&rec))]);
+    check_file(&file, &[("", rec.entries())]);
     let rep = report(&file);
     assert!(
         rep.stdout.contains("tcrs marker 0 on cpu 0"),
@@ -149,35 +108,27 @@ fn metadata_then_attach_several_systems() {
     attach_cpu_data(
         &mut f,
         rec.cpu_files.len() as u32,
-        &standard_options(&rec.clock_text, &stats_texts(&rec)),
-        &top_buffer(&rec),
+        &standard_options(&rec.clock_text, &rec.stats_texts()),
+        &rec.buffer(""),
         &[],
         meta.page_size,
     )
     .unwrap();
     drop(f);
-    check_file(&file, &[("", entries(&rec))]);
+    check_file(&file, &[("", rec.entries())]);
 }
 
 #[test]
 fn named_buffer() {
-    let top = dat_common::instance("nbtop");
-    let guest = dat_common::instance("nbguest");
     let dir = TempDir::new("named");
-    let rec_top = record(&top, &["sched:sched_switch"], dir.path(), "top", workload);
-    // The guest buffer only gets markers on CPU 0: CPU 1 is empty.
-    let rec_guest = record(&guest, &[], dir.path(), "guest", |i| {
-        dat_common::markers_on_cpu(i, 0, 50)
-    });
-    let guest_entries = entries(&rec_guest);
-    assert_eq!(guest_entries[0], 50);
-    assert!(guest_entries[1..].iter().all(|&n| n == 0));
-    let meta = Metadata::from_tracefs(&top, &rec_top.events).unwrap();
+    let (rec_top, rec_guest, meta) = dat_common::top_and_guest(dir.path());
+    let guest_entries = rec_guest.entries();
     let cpus = rec_top.cpu_files.len() as u32;
-    let mut options = standard_options(&rec_top.clock_text, &stats_texts(&rec_top));
+    let mut options = standard_options(&rec_top.clock_text, &rec_top.stats_texts());
     options.push(DatOption::buffer_stat_header("guest"));
     options.extend(
-        stats_texts(&rec_guest)
+        rec_guest
+            .stats_texts()
             .iter()
             .enumerate()
             .map(|(i, s)| DatOption::cpu_stat(i, s)),
@@ -194,42 +145,21 @@ fn named_buffer() {
         &meta,
         cpus,
         &options,
-        &top_buffer(&rec_top),
+        &rec_top.buffer(""),
         &[guest_buf],
     )
     .unwrap();
-    check_file(&file, &[("", entries(&rec_top)), ("guest", guest_entries)]);
+    check_file(&file, &[("", rec_top.entries()), ("guest", guest_entries)]);
     let rep = report(&file);
     assert!(rep.stdout.contains("guest:"), "no guest-prefixed line");
 }
 
 #[test]
 fn reader_agrees_with_report_on_debian_v6_file() {
-    assert!(
-        Path::new(dat_common::TRACE_CMD).exists(),
-        "{} is missing: install Debian's trace-cmd",
-        dat_common::TRACE_CMD
-    );
-    let sandbox = "/work/shared/tools/ftrace-sandbox";
-    assert!(Path::new(sandbox).exists(), "{sandbox} is missing");
-    let top = Instance::top().unwrap();
-    let before = dat_common::TopState::read(&top);
+    let _lock = listen_common::lock_top_buffer();
     let dir = TempDir::new("debian");
     let file = dir.path().join("d6.dat");
-    let out = std::process::Command::new(sandbox)
-        .args([dat_common::TRACE_CMD, "record", "--file-version", "6"])
-        .args(["-e", "sched:sched_switch", "-e", "sched:sched_wakeup", "-o"])
-        .arg(&file)
-        .args(["/bin/sleep", "0.1"])
-        .output()
-        .expect("run trace-cmd record");
-    // Whatever record left behind is put back before asserting anything.
-    before.restore(&top);
-    assert!(
-        out.status.success(),
-        "trace-cmd record failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    dat_common::debian_record(&file, &["--file-version", "6"]);
     let bytes = std::fs::read(&file).unwrap();
     let dat = TraceDat::parse(&bytes).expect("our reader parses Debian's v6 file");
     assert_eq!(dat.version, 6);

@@ -12,12 +12,23 @@
 //!
 //! [`write_trace_dat`] does all of it in one go. Everything is written little-endian
 //! (doc §1: the reader honours the endian byte, so LE is always correct).
+//!
+//! Version 7 (doc §4): [`V7Writer`] writes a whole file, compressed with zstd or
+//! not, and compresses per-CPU data while it is recorded ([`V7Writer::cpu_sink`],
+//! [`ChunkWriter`]); [`write_trace_dat_v7`] is the one-call form from per-CPU files.
+//! [`v7`] finishes the v7 metadata a network client sent, through the same chunk
+//! and section code; [`v7read`] reads the compressed parts back.
 
+mod chunks;
 pub mod layout;
 pub mod reader;
 pub mod v7;
+pub mod v7read;
+mod v7writer;
 mod writer;
 
+pub use chunks::{ChunkWriter, Compression, CpuChunks, CpuStream, SINK_PIPE_BYTES};
+pub use v7writer::{write_trace_dat_v7, V7Writer};
 pub use writer::*;
 
 /// The first ten bytes of every trace.dat file (doc §2.1 rows 1–2).

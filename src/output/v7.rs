@@ -14,27 +14,24 @@
 //! fields point at); [`append_buffer`] does the rest.
 
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 
+use super::chunks::{werr, Compression};
+use super::v7writer::{
+    buffer_option, options_section, strings_section, write_buffer_section, CpuSource, Strings,
+};
 use super::{option_id, CpuRange, OutputError, MAGIC};
 
 /// Section / option id of the STRINGS section.
 pub const STRINGS: u16 = 15;
 /// Pages per compressed chunk (`PAGES_IN_CHUNK`, doc §4.6).
 pub const PAGES_IN_CHUNK: usize = 10;
-/// zstd level trace-cmd uses (the library default, doc §4.5).
-const ZSTD_LEVEL: i32 = 3;
 /// Most options sections followed before the chain is called a loop.
 const MAX_OPTION_SECTIONS: usize = 1024;
 /// Largest page size accepted from a header.
 const MAX_PAGE_SIZE: u32 = 1 << 20;
-/// The descriptions this writer uses, in STRINGS order (ids are byte offsets).
-const STRINGS_TEXT: &[u8] = b"buffer flyrecord \0options\0strings\0";
-const DESC_BUFFER: u32 = 0;
-const DESC_OPTIONS: u32 = 18;
-const DESC_STRINGS: u32 = 26;
 
 /// Random-access bytes: a file or a slice (for tests).
 pub trait ReadAt {
@@ -241,88 +238,6 @@ pub fn current_clock(option: &[u8]) -> Option<String> {
     crate::tracefs::parse_trace_clock(text).map(|(c, _)| c)
 }
 
-fn werr(what: &'static str) -> impl FnOnce(std::io::Error) -> OutputError {
-    move |source| OutputError::Write {
-        what: what.to_string(),
-        source,
-    }
-}
-
-/// zstd exactly as trace-cmd uses it: level 3, one frame per block, no content
-/// size in the frame header (doc §4.5, P11).
-struct Zstd(zstd::bulk::Compressor<'static>);
-
-impl Zstd {
-    fn new() -> Result<Zstd, OutputError> {
-        let mut c = zstd::bulk::Compressor::new(ZSTD_LEVEL).map_err(werr("the zstd compressor"))?;
-        c.set_parameter(zstd::zstd_safe::CParameter::ContentSizeFlag(false))
-            .map_err(werr("the zstd compressor"))?;
-        Ok(Zstd(c))
-    }
-
-    fn compress(&mut self, raw: &[u8]) -> Result<Vec<u8>, OutputError> {
-        self.0.compress(raw).map_err(werr("zstd-compressed data"))
-    }
-}
-
-fn align_up(x: u64, to: u64) -> u64 {
-    x.div_ceil(to) * to
-}
-
-/// Section header: id, flags, description id, size (doc §4.1).
-fn section_header(id: u16, compressed: bool, desc: u32, size: u64) -> [u8; 16] {
-    let mut h = [0u8; 16];
-    h[0..2].copy_from_slice(&id.to_le_bytes());
-    h[2..4].copy_from_slice(&u16::from(compressed).to_le_bytes());
-    h[4..8].copy_from_slice(&desc.to_le_bytes());
-    h[8..16].copy_from_slice(&size.to_le_bytes());
-    h
-}
-
-/// Writes one CPU's data at the current position of `out`; returns the size the
-/// BUFFER option records (3.1.6: Σ(8 + zlen) when compressed, doc §4.6).
-fn write_cpu(
-    out: &mut File,
-    src: &mut File,
-    page_size: u32,
-    zstd: Option<&mut Zstd>,
-) -> Result<u64, OutputError> {
-    let Some(z) = zstd else {
-        return std::io::copy(src, out).map_err(werr("CPU data"));
-    };
-    let count_at = out.stream_position().map_err(werr("CPU data"))?;
-    out.write_all(&0u32.to_le_bytes())
-        .map_err(werr("CPU data"))?;
-    let mut raw = vec![0u8; PAGES_IN_CHUNK * page_size as usize];
-    let (mut chunks, mut size) = (0u32, 0u64);
-    loop {
-        let mut n = 0;
-        while n < raw.len() {
-            match src.read(&mut raw[n..]) {
-                Ok(0) => break,
-                Ok(k) => n += k,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(werr("CPU data")(e)),
-            }
-        }
-        if n == 0 {
-            break;
-        }
-        let z = z.compress(&raw[..n])?;
-        let mut hdr = [0u8; 8];
-        hdr[..4].copy_from_slice(&(z.len() as u32).to_le_bytes());
-        hdr[4..].copy_from_slice(&(n as u32).to_le_bytes());
-        out.write_all(&hdr)
-            .and_then(|_| out.write_all(&z))
-            .map_err(werr("CPU data"))?;
-        chunks += 1;
-        size += 8 + z.len() as u64;
-    }
-    out.write_all_at(&chunks.to_le_bytes(), count_at)
-        .map_err(werr("the chunk count"))?;
-    Ok(size)
-}
-
 /// Appends the BUFFER section for the top buffer `""`, its options section and
 /// a STRINGS section to `out`, which holds exactly the client's v7 metadata
 /// described by `meta` (doc §6.8 step 3). `cpu_files[i]` is CPU i's raw pages
@@ -336,9 +251,9 @@ pub fn append_buffer(
     clock: &str,
     cpu_files: &[Option<PathBuf>],
 ) -> Result<Vec<CpuRange>, OutputError> {
-    let mut zstd = match &meta.compression {
-        None => None,
-        Some((name, _)) if name == "zstd" => Some(Zstd::new()?),
+    let compression = match &meta.compression {
+        None => Compression::None,
+        Some((name, _)) if name == "zstd" => Compression::Zstd,
         Some((name, version)) => {
             return Err(OutputError::Invalid(format!(
                 "the client compresses with {name} {version}, which this listener cannot write; \
@@ -346,89 +261,39 @@ pub fn append_buffer(
             )))
         }
     };
-    let compressed = zstd.is_some();
-    let page = u64::from(meta.page_size);
-    let start = out
-        .seek(SeekFrom::End(0))
-        .map_err(werr("the BUFFER section"))?;
-    out.write_all(&section_header(
-        option_id::BUFFER,
-        compressed,
-        DESC_BUFFER,
-        0,
-    ))
-    .map_err(werr("the BUFFER section"))?;
-    let mut ranges = Vec::with_capacity(cpu_files.len());
-    let mut end = start + 16;
+    let mut zstd = compression.compressor()?;
+    let mut srcs = Vec::with_capacity(cpu_files.len());
     for path in cpu_files {
-        let offset = align_up(end, page);
-        let mut size = 0;
-        if let Some(path) = path {
-            let mut src = File::open(path).map_err(|source| OutputError::CpuFile {
-                path: path.clone(),
-                source,
-            })?;
-            let raw_len = src.metadata().map(|m| m.len()).unwrap_or(0);
-            if raw_len > 0 {
-                out.seek(SeekFrom::Start(offset))
-                    .map_err(werr("CPU data"))?;
-                size = write_cpu(out, &mut src, meta.page_size, zstd.as_mut())?;
-                end = out.stream_position().map_err(werr("CPU data"))?;
+        srcs.push(match path {
+            Some(path) => {
+                CpuSource::Raw(File::open(path).map_err(|source| OutputError::CpuFile {
+                    path: path.clone(),
+                    source,
+                })?)
             }
-        }
-        ranges.push(CpuRange { offset, size });
+            None => CpuSource::Empty,
+        });
     }
-    out.write_all_at(&(end - start - 16).to_le_bytes(), start + 8)
-        .map_err(werr("the BUFFER section size"))?;
-
-    // Options section #2: BUFFER + DONE(0).
-    let mut opt = Vec::new();
-    opt.extend_from_slice(&start.to_le_bytes());
-    opt.push(0); // top buffer: name ""
-    opt.extend_from_slice(clock.as_bytes());
-    opt.push(0);
-    opt.extend_from_slice(&meta.page_size.to_le_bytes());
-    let listed: Vec<(usize, &CpuRange)> = ranges
-        .iter()
-        .enumerate()
-        .filter(|(_, r)| r.size > 0)
-        .collect();
-    opt.extend_from_slice(&(listed.len() as u32).to_le_bytes());
-    for (cpu, r) in listed {
-        opt.extend_from_slice(&(cpu as u32).to_le_bytes());
-        opt.extend_from_slice(&r.offset.to_le_bytes());
-        opt.extend_from_slice(&r.size.to_le_bytes());
-    }
-    let mut body = Vec::new();
-    body.extend_from_slice(&option_id::BUFFER.to_le_bytes());
-    body.extend_from_slice(&(opt.len() as u32).to_le_bytes());
-    body.extend_from_slice(&opt);
-    body.extend_from_slice(&option_id::DONE.to_le_bytes());
-    body.extend_from_slice(&8u32.to_le_bytes());
-    body.extend_from_slice(&0u64.to_le_bytes());
-    let opts_at = end;
-    let mut sec = section_header(0, false, DESC_OPTIONS, body.len() as u64).to_vec();
-    sec.extend_from_slice(&body);
-    out.write_all_at(&sec, opts_at)
+    // The listener's STRINGS start at id 0 (doc §6.8): the client's ids dangle.
+    let mut strings = Strings::default();
+    let desc = strings.id("buffer flyrecord ");
+    let (start, ranges, end) = write_buffer_section(
+        out,
+        desc,
+        meta.page_size,
+        compression,
+        srcs,
+        "the client's data",
+    )?;
+    // Options section #2: BUFFER + DONE(0), linked from the client's last DONE.
+    let opt = buffer_option(start, "", clock, meta.page_size, &ranges)?;
+    let (sec, _) = options_section(strings.id("options"), &[opt])?;
+    out.write_all_at(&sec, end)
         .map_err(werr("the options section"))?;
-    out.write_all_at(&opts_at.to_le_bytes(), meta.last_done_next)
+    out.write_all_at(&end.to_le_bytes(), meta.last_done_next)
         .map_err(werr("the link to the new options section"))?;
-
-    // STRINGS, compressed like the rest of the file.
-    let strings = match zstd.as_mut() {
-        Some(z) => {
-            let c = z.compress(STRINGS_TEXT)?;
-            let mut v = Vec::with_capacity(8 + c.len());
-            v.extend_from_slice(&(c.len() as u32).to_le_bytes());
-            v.extend_from_slice(&(STRINGS_TEXT.len() as u32).to_le_bytes());
-            v.extend_from_slice(&c);
-            v
-        }
-        None => STRINGS_TEXT.to_vec(),
-    };
-    let mut sec = section_header(STRINGS, compressed, DESC_STRINGS, strings.len() as u64).to_vec();
-    sec.extend_from_slice(&strings);
-    out.write_all_at(&sec, opts_at + 16 + body.len() as u64)
+    let strings = strings_section(&mut strings, zstd.as_mut())?;
+    out.write_all_at(&strings, end + sec.len() as u64)
         .map_err(werr("the STRINGS section"))?;
     out.seek(SeekFrom::End(0))
         .map_err(werr("the end of the file"))?;
@@ -439,6 +304,7 @@ pub fn append_buffer(
 mod tests {
     use super::*;
     use crate::output::reader::TraceDat;
+    use crate::output::v7writer::section_header;
 
     fn section(id: u16, body: &[u8]) -> Vec<u8> {
         let mut v = section_header(id, false, 0, body.len() as u64).to_vec();

@@ -96,36 +96,57 @@ impl Metadata {
         b.push(0); // little-endian
         b.push(self.long_size);
         b.extend_from_slice(&self.page_size.to_le_bytes());
-        b.extend_from_slice(b"header_page\0");
-        put_u64_blob(&mut b, &self.header_page);
-        b.extend_from_slice(b"header_event\0");
-        put_u64_blob(&mut b, &self.header_event);
-        put_count(&mut b, "the ftrace format list", self.ftrace_formats.len())?;
-        for f in &self.ftrace_formats {
-            put_u64_blob(&mut b, f);
+        for piece in self.pieces()? {
+            b.extend_from_slice(&piece);
         }
-        put_count(&mut b, "the event system list", self.systems.len())?;
+        Ok(b)
+    }
+
+    /// The six pieces after the initial header, each as its raw bytes: header
+    /// info, ftrace formats, event formats, kallsyms, printk formats, cmdlines.
+    /// v6 writes them back to back; v7 puts each into its own section, ids 16–21
+    /// (doc §4.1, whose table says the raw contents are the same).
+    pub fn pieces(&self) -> Result<[Vec<u8>; 6], OutputError> {
+        let mut header = Vec::new();
+        header.extend_from_slice(b"header_page\0");
+        put_u64_blob(&mut header, &self.header_page);
+        header.extend_from_slice(b"header_event\0");
+        put_u64_blob(&mut header, &self.header_event);
+        let mut ftrace = Vec::new();
+        put_count(
+            &mut ftrace,
+            "the ftrace format list",
+            self.ftrace_formats.len(),
+        )?;
+        for f in &self.ftrace_formats {
+            put_u64_blob(&mut ftrace, f);
+        }
+        let mut events = Vec::new();
+        put_count(&mut events, "the event system list", self.systems.len())?;
         for (sys, formats) in &self.systems {
             if sys.as_bytes().contains(&0) {
                 return Err(OutputError::Invalid(format!(
                     "system name {sys:?} contains a NUL byte"
                 )));
             }
-            b.extend_from_slice(sys.as_bytes());
-            b.push(0);
+            events.extend_from_slice(sys.as_bytes());
+            events.push(0);
             put_count(
-                &mut b,
+                &mut events,
                 &format!("the event list of system {sys}"),
                 formats.len(),
             )?;
             for f in formats {
-                put_u64_blob(&mut b, f);
+                put_u64_blob(&mut events, f);
             }
         }
-        put_u32_blob(&mut b, "kallsyms", &self.kallsyms)?;
-        put_u32_blob(&mut b, "printk_formats", &self.printk_formats)?;
-        put_u64_blob(&mut b, &self.cmdlines);
-        Ok(b)
+        let mut kallsyms = Vec::new();
+        put_u32_blob(&mut kallsyms, "kallsyms", &self.kallsyms)?;
+        let mut printk = Vec::new();
+        put_u32_blob(&mut printk, "printk_formats", &self.printk_formats)?;
+        let mut cmdlines = Vec::new();
+        put_u64_blob(&mut cmdlines, &self.cmdlines);
+        Ok([header, ftrace, events, kallsyms, printk, cmdlines])
     }
 
     /// Writes the metadata into `w` and returns the number of bytes written.
@@ -211,7 +232,7 @@ impl DatOption {
         }
     }
 
-    fn encode(&self, b: &mut Vec<u8>) -> Result<(), OutputError> {
+    pub(crate) fn encode(&self, b: &mut Vec<u8>) -> Result<(), OutputError> {
         if self.id == option_id::DONE {
             return Err(OutputError::Invalid(
                 "option id 0 is the end marker and cannot carry data".into(),

@@ -69,6 +69,27 @@ pub struct Recording {
     pub events: Vec<EventName>,
 }
 
+impl Recording {
+    /// The recording as a buffer named `name` (`""` = top) with clock `[local]`.
+    pub fn buffer(&self, name: &str) -> tracecmd_rs::output::BufferData {
+        tracecmd_rs::output::BufferData {
+            name: name.into(),
+            trailing_clock: Some(tracecmd_rs::output::bracketed_clock("local")),
+            cpu_files: self.cpu_files.iter().cloned().map(Some).collect(),
+        }
+    }
+
+    /// The per-CPU stats texts, in CPU order.
+    pub fn stats_texts(&self) -> Vec<String> {
+        self.stats.iter().map(|s| s.text.clone()).collect()
+    }
+
+    /// The kernel's per-CPU `entries`, in CPU order.
+    pub fn entries(&self) -> Vec<u64> {
+        self.stats.iter().map(|s| s.entries).collect()
+    }
+}
+
 /// Pins the calling thread to one CPU.
 pub fn pin_to_cpu(cpu: usize) {
     let mut set = nix::sched::CpuSet::new();
@@ -170,6 +191,35 @@ pub fn record(
     }
 }
 
+/// A workload that produces sched events and about `n` markers per CPU.
+pub fn workload(inst: &Instance, n: usize) {
+    let cpus = tracefs::cpu_count(inst).unwrap();
+    for cpu in 0..cpus {
+        markers_on_cpu(inst, cpu, n + cpu * 7);
+    }
+    let st = Command::new("/bin/sleep")
+        .arg("0.01")
+        .status()
+        .expect("run sleep");
+    assert!(st.success());
+}
+
+/// Two recordings for a file with a named buffer: `top` of sched_switch and 20
+/// markers per CPU, `guest` of 50 markers on CPU 0 only (the other CPUs empty);
+/// and the top instance's metadata.
+pub fn top_and_guest(dir: &Path) -> (Recording, Recording, tracecmd_rs::output::Metadata) {
+    let top = instance("nbtop");
+    let guest = instance("nbguest");
+    let rec_top = record(&top, &["sched:sched_switch"], dir, "top", |i| {
+        workload(i, 20)
+    });
+    let rec_guest = record(&guest, &[], dir, "guest", |i| markers_on_cpu(i, 0, 50));
+    assert_eq!(rec_guest.stats[0].entries, 50);
+    assert!(rec_guest.stats[1..].iter().all(|s| s.entries == 0));
+    let meta = tracecmd_rs::output::Metadata::from_tracefs(&top, &rec_top.events).unwrap();
+    (rec_top, rec_guest, meta)
+}
+
 /// Per-(buffer, cpu) event counts printed by `trace-cmd report`, and its stdout.
 pub struct Report {
     pub counts: BTreeMap<(String, usize), u64>,
@@ -211,18 +261,17 @@ pub fn report(file: &Path) -> Report {
 
 /// `[name:]  comm-pid [CPU] ts: event: ...` → (buffer name, CPU).
 fn parse_event_line(line: &str) -> Option<(String, usize)> {
-    let open = line.find(" [")?;
-    let rest = &line[open + 2..];
-    let close = rest.find(']')?;
-    let cpu: usize = rest[..close].parse().ok()?;
-    if !rest[close + 1..]
-        .trim_start()
-        .chars()
-        .next()?
-        .is_ascii_digit()
-    {
-        return None; // not followed by a timestamp
-    }
+    // The CPU field is the first " [N]" followed by a timestamp: a comm may
+    // contain " [" too (threads named "client [::ffff:…" exist on this machine).
+    let (open, cpu) = line.match_indices(" [").find_map(|(open, _)| {
+        let rest = &line[open + 2..];
+        let close = rest.find(']')?;
+        let cpu: usize = rest[..close].parse().ok()?;
+        let ts = rest[close + 1..].trim_start();
+        let ts = ts.split(':').next()?;
+        let is_ts = !ts.is_empty() && ts.chars().all(|c| c.is_ascii_digit() || c == '.');
+        is_ts.then_some((open, cpu))
+    })?;
     let head = &line[..open];
     // Named-buffer lines start with "name: "; top-buffer lines with spaces.
     let buffer = match head.split_once(": ") {
@@ -232,11 +281,84 @@ fn parse_event_line(line: &str) -> Option<(String, usize)> {
     Some((buffer, cpu))
 }
 
+#[test]
+fn event_lines_with_brackets_in_the_comm() {
+    let l = "        client [::ffff:-27978 [001]  7259.756723: sched_stat_runtime: comm=x";
+    assert_eq!(parse_event_line(l), Some((String::new(), 1)));
+    let l = "guest:            <...>-28013 [001]  7259.921787: print: tracing_mark_write: x";
+    assert_eq!(parse_event_line(l), Some(("guest".into(), 1)));
+    assert_eq!(parse_event_line("CPU 1 is empty"), None);
+    assert_eq!(parse_event_line("cpus=2"), None);
+}
+
+/// Runs `report` on `file` and checks, per buffer in file order (`expected`: name
+/// and the kernel's per-CPU entries), that our reader's counts (`ours(i)` for buffer
+/// number i) and report's counts both equal the kernel's, and that report printed
+/// nothing else. Returns the report.
+pub fn assert_counts(
+    file: &Path,
+    expected: &[(&str, Vec<u64>)],
+    ours: impl Fn(usize) -> Vec<u64>,
+) -> Report {
+    let rep = report(file);
+    for (i, (name, want)) in expected.iter().enumerate() {
+        assert!(
+            want.iter().sum::<u64>() > 0,
+            "the workload recorded nothing"
+        );
+        let mut mine = ours(i);
+        mine.resize(want.len().max(mine.len()), 0);
+        assert_eq!(mine, *want, "reader vs kernel entries, buffer {name:?}");
+        let theirs = per_cpu(&rep, name, want.len());
+        assert_eq!(
+            theirs, *want,
+            "report vs kernel entries, buffer {name:?}\n{}",
+            rep.stdout
+        );
+    }
+    let total: u64 = expected.iter().map(|(_, v)| v.iter().sum::<u64>()).sum();
+    assert_eq!(
+        rep.counts.values().sum::<u64>(),
+        total,
+        "report printed extra events"
+    );
+    rep
+}
+
 /// Counts for one buffer as a per-CPU vector of length `cpus`.
 pub fn per_cpu(r: &Report, buffer: &str, cpus: usize) -> Vec<u64> {
     (0..cpus)
         .map(|c| *r.counts.get(&(buffer.to_string(), c)).unwrap_or(&0))
         .collect()
+}
+
+/// Runs Debian's `trace-cmd record` (in the ftrace sandbox) of sched_switch and
+/// sched_wakeup for `sleep 0.1` with the extra arguments `args`, into `file`, and
+/// puts back the top-level settings it changed. The caller holds the top-buffer lock.
+pub fn debian_record(file: &Path, args: &[&str]) {
+    assert!(
+        Path::new(TRACE_CMD).exists(),
+        "{TRACE_CMD} is missing: install Debian's trace-cmd"
+    );
+    let sandbox = "/work/shared/tools/ftrace-sandbox";
+    assert!(Path::new(sandbox).exists(), "{sandbox} is missing");
+    let top = Instance::top().unwrap();
+    let before = TopState::read(&top);
+    let out = Command::new(sandbox)
+        .args([TRACE_CMD, "record"])
+        .args(args)
+        .args(["-e", "sched:sched_switch", "-e", "sched:sched_wakeup", "-o"])
+        .arg(file)
+        .args(["/bin/sleep", "0.1"])
+        .output()
+        .expect("run trace-cmd record");
+    // Whatever record left behind is put back before asserting anything.
+    before.restore(&top);
+    assert!(
+        out.status.success(),
+        "trace-cmd record failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// The top-level settings a stock `trace-cmd record` may change.
