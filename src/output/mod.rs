@@ -12,12 +12,21 @@
 //!
 //! [`write_trace_dat`] does all of it in one go. Everything is written little-endian
 //! (doc §1: the reader honours the endian byte, so LE is always correct).
+//!
+//! Reading is here too, and only here: [`metadata`] is the one parser of v6
+//! metadata (the [`reader`], `record -A` and the listener all call it), [`v7`]
+//! reads a client's v7 metadata, and [`merge`] merges a guest's event formats
+//! into the host's and rewrites the guest's pages to match.
 
 pub mod layout;
+pub mod merge;
+pub mod metadata;
+pub mod read_at;
 pub mod reader;
 pub mod v7;
 mod writer;
 
+pub use read_at::ReadAt;
 pub use writer::*;
 
 /// The first ten bytes of every trace.dat file (doc §2.1 rows 1–2).
@@ -84,6 +93,14 @@ pub enum OutputError {
     /// The caller asked for something the format cannot express.
     #[error("invalid trace.dat request: {0}")]
     Invalid(String),
+    /// Event IDs could not be rewritten in a file of recorded pages.
+    #[error("could not rewrite event IDs in {}: {source}", path.display())]
+    Rewrite {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
 }
 
 impl OutputError {
@@ -91,9 +108,9 @@ impl OutputError {
     pub fn errno(&self) -> i32 {
         match self {
             OutputError::Tracefs(e) => e.errno(),
-            OutputError::Write { source, .. } | OutputError::CpuFile { source, .. } => {
-                source.raw_os_error().unwrap_or(libc::EIO)
-            }
+            OutputError::Write { source, .. }
+            | OutputError::CpuFile { source, .. }
+            | OutputError::Rewrite { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
             OutputError::TooLarge { .. } => libc::EFBIG,
             OutputError::Invalid(_) => libc::EINVAL,
         }

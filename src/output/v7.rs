@@ -18,6 +18,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 
+pub use super::read_at::ReadAt;
 use super::{option_id, CpuRange, OutputError, MAGIC};
 
 /// Section / option id of the STRINGS section.
@@ -35,42 +36,6 @@ const STRINGS_TEXT: &[u8] = b"buffer flyrecord \0options\0strings\0";
 const DESC_BUFFER: u32 = 0;
 const DESC_OPTIONS: u32 = 18;
 const DESC_STRINGS: u32 = 26;
-
-/// Random-access bytes: a file or a slice (for tests).
-pub trait ReadAt {
-    /// Total length.
-    fn len_bytes(&self) -> u64;
-    /// Fills `buf` from `offset`; fails past the end.
-    fn read_at_exact(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()>;
-}
-
-impl ReadAt for [u8] {
-    fn len_bytes(&self) -> u64 {
-        self.len() as u64
-    }
-    fn read_at_exact(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
-        let start = usize::try_from(offset).unwrap_or(usize::MAX);
-        match start
-            .checked_add(buf.len())
-            .and_then(|end| self.get(start..end))
-        {
-            Some(s) => {
-                buf.copy_from_slice(s);
-                Ok(())
-            }
-            None => Err(std::io::ErrorKind::UnexpectedEof.into()),
-        }
-    }
-}
-
-impl ReadAt for File {
-    fn len_bytes(&self) -> u64 {
-        self.metadata().map(|m| m.len()).unwrap_or(0)
-    }
-    fn read_at_exact(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
-        self.read_exact_at(buf, offset)
-    }
-}
 
 /// What the listener needs to know about the client's v7 metadata.
 #[derive(Debug, Clone, PartialEq, Eq)]
