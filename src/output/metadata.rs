@@ -367,7 +367,7 @@ pub struct V6Options<'a, S: ReadAt + ?Sized> {
 impl<S: ReadAt + ?Sized> V6Options<'_, S> {
     /// Where the data part's tag lies once the options are walked: after DONE,
     /// or after the CPU count when there is no options block.
-    pub fn end(&self) -> u64 {
+    pub fn position(&self) -> u64 {
         self.cur.pos
     }
 
@@ -451,5 +451,177 @@ impl Metadata {
             printk_formats: get(&m.printk_formats),
             cmdlines: get(&m.cmdlines),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Every caller's entry point fed the same v6 metadata: they must agree.
+
+    use super::*;
+    use crate::listen::meta6::{client_clock, file_header};
+    use crate::output::merge::tests::sample;
+    use crate::output::reader::TraceDat;
+    use crate::output::{append_flyrecord, write_options_block, BufferData, DatOption};
+    use crate::virt::meta::parse_metadata;
+
+    /// What a V3 client streams: metadata, CPU count and options; and where the
+    /// metadata ends.
+    fn client_stream(m: &Metadata, cpus: u32) -> (Vec<u8>, usize) {
+        let mut b = m.to_bytes().unwrap();
+        let meta_len = b.len();
+        let opts = [
+            DatOption::uname("Linux guest 6.1 x86_64"),
+            DatOption::trace_clock("local global [mono] x86-tsc\n"),
+        ];
+        write_options_block(&mut b, cpus, &opts).unwrap();
+        (b, meta_len)
+    }
+
+    /// The reader's view of the TRACECLOCK option: its current clock.
+    fn reader_clock(d: &TraceDat, whole: &[u8]) -> Option<String> {
+        d.options_with(whole, option_id::TRACECLOCK)
+            .next()
+            .and_then(current_clock)
+    }
+
+    /// The reader's sections as `Metadata`.
+    fn reader_metadata(d: &TraceDat, b: &[u8]) -> Metadata {
+        let get = |r: &Range<usize>| b[r.clone()].to_vec();
+        Metadata {
+            page_size: d.page_size,
+            long_size: d.long_size,
+            header_page: get(&d.header_page),
+            header_event: get(&d.header_event),
+            ftrace_formats: d.ftrace_formats.iter().map(get).collect(),
+            systems: d
+                .systems
+                .iter()
+                .map(|(n, l)| (n.clone(), l.iter().map(get).collect()))
+                .collect(),
+            kallsyms: get(&d.kallsyms),
+            printk_formats: get(&d.printk_formats),
+            cmdlines: get(&d.cmdlines),
+        }
+    }
+
+    #[test]
+    fn reader_virt_and_listener_agree_on_the_same_metadata() {
+        let m = sample();
+        let (stream, meta_len) = client_stream(&m, 2);
+        // record -A: the guest's metadata.
+        let guest = parse_metadata(&stream[..meta_len]).unwrap();
+        assert_eq!(guest, m);
+        // The listener: reads the streamed file back in place, then appends
+        // flyrecord with the client's clock, as listen::session does.
+        let path = std::env::temp_dir().join(format!("tcrs-agree-{}", std::process::id()));
+        std::fs::write(&path, &stream).unwrap();
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        let (version, page) = file_header(&f).unwrap();
+        let clock = client_clock(&f);
+        let top = BufferData {
+            name: String::new(),
+            trailing_clock: clock.as_deref().map(crate::output::bracketed_clock),
+            cpu_files: vec![],
+        };
+        append_flyrecord(&mut f, 2, page, &top).unwrap();
+        drop(f);
+        let whole = std::fs::read(&path).unwrap();
+        let _ = std::fs::remove_file(&path);
+        // The reader, on the finished file.
+        let d = TraceDat::parse(&whole).unwrap();
+        assert_eq!((version.as_str(), page), ("6", m.page_size));
+        assert_eq!(d.version, 6);
+        assert_eq!(reader_metadata(&d, &whole), guest);
+        assert_eq!(clock.as_deref(), Some("mono"));
+        assert_eq!(reader_clock(&d, &whole), clock);
+        assert_eq!(d.buffers[0].clock, clock, "the trailing clock names it too");
+        assert_eq!(d.cpus, 2);
+    }
+
+    #[test]
+    fn callers_agree_on_mutated_and_truncated_metadata() {
+        let m = sample();
+        let (good, meta_len) = client_stream(&m, 2);
+        let mut x = 0x5851_f42d_4c95_7f2du64;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let (mut virt_ok, mut clocks) = (0, 0);
+        for i in 0..4000 {
+            let mut b = good.clone();
+            if i % 4 == 0 {
+                b.truncate((next() % b.len() as u64) as usize);
+            } else {
+                for _ in 0..1 + next() % 3 {
+                    let at = (next() % b.len() as u64) as usize;
+                    b[at] = next() as u8;
+                }
+            }
+            let unified = V6Metadata::parse(&b[..]);
+            // record -A accepts exactly the metadata the unified parser finds
+            // little-endian and ending where the guest's bytes end.
+            let cut = meta_len.min(b.len());
+            let guest = parse_metadata(&b[..cut]);
+            let whole = matches!(&unified, Ok(u) if u.end == cut as u64 && !u.header.big_endian);
+            assert_eq!(guest.is_ok(), whole, "case {i}: {guest:?} vs {unified:?}");
+            // The listener's header is the unified one, or an error.
+            let header = InitialHeader::parse(&b[..]);
+            match file_header(&b[..]) {
+                Ok((v, page)) => {
+                    let h = header.unwrap();
+                    assert_eq!((v, page), (h.version.to_string(), h.page_size));
+                    assert!(!h.big_endian);
+                }
+                Err(_) => assert!(header.map_or(true, |h| h.big_endian
+                    || h.page_size == 0
+                    || h.page_size > 1 << 20)),
+            }
+            let clock = client_clock(&b[..]);
+            let Ok(u) = unified else {
+                assert_eq!(clock, None, "case {i}: a clock from unparsable metadata");
+                continue;
+            };
+            if let Ok(g) = &guest {
+                virt_ok += 1;
+                // What record -A keeps is what the reader's ranges hold.
+                let get = |r: &Range<u64>| b[r.start as usize..r.end as usize].to_vec();
+                assert_eq!(g.header_page, get(&u.header_page));
+                assert_eq!(g.cmdlines, get(&u.cmdlines));
+                assert_eq!(g.systems.len(), u.systems.len());
+            }
+            // The reader, on this metadata finished as a listener would.
+            let Ok(opts) = u.options(&b[..]) else {
+                continue;
+            };
+            if opts.cpus > 64 || opts.collect::<Result<Vec<_>, _>>().is_err() {
+                continue;
+            }
+            let mut whole = b.clone();
+            let put = |v: &mut Vec<u8>, x: u64| {
+                if u.header.big_endian {
+                    v.extend_from_slice(&x.to_be_bytes())
+                } else {
+                    v.extend_from_slice(&x.to_le_bytes())
+                }
+            };
+            whole.extend_from_slice(b"flyrecord\0");
+            for _ in 0..u.options(&b[..]).unwrap().cpus * 2 + 1 {
+                put(&mut whole, 0);
+            }
+            if let Ok(d) = TraceDat::parse(&whole) {
+                assert_eq!(reader_clock(&d, &whole), clock, "case {i}");
+                clocks += usize::from(clock.is_some());
+            }
+        }
+        // The mutations left enough inputs intact for the comparisons to mean something.
+        assert!(virt_ok > 100 && clocks > 100, "{virt_ok} {clocks}");
     }
 }

@@ -178,7 +178,7 @@ impl TraceDat {
                 data: idx(o.data),
             });
         }
-        let mut c = Cur::new(b, options.end(), h.big_endian);
+        let mut c = Cur::new(b, options.position(), h.big_endian);
         let tag_at = c.pos;
         let tag = idx(c.take(10, "flyrecord tag")?);
         let has_clock = self.options.iter().any(|o| o.id == option_id::TRACECLOCK);
