@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 
 use tracecmd_rs::output::layout::{count_events, walk_page, EventLayout, PageError, PageLayout};
-use tracecmd_rs::output::metadata::{trace_clock_of, V6Metadata};
+use tracecmd_rs::output::metadata::{trace_clock_of, Parts, V6Metadata};
 use tracecmd_rs::output::reader::{DatError, InitialHeader, TraceDat};
 use tracecmd_rs::output::{
     attach_cpu_data, bracketed_clock, option_id, write_options_block, write_trace_dat, BufferData,
@@ -670,4 +670,38 @@ fn big_endian_metadata_has_the_same_sections() {
     // Metadata is written little-endian only, so it refuses to hold this.
     let e = Metadata::parse(&be).unwrap_err();
     assert!(e.to_string().contains("big-endian"), "{e}");
+}
+
+#[test]
+fn parts_read_a_section_body_alone() {
+    // A v7 EVENT_FORMATS section body is the v6 part on its own (doc §4.2).
+    let m = meta();
+    let mut body = Vec::new();
+    body.extend_from_slice(&2u32.to_le_bytes());
+    for (name, list) in [("sched", &m.systems[0].1), ("empty", &Vec::new())] {
+        body.extend_from_slice(name.as_bytes());
+        body.push(0);
+        body.extend_from_slice(&(list.len() as u32).to_le_bytes());
+        for f in list {
+            body.extend_from_slice(&(f.len() as u64).to_le_bytes());
+            body.extend_from_slice(f);
+        }
+    }
+    let mut p = Parts::new(&body[..], 0, false);
+    let systems = p.event_formats().unwrap();
+    assert_eq!(p.position(), body.len() as u64);
+    let names: Vec<&str> = systems.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["sched", "empty"]);
+    let r = systems[0].1[0].clone();
+    assert_eq!(
+        &body[r.start as usize..r.end as usize],
+        &m.systems[0].1[0][..]
+    );
+    // Cut anywhere, it is an error, never a shorter list.
+    for n in 0..body.len() {
+        assert!(
+            Parts::new(&body[..n], 0, false).event_formats().is_err(),
+            "cut at {n}"
+        );
+    }
 }

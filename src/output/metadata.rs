@@ -239,6 +239,9 @@ impl InitialHeader {
     }
 }
 
+/// A system's name and where its event format texts lie.
+pub type SystemFormats = (String, Vec<Range<u64>>);
+
 /// Where each part of version 6 metadata lies in the input (doc §2.1 rows 1–15).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct V6Metadata {
@@ -251,7 +254,7 @@ pub struct V6Metadata {
     /// ftrace format texts.
     pub ftrace_formats: Vec<Range<u64>>,
     /// Systems and their event format texts.
-    pub systems: Vec<(String, Vec<Range<u64>>)>,
+    pub systems: Vec<SystemFormats>,
     /// kallsyms text.
     pub kallsyms: Range<u64>,
     /// printk formats text.
@@ -283,39 +286,18 @@ impl V6Metadata {
                 ),
             ));
         }
-        let mut c = Cur::new(src, header.len as u64, header.big_endian);
-        c.expect(b"header_page\0", "header_page tag")?;
-        let header_page = c.blob64("header_page", "header_page size")?;
-        c.expect(b"header_event\0", "header_event tag")?;
-        let header_event = c.blob64("header_event", "header_event size")?;
-        // Entries are kept only once their bytes were found, so the lists grow
-        // with the input, never with a count field.
-        let count = c.u32("ftrace format count")?;
-        let mut ftrace_formats = Vec::new();
-        for _ in 0..count {
-            ftrace_formats.push(c.blob64("ftrace format", "ftrace format size")?);
-        }
-        let count = c.u32("system count")?;
-        let mut systems = Vec::new();
-        for _ in 0..count {
-            let name = c.cstr("system name")?;
-            let events = c.u32("event count")?;
-            let mut list = Vec::new();
-            for _ in 0..events {
-                list.push(c.blob64("event format", "event format size")?);
-            }
-            systems.push((name, list));
-        }
+        let mut p = Parts::new(src, header.len as u64, header.big_endian);
+        let (header_page, header_event) = p.header_info()?;
         Ok(V6Metadata {
             header,
             header_page,
             header_event,
-            ftrace_formats,
-            systems,
-            kallsyms: c.blob32("kallsyms", "kallsyms size")?,
-            printk_formats: c.blob32("printk formats", "printk formats size")?,
-            cmdlines: c.blob64("cmdlines", "cmdlines size")?,
-            end: c.pos,
+            ftrace_formats: p.ftrace_formats()?,
+            systems: p.event_formats()?,
+            kallsyms: p.kallsyms()?,
+            printk_formats: p.printk_formats()?,
+            cmdlines: p.cmdlines()?,
+            end: p.position(),
         })
     }
 
@@ -339,6 +321,82 @@ impl V6Metadata {
             cur,
             walking,
         })
+    }
+}
+
+/// Reads the parts of v6 metadata one after the other, from any position: a
+/// version 7 file holds the same parts, one per section (doc §4.2, sections
+/// 16–21), so a v7 reader uses this on a section's (decompressed) body.
+pub struct Parts<'a, S: ReadAt + ?Sized> {
+    cur: Cur<'a, S>,
+}
+
+impl<'a, S: ReadAt + ?Sized> Parts<'a, S> {
+    /// Reads from `pos` of `src`, numbers in the given byte order.
+    pub fn new(src: &'a S, pos: u64, big_endian: bool) -> Self {
+        Parts {
+            cur: Cur::new(src, pos, big_endian),
+        }
+    }
+
+    /// Where the next part starts.
+    pub fn position(&self) -> u64 {
+        self.cur.pos
+    }
+
+    /// `header_page` and `header_event`, each after its tag (section 16).
+    pub fn header_info(&mut self) -> Result<(Range<u64>, Range<u64>), DatError> {
+        let c = &mut self.cur;
+        c.expect(b"header_page\0", "header_page tag")?;
+        let page = c.blob64("header_page", "header_page size")?;
+        c.expect(b"header_event\0", "header_event tag")?;
+        let event = c.blob64("header_event", "header_event size")?;
+        Ok((page, event))
+    }
+
+    /// The ftrace format texts (section 17).
+    pub fn ftrace_formats(&mut self) -> Result<Vec<Range<u64>>, DatError> {
+        let c = &mut self.cur;
+        // Entries are kept only once their bytes were found, so the lists grow
+        // with the input, never with a count field.
+        let count = c.u32("ftrace format count")?;
+        let mut list = Vec::new();
+        for _ in 0..count {
+            list.push(c.blob64("ftrace format", "ftrace format size")?);
+        }
+        Ok(list)
+    }
+
+    /// The systems and their event format texts (section 18).
+    pub fn event_formats(&mut self) -> Result<Vec<SystemFormats>, DatError> {
+        let c = &mut self.cur;
+        let count = c.u32("system count")?;
+        let mut systems = Vec::new();
+        for _ in 0..count {
+            let name = c.cstr("system name")?;
+            let events = c.u32("event count")?;
+            let mut list = Vec::new();
+            for _ in 0..events {
+                list.push(c.blob64("event format", "event format size")?);
+            }
+            systems.push((name, list));
+        }
+        Ok(systems)
+    }
+
+    /// The kallsyms text (section 19).
+    pub fn kallsyms(&mut self) -> Result<Range<u64>, DatError> {
+        self.cur.blob32("kallsyms", "kallsyms size")
+    }
+
+    /// The printk formats text (section 20).
+    pub fn printk_formats(&mut self) -> Result<Range<u64>, DatError> {
+        self.cur.blob32("printk formats", "printk formats size")
+    }
+
+    /// The saved cmdlines text (section 21).
+    pub fn cmdlines(&mut self) -> Result<Range<u64>, DatError> {
+        self.cur.blob64("cmdlines", "cmdlines size")
     }
 }
 

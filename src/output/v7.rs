@@ -18,7 +18,6 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 
-pub use super::read_at::ReadAt;
 use super::{option_id, CpuRange, OutputError, MAGIC};
 
 /// Section / option id of the STRINGS section.
@@ -36,6 +35,8 @@ const STRINGS_TEXT: &[u8] = b"buffer flyrecord \0options\0strings\0";
 const DESC_BUFFER: u32 = 0;
 const DESC_OPTIONS: u32 = 18;
 const DESC_STRINGS: u32 = 26;
+
+pub use super::read_at::ReadAt;
 
 /// What the listener needs to know about the client's v7 metadata.
 #[derive(Debug, Clone, PartialEq, Eq)]
