@@ -1,14 +1,16 @@
 //! Byte-level tests of the trace.dat v6 writer and the reader, with synthetic
 //! inputs (no tracefs needed): golden bytes, round trips, page walking, and
-//! never-panic over random and truncated files.
+//! never-panic over random and truncated files, for the whole reader and for the
+//! v6 metadata parser every caller shares.
 
 use std::path::PathBuf;
 
 use tracecmd_rs::output::layout::{count_events, walk_page, EventLayout, PageError, PageLayout};
+use tracecmd_rs::output::metadata::{trace_clock_of, Parts, V6Metadata};
 use tracecmd_rs::output::reader::{DatError, InitialHeader, TraceDat};
 use tracecmd_rs::output::{
     attach_cpu_data, bracketed_clock, option_id, write_options_block, write_trace_dat, BufferData,
-    DatOption, Metadata,
+    DatOption, Metadata, ReadAt, MAGIC,
 };
 
 const HEADER_PAGE: &str = "\tfield: u64 timestamp;\toffset:0;\tsize:8;\tsigned:0;\n\
@@ -465,4 +467,241 @@ fn listener_attach_golden_bytes() {
     assert_eq!(&b[..m], &meta_bytes[..]);
     assert_eq!(&b[m..], &want[..]);
     assert_eq!(ranges[0][0].offset, data_at as u64);
+}
+
+/// v6 metadata, CPU count and options (TRACECLOCK last), as a V3 client streams
+/// it; and where the metadata ends.
+fn streamed() -> (Vec<u8>, usize) {
+    let mut b = meta().to_bytes().unwrap();
+    let meta_len = b.len();
+    let opts = [
+        DatOption::uname("Linux host 6.1 x86_64"),
+        DatOption::trace_clock("local [global] counter\n"),
+    ];
+    write_options_block(&mut b, 3, &opts).unwrap();
+    (b, meta_len)
+}
+
+/// Everything the shared parser says about `src`, for comparing inputs.
+fn parse_all(src: &(impl ReadAt + ?Sized)) -> String {
+    let Ok(m) = V6Metadata::parse(src) else {
+        return format!("{:?}", V6Metadata::parse(src));
+    };
+    let options = m.options(src).map(|o| (o.cpus, o.collect::<Vec<_>>()));
+    format!("{m:?} {options:?} {:?}", trace_clock_of(src))
+}
+
+/// Checks what the shared parser found in `b` lies inside it, in file order.
+fn check_ranges(b: &[u8]) {
+    let Ok(m) = V6Metadata::parse(b) else {
+        return;
+    };
+    let len = b.len() as u64;
+    let mut ranges = vec![m.header_page.clone(), m.header_event.clone()];
+    ranges.extend(m.ftrace_formats.iter().cloned());
+    ranges.extend(m.systems.iter().flat_map(|(_, l)| l.iter().cloned()));
+    ranges.extend([
+        m.kallsyms.clone(),
+        m.printk_formats.clone(),
+        m.cmdlines.clone(),
+    ]);
+    let mut at = m.header.len as u64;
+    for r in ranges {
+        assert!(
+            at <= r.start && r.start <= r.end && r.end <= m.end,
+            "{r:?} in {m:?}"
+        );
+        at = r.end;
+    }
+    assert!(m.end <= len);
+    if let Ok(mut opts) = m.options(b) {
+        let mut at = m.end + 4;
+        for o in opts.by_ref() {
+            let Ok(o) = o else { break };
+            assert!(at <= o.at && o.at + 6 == o.data.start && o.data.end <= len);
+            at = o.data.end;
+        }
+        assert!(opts.position() <= len);
+    }
+}
+
+#[test]
+fn metadata_parser_on_every_truncation() {
+    let (b, meta_len) = streamed();
+    let t = Tmp::new("cut");
+    let path = t.0.join("m.dat");
+    for n in 0..=b.len() {
+        let p = &b[..n];
+        let m = V6Metadata::parse(p);
+        assert_eq!(m.is_ok(), n >= meta_len, "cut at {n}: {m:?}");
+        if let Ok(m) = &m {
+            assert_eq!(m.end, meta_len as u64);
+        } else if n >= MAGIC.len() + 2 {
+            assert!(
+                matches!(m, Err(DatError::Truncated { .. })),
+                "cut at {n}: {m:?}"
+            );
+        }
+        assert_eq!(Metadata::parse(p).is_ok(), n == meta_len, "cut at {n}");
+        // The clock is there once its option is whole (DONE follows it).
+        assert_eq!(
+            trace_clock_of(p).as_deref(),
+            (n + 2 >= b.len()).then_some("global"),
+            "cut at {n}"
+        );
+        check_ranges(p);
+        // A file read in place, as the listener does, gives the same answers.
+        if n % 5 == 0 || n + 2 >= b.len() {
+            std::fs::write(&path, p).unwrap();
+            let f = std::fs::File::open(&path).unwrap();
+            assert_eq!(parse_all(&f), parse_all(p), "cut at {n}");
+        }
+    }
+    assert_eq!(Metadata::parse(&b[..meta_len]).unwrap(), meta());
+}
+
+#[test]
+fn metadata_parser_on_random_input() {
+    let (good, _) = streamed();
+    let t = Tmp::new("rand");
+    let path = t.0.join("m.dat");
+    let mut rng = XorShift(0x2545_f491_4f6c_dd1d);
+    let mut parsed = 0;
+    for i in 0..3000 {
+        let mut b = good.clone();
+        for _ in 0..1 + rng.below(8) {
+            let at = rng.below(b.len());
+            b[at] = rng.next() as u8;
+        }
+        check_ranges(&b);
+        let _ = Metadata::parse(&b);
+        parsed += usize::from(V6Metadata::parse(&b[..]).is_ok());
+        if i % 15 == 0 {
+            std::fs::write(&path, &b).unwrap();
+            let f = std::fs::File::open(&path).unwrap();
+            assert_eq!(parse_all(&f), parse_all(&b[..]), "case {i}");
+        }
+    }
+    assert!(parsed > 300, "only {parsed} mutated inputs parsed");
+    // Noise behind a valid magic and version.
+    for _ in 0..3000 {
+        let mut b = b"\x17\x08\x44tracing6\0".to_vec();
+        b.extend((0..rng.below(400)).map(|_| rng.next() as u8));
+        check_ranges(&b);
+        let _ = trace_clock_of(&b[..]);
+        assert!(Metadata::parse(&b).is_err() || V6Metadata::parse(&b[..]).is_ok());
+    }
+}
+
+#[test]
+fn metadata_parser_checks_sizes_before_using_them() {
+    let good = meta().to_bytes().unwrap();
+    let hp_size_at = 18 + b"header_page\0".len();
+    // A header_page of 2^64 - 1 bytes: refused by the size, nothing read.
+    let mut b = good.clone();
+    b[hp_size_at..hp_size_at + 8].copy_from_slice(&u64::MAX.to_le_bytes());
+    assert!(matches!(
+        V6Metadata::parse(&b[..]),
+        Err(DatError::Truncated { need: u64::MAX, .. })
+    ));
+    // 2^32 - 1 ftrace formats in a short input: an error at the first missing one.
+    let count_at = good.len() - (4 + 26 + 4 + 8 + 7) - (4 + 6 + 4 + 8 + 27) - (4 + 8 + 18);
+    assert_eq!(&good[count_at..count_at + 4], &1u32.to_le_bytes());
+    let mut b = good[..count_at].to_vec();
+    b.extend_from_slice(&u32::MAX.to_le_bytes());
+    b.extend_from_slice(&[0; 64]);
+    let e = V6Metadata::parse(&b[..]).unwrap_err();
+    assert!(e.to_string().contains("ftrace format size"), "{e}");
+    // A system name without a NUL for longer than any directory name.
+    let mut b = good[..count_at].to_vec();
+    b.extend_from_slice(&0u32.to_le_bytes());
+    b.extend_from_slice(&1u32.to_le_bytes());
+    b.extend(std::iter::repeat(b'x').take(10_000));
+    let e = V6Metadata::parse(&b[..]).unwrap_err();
+    assert!(matches!(e, DatError::Malformed { .. }), "{e}");
+}
+
+/// `m` encoded big-endian, as a big-endian machine writes it.
+fn big_endian(m: &Metadata) -> Vec<u8> {
+    let mut b = MAGIC.to_vec();
+    b.extend_from_slice(b"6\0\x01");
+    b.push(m.long_size);
+    b.extend_from_slice(&m.page_size.to_be_bytes());
+    let blob64 = |b: &mut Vec<u8>, d: &[u8]| {
+        b.extend_from_slice(&(d.len() as u64).to_be_bytes());
+        b.extend_from_slice(d);
+    };
+    b.extend_from_slice(b"header_page\0");
+    blob64(&mut b, &m.header_page);
+    b.extend_from_slice(b"header_event\0");
+    blob64(&mut b, &m.header_event);
+    b.extend_from_slice(&(m.ftrace_formats.len() as u32).to_be_bytes());
+    m.ftrace_formats.iter().for_each(|f| blob64(&mut b, f));
+    b.extend_from_slice(&(m.systems.len() as u32).to_be_bytes());
+    for (name, list) in &m.systems {
+        b.extend_from_slice(name.as_bytes());
+        b.push(0);
+        b.extend_from_slice(&(list.len() as u32).to_be_bytes());
+        list.iter().for_each(|f| blob64(&mut b, f));
+    }
+    for d in [&m.kallsyms, &m.printk_formats] {
+        b.extend_from_slice(&(d.len() as u32).to_be_bytes());
+        b.extend_from_slice(d);
+    }
+    blob64(&mut b, &m.cmdlines);
+    b
+}
+
+#[test]
+fn big_endian_metadata_has_the_same_sections() {
+    let le = meta().to_bytes().unwrap();
+    let be = big_endian(&meta());
+    assert_eq!(be.len(), le.len());
+    let (l, b) = (
+        V6Metadata::parse(&le[..]).unwrap(),
+        V6Metadata::parse(&be[..]).unwrap(),
+    );
+    assert!(b.header.big_endian && !l.header.big_endian);
+    assert_eq!(b.header.page_size, 4096);
+    assert_eq!(
+        (&b.header_page, &b.systems, &b.cmdlines, b.end),
+        (&l.header_page, &l.systems, &l.cmdlines, l.end)
+    );
+    // Metadata is written little-endian only, so it refuses to hold this.
+    let e = Metadata::parse(&be).unwrap_err();
+    assert!(e.to_string().contains("big-endian"), "{e}");
+}
+
+#[test]
+fn parts_read_a_section_body_alone() {
+    // A v7 EVENT_FORMATS section body is the v6 part on its own (doc §4.2).
+    let m = meta();
+    let mut body = Vec::new();
+    body.extend_from_slice(&2u32.to_le_bytes());
+    for (name, list) in [("sched", &m.systems[0].1), ("empty", &Vec::new())] {
+        body.extend_from_slice(name.as_bytes());
+        body.push(0);
+        body.extend_from_slice(&(list.len() as u32).to_le_bytes());
+        for f in list {
+            body.extend_from_slice(&(f.len() as u64).to_le_bytes());
+            body.extend_from_slice(f);
+        }
+    }
+    let mut p = Parts::new(&body[..], 0, false);
+    let systems = p.event_formats().unwrap();
+    assert_eq!(p.position(), body.len() as u64);
+    let names: Vec<&str> = systems.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["sched", "empty"]);
+    let r = systems[0].1[0].clone();
+    assert_eq!(
+        &body[r.start as usize..r.end as usize],
+        &m.systems[0].1[0][..]
+    );
+    // Cut anywhere, it is an error, never a shorter list.
+    for n in 0..body.len() {
+        assert!(
+            Parts::new(&body[..n], 0, false).event_formats().is_err(),
+            "cut at {n}"
+        );
+    }
 }

@@ -1,109 +1,49 @@
-//! Finds the TRACECLOCK option in the version 6 metadata a V3 client sent (doc
-//! §2.1 rows 1–18), so that the trailing clock after the flyrecord table names the
-//! client's clock: 3.x listeners write their own there, which gives wrong
-//! timestamps when the two machines' clocks differ (doc §6.8, P6).
+//! What the listener reads back from the metadata a client streamed into its
+//! file, through the one trace.dat metadata parser ([`crate::output::metadata`]):
+//! the initial header (version and page size, before CPU data is attached) and,
+//! for V3 clients with v6 metadata, the TRACECLOCK option, so that the trailing
+//! clock after the flyrecord table names the client's clock: 3.x listeners write
+//! their own there, which gives wrong timestamps when the two machines' clocks
+//! differ (doc §6.8, P6).
 
-use crate::output::v7::{current_clock, ReadAt};
-use crate::output::{option_id, MAGIC};
+use super::ListenError;
+use crate::output::metadata::{trace_clock_of, InitialHeader};
+use crate::output::reader::DatError;
+use crate::output::ReadAt;
 
-struct Walk<'a, S: ReadAt + ?Sized> {
-    src: &'a S,
-    pos: u64,
+/// Largest page size accepted from a client's metadata header.
+const MAX_PAGE_SIZE: u32 = 1 << 20;
+
+/// Version (`"6"` or `"7"`) and page size of the metadata at the start of `dat`.
+pub(crate) fn file_header(dat: &(impl ReadAt + ?Sized)) -> Result<(String, u32), ListenError> {
+    let h = InitialHeader::parse(dat).map_err(|e| match e {
+        DatError::Version(v) => {
+            ListenError::Unsupported(format!("trace.dat version {v:?} metadata"))
+        }
+        DatError::BadMagic => ListenError::MetadataIncomplete(
+            "the metadata header does not start with the trace.dat magic".into(),
+        ),
+        e => ListenError::MetadataIncomplete(format!("the metadata header is unreadable: {e}")),
+    })?;
+    if h.big_endian {
+        return Err(ListenError::Unsupported(
+            "big-endian metadata (this listener appends little-endian data)".into(),
+        ));
+    }
+    if h.page_size == 0 || h.page_size > MAX_PAGE_SIZE {
+        return Err(ListenError::MetadataIncomplete(format!(
+            "the metadata header gives page size {}",
+            h.page_size
+        )));
+    }
+    Ok((h.version.to_string(), h.page_size))
 }
 
-impl<S: ReadAt + ?Sized> Walk<'_, S> {
-    fn bytes<const N: usize>(&mut self) -> Option<[u8; N]> {
-        let mut b = [0u8; N];
-        self.src.read_at_exact(self.pos, &mut b).ok()?;
-        self.pos += N as u64;
-        Some(b)
-    }
-    fn u16(&mut self) -> Option<u16> {
-        self.bytes().map(u16::from_le_bytes)
-    }
-    fn u32(&mut self) -> Option<u32> {
-        self.bytes().map(u32::from_le_bytes)
-    }
-    fn u64(&mut self) -> Option<u64> {
-        self.bytes().map(u64::from_le_bytes)
-    }
-    /// Skips `n` bytes that must exist.
-    fn skip(&mut self, n: u64) -> Option<()> {
-        let end = self.pos.checked_add(n)?;
-        (end <= self.src.len_bytes()).then(|| self.pos = end)
-    }
-    /// A NUL-terminated string of at most 256 bytes.
-    fn cstr(&mut self) -> Option<Vec<u8>> {
-        let mut v = Vec::new();
-        loop {
-            let [b] = self.bytes::<1>()?;
-            if b == 0 {
-                return Some(v);
-            }
-            if v.len() == 256 {
-                return None;
-            }
-            v.push(b);
-        }
-    }
-    fn tag(&mut self, want: &[u8]) -> Option<()> {
-        let mut b = vec![0u8; want.len()];
-        self.src.read_at_exact(self.pos, &mut b).ok()?;
-        self.pos += want.len() as u64;
-        (b == want).then_some(())
-    }
-}
-
-/// The clock named by the TRACECLOCK option of little-endian v6 metadata that
-/// runs through the options block; `None` when there is no such option or the
-/// metadata is not laid out as expected.
-pub fn client_clock(src: &(impl ReadAt + ?Sized)) -> Option<String> {
-    let mut w = Walk { src, pos: 0 };
-    w.tag(MAGIC)?;
-    w.tag(b"6\0")?;
-    let [endian, _long] = w.bytes::<2>()?;
-    if endian != 0 {
-        return None;
-    }
-    w.u32()?; // page size
-    w.tag(b"header_page\0")?;
-    let n = w.u64()?;
-    w.skip(n)?;
-    w.tag(b"header_event\0")?;
-    let n = w.u64()?;
-    w.skip(n)?;
-    for _ in 0..w.u32()? {
-        let n = w.u64()?;
-        w.skip(n)?;
-    }
-    for _ in 0..w.u32()? {
-        w.cstr()?;
-        for _ in 0..w.u32()? {
-            let n = w.u64()?;
-            w.skip(n)?;
-        }
-    }
-    let n = w.u32()?; // kallsyms
-    w.skip(n.into())?;
-    let n = w.u32()?; // printk formats
-    w.skip(n.into())?;
-    let n = w.u64()?; // saved cmdlines
-    w.skip(n)?;
-    w.u32()?; // CPU count
-    w.tag(b"options  \0")?;
-    loop {
-        let id = w.u16()?;
-        if id == option_id::DONE {
-            return None;
-        }
-        let size = w.u32()?;
-        if id == option_id::TRACECLOCK && size <= 4096 {
-            let mut text = vec![0u8; size as usize];
-            src.read_at_exact(w.pos, &mut text).ok()?;
-            return current_clock(&text);
-        }
-        w.skip(size.into())?;
-    }
+/// The clock named by the TRACECLOCK option of v6 metadata that runs through
+/// the options block; `None` when there is no such option or the metadata is not
+/// laid out as expected.
+pub(crate) fn client_clock(src: &(impl ReadAt + ?Sized)) -> Option<String> {
+    trace_clock_of(src)
 }
 
 #[cfg(test)]

@@ -22,7 +22,7 @@
 //! partial.
 
 mod data;
-mod meta6;
+pub(crate) mod meta6;
 pub mod name;
 mod session;
 

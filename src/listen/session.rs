@@ -5,14 +5,13 @@ use std::fs::File;
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::AsFd;
-use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 
 use super::data::DataPorts;
 use super::{name, ListenConfig, ListenError, Outcome, Protocol, SessionReport};
 use crate::msg::negotiate::{self, Hello};
 use crate::msg::{v2, v3, Channel, MsgError, Wait};
-use crate::output::{self, v7, BufferData, MAGIC};
+use crate::output::{self, v7, BufferData};
 
 pub(crate) fn run(stream: TcpStream, peer: SocketAddr, cfg: &ListenConfig) -> SessionReport {
     let mut report = SessionReport {
@@ -280,39 +279,6 @@ fn partial(label: &str, e: MsgError) -> Result<Outcome, ListenError> {
     Ok(Outcome::Partial)
 }
 
-/// Version, endian byte and page size of the metadata at the start of `dat`.
-fn file_header(dat: &File) -> Result<(String, u32), ListenError> {
-    let mut h = [0u8; 32];
-    let n = dat.read_at(&mut h, 0).map_err(|source| ListenError::Io {
-        what: "reading the metadata back".into(),
-        source,
-    })?;
-    let h = &h[..n];
-    let bad = |d: &str| ListenError::MetadataIncomplete(format!("the metadata header {d}"));
-    if !h.starts_with(MAGIC) {
-        return Err(bad("does not start with the trace.dat magic"));
-    }
-    let rest = &h[MAGIC.len()..];
-    let nul = rest
-        .iter()
-        .position(|&b| b == 0)
-        .ok_or_else(|| bad("has no version string"))?;
-    let version = String::from_utf8_lossy(&rest[..nul]).into_owned();
-    let fields = rest
-        .get(nul + 1..nul + 7)
-        .ok_or_else(|| bad("is truncated"))?;
-    if fields[0] != 0 {
-        return Err(ListenError::Unsupported(
-            "big-endian metadata (this listener appends little-endian data)".into(),
-        ));
-    }
-    let page = u32::from_le_bytes([fields[2], fields[3], fields[4], fields[5]]);
-    if page == 0 || page > 1 << 20 {
-        return Err(bad(&format!("gives page size {page}")));
-    }
-    Ok((version, page))
-}
-
 /// The listener's own clock, as 3.x listeners use it (doc §6.8).
 fn listener_clock() -> Option<String> {
     let top = crate::tracefs::Instance::top().ok()?;
@@ -327,7 +293,7 @@ fn assemble(
     cpus: u32,
     files: &[Option<PathBuf>],
 ) -> Result<(), ListenError> {
-    let (version, page) = file_header(dat)?;
+    let (version, page) = super::meta6::file_header(&*dat)?;
     let clock = listener_clock();
     let buffer = BufferData {
         name: String::new(),

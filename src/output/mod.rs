@@ -18,9 +18,17 @@
 //! [`ChunkWriter`]); [`write_trace_dat_v7`] is the one-call form from per-CPU files.
 //! [`v7`] finishes the v7 metadata a network client sent, through the same chunk
 //! and section code; [`v7read`] reads the compressed parts back.
+//!
+//! Reading is here too, and only here: [`metadata`] is the one parser of v6
+//! metadata (the [`reader`], `record -A` and the listener all call it), [`v7`]
+//! reads a client's v7 metadata, and [`merge`] merges a guest's event formats
+//! into the host's and rewrites the guest's pages to match.
 
 mod chunks;
 pub mod layout;
+pub mod merge;
+pub mod metadata;
+pub mod read_at;
 pub mod reader;
 pub mod v7;
 pub mod v7read;
@@ -28,6 +36,7 @@ mod v7writer;
 mod writer;
 
 pub use chunks::{ChunkWriter, Compression, CpuChunks, CpuStream, SINK_PIPE_BYTES};
+pub use read_at::ReadAt;
 pub use v7writer::{write_trace_dat_v7, V7Writer};
 pub use writer::*;
 
@@ -95,6 +104,14 @@ pub enum OutputError {
     /// The caller asked for something the format cannot express.
     #[error("invalid trace.dat request: {0}")]
     Invalid(String),
+    /// Event IDs could not be rewritten in a file of recorded pages.
+    #[error("could not rewrite event IDs in {}: {source}", path.display())]
+    Rewrite {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
 }
 
 impl OutputError {
@@ -102,9 +119,9 @@ impl OutputError {
     pub fn errno(&self) -> i32 {
         match self {
             OutputError::Tracefs(e) => e.errno(),
-            OutputError::Write { source, .. } | OutputError::CpuFile { source, .. } => {
-                source.raw_os_error().unwrap_or(libc::EIO)
-            }
+            OutputError::Write { source, .. }
+            | OutputError::CpuFile { source, .. }
+            | OutputError::Rewrite { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
             OutputError::TooLarge { .. } => libc::EFBIG,
             OutputError::Invalid(_) => libc::EINVAL,
         }

@@ -1,11 +1,14 @@
 //! A trace.dat reader for tests and tools: parses version 6 fully and the header
 //! and options of version 7 (doc §2, §4). It works on the file's bytes, never
-//! panics on malformed input, and allocates no more than the input holds.
+//! panics on malformed input, and allocates no more than the input holds. The
+//! v6 metadata and options are read by [`super::metadata`], as for every caller.
 
 use std::ops::Range;
 
 use super::layout::{count_events, EventLayout, PageError, PageLayout};
-use super::{option_id, MAGIC};
+pub use super::metadata::InitialHeader;
+use super::metadata::{bad, Cur, V6Metadata};
+use super::option_id;
 
 /// Why a file could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -103,157 +106,20 @@ pub struct TraceDat {
     pub buffers: Vec<BufferRef>,
 }
 
-struct Cur<'a> {
-    b: &'a [u8],
-    pos: usize,
-    be: bool,
-}
-
-impl<'a> Cur<'a> {
-    fn take(&mut self, n: u64, what: &str) -> Result<Range<usize>, DatError> {
-        let avail = (self.b.len() - self.pos.min(self.b.len())) as u64;
-        if n > avail {
-            return Err(DatError::Truncated {
-                what: what.to_string(),
-                offset: self.pos,
-                need: n,
-            });
-        }
-        let r = self.pos..self.pos + n as usize;
-        self.pos = r.end;
-        Ok(r)
-    }
-    fn uint(&mut self, n: u64, what: &str) -> Result<u64, DatError> {
-        let r = self.take(n, what)?;
-        let s = &self.b[r];
-        let mut v = 0u64;
-        if self.be {
-            for &x in s {
-                v = (v << 8) | u64::from(x);
-            }
-        } else {
-            for &x in s.iter().rev() {
-                v = (v << 8) | u64::from(x);
-            }
-        }
-        Ok(v)
-    }
-    fn u16(&mut self, what: &str) -> Result<u16, DatError> {
-        Ok(self.uint(2, what)? as u16)
-    }
-    fn u32(&mut self, what: &str) -> Result<u32, DatError> {
-        Ok(self.uint(4, what)? as u32)
-    }
-    fn u64(&mut self, what: &str) -> Result<u64, DatError> {
-        self.uint(8, what)
-    }
-    fn cstr(&mut self, what: &str) -> Result<String, DatError> {
-        let rest = self.b.get(self.pos..).unwrap_or(&[]);
-        let Some(n) = rest.iter().position(|&c| c == 0) else {
-            return Err(DatError::Truncated {
-                what: format!("{what} (no NUL)"),
-                offset: self.pos,
-                need: rest.len() as u64 + 1,
-            });
-        };
-        let s = String::from_utf8_lossy(&rest[..n]).into_owned();
-        self.pos += n + 1;
-        Ok(s)
-    }
-    fn expect(&mut self, tag: &[u8], what: &str) -> Result<(), DatError> {
-        let at = self.pos;
-        let r = self.take(tag.len() as u64, what)?;
-        if &self.b[r] != tag {
-            return Err(DatError::Malformed {
-                offset: at,
-                detail: format!("expected {:?}", String::from_utf8_lossy(tag)),
-            });
-        }
-        Ok(())
-    }
-}
-
-fn bad(offset: usize, detail: impl Into<String>) -> DatError {
-    DatError::Malformed {
-        offset,
-        detail: detail.into(),
-    }
-}
-
-/// The fixed start of every trace.dat (doc §2.1 rows 1–6): what a listener reads
-/// back from a streamed metadata file before attaching CPU data.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct InitialHeader {
-    /// 6 or 7.
-    pub version: u32,
-    /// True for big-endian files.
-    pub big_endian: bool,
-    /// `sizeof(long)` of the writer.
-    pub long_size: u8,
-    /// Page (sub-buffer) size.
-    pub page_size: u32,
-    /// Bytes the header occupies (where header_page starts in v6).
-    pub len: usize,
-}
-
-impl InitialHeader {
-    /// Parses the header from the first bytes of a file (at most 32 are needed).
-    pub fn parse(b: &[u8]) -> Result<InitialHeader, DatError> {
-        let mut c = Cur {
-            b,
-            pos: 0,
-            be: false,
-        };
-        let magic = c
-            .take(MAGIC.len() as u64, "magic")
-            .map_err(|_| DatError::BadMagic)?;
-        if &b[magic] != MAGIC {
-            return Err(DatError::BadMagic);
-        }
-        let version_str = c.cstr("version")?;
-        let version = match version_str.as_str() {
-            "6" => 6,
-            "7" => 7,
-            _ => return Err(DatError::Version(version_str)),
-        };
-        let endian_at = c.pos;
-        c.be = match c.uint(1, "endian")? {
-            0 => false,
-            1 => true,
-            e => {
-                return Err(bad(
-                    endian_at,
-                    format!("endian byte {e} is neither 0 nor 1"),
-                ))
-            }
-        };
-        let long_size = c.uint(1, "long size")? as u8;
-        let page_size = c.u32("page size")?;
-        Ok(InitialHeader {
-            version,
-            big_endian: c.be,
-            long_size,
-            page_size,
-            len: c.pos,
-        })
-    }
+/// A byte range of the input as slice indices (the parser took it from the slice).
+fn idx(r: Range<u64>) -> Range<usize> {
+    r.start as usize..r.end as usize
 }
 
 impl TraceDat {
     /// Parses a whole file.
     pub fn parse(b: &[u8]) -> Result<TraceDat, DatError> {
         let h = InitialHeader::parse(b)?;
-        let mut c = Cur {
-            b,
-            pos: h.len,
-            be: h.big_endian,
-        };
-        let (version, long_size, page_size) = (h.version, h.long_size, h.page_size);
         let mut d = TraceDat {
-            version,
-            big_endian: c.be,
-            long_size,
-            page_size,
+            version: h.version,
+            big_endian: h.big_endian,
+            long_size: h.long_size,
+            page_size: h.page_size,
             compression: None,
             header_page: 0..0,
             header_event: 0..0,
@@ -267,105 +133,68 @@ impl TraceDat {
             data_kind: String::new(),
             buffers: Vec::new(),
         };
-        if version == 7 {
-            d.parse_v7(&mut c)?;
+        if h.version == 7 {
+            d.parse_v7(&mut Cur::new(b, h.len as u64, h.big_endian))?;
         } else {
-            d.parse_v6(&mut c)?;
+            d.parse_v6(b, h)?;
         }
         Ok(d)
     }
 
-    fn parse_v6(&mut self, c: &mut Cur) -> Result<(), DatError> {
-        c.expect(b"header_page\0", "header_page tag")?;
-        let n = c.u64("header_page size")?;
-        self.header_page = c.take(n, "header_page")?;
-        c.expect(b"header_event\0", "header_event tag")?;
-        let n = c.u64("header_event size")?;
-        self.header_event = c.take(n, "header_event")?;
-        let count = c.u32("ftrace format count")?;
-        for _ in 0..count {
-            let n = c.u64("ftrace format size")?;
-            self.ftrace_formats.push(c.take(n, "ftrace format")?);
-        }
-        let systems = c.u32("system count")?;
-        for _ in 0..systems {
-            let name = c.cstr("system name")?;
-            let events = c.u32("event count")?;
-            let mut list = Vec::new();
-            for _ in 0..events {
-                let n = c.u64("event format size")?;
-                list.push(c.take(n, "event format")?);
-            }
-            self.systems.push((name, list));
-        }
-        let n = c.u32("kallsyms size")?;
-        self.kallsyms = c.take(n.into(), "kallsyms")?;
-        let n = c.u32("printk formats size")?;
-        self.printk_formats = c.take(n.into(), "printk formats")?;
-        let n = c.u64("cmdlines size")?;
-        self.cmdlines = c.take(n, "cmdlines")?;
-        self.cpus = c.u32("CPU count")?;
+    fn parse_v6(&mut self, b: &[u8], h: InitialHeader) -> Result<(), DatError> {
+        let m = V6Metadata::parse_after(b, h)?;
+        self.header_page = idx(m.header_page.clone());
+        self.header_event = idx(m.header_event.clone());
+        self.ftrace_formats = m.ftrace_formats.iter().cloned().map(idx).collect();
+        self.systems = m
+            .systems
+            .iter()
+            .map(|(name, list)| (name.clone(), list.iter().cloned().map(idx).collect()))
+            .collect();
+        self.kallsyms = idx(m.kallsyms.clone());
+        self.printk_formats = idx(m.printk_formats.clone());
+        self.cmdlines = idx(m.cmdlines.clone());
         // Options block is optional (doc §2.1 row 17).
+        let mut options = m.options(b)?;
+        self.cpus = options.cpus;
         let mut named = Vec::new();
-        let tag_at = c.pos;
-        let tag = c.take(10, "options/flyrecord tag")?;
-        let mut tag = &c.b[tag];
-        if tag == b"options  \0" {
-            loop {
-                let at = c.pos;
-                let id = c.u16("option id")?;
-                if id == option_id::DONE {
-                    break;
-                }
-                let n = c.u32("option size")?;
-                let data = c.take(n.into(), "option data")?;
-                match id {
-                    option_id::BUFFER => {
-                        if data.len() < 9 {
-                            return Err(bad(at, "BUFFER option shorter than offset + name"));
-                        }
-                        let mut oc = Cur {
-                            b: &c.b[..data.end],
-                            pos: data.start,
-                            be: c.be,
-                        };
-                        let off = oc.u64("buffer offset")?;
-                        let name = oc.cstr("buffer name")?;
-                        named.push((name, off));
+        for o in options.by_ref() {
+            let o = o?;
+            let mut oc = Cur::new(b, o.data.start, h.big_endian).within(o.data.clone());
+            match o.id {
+                option_id::BUFFER => {
+                    if o.data.end - o.data.start < 9 {
+                        return Err(bad(o.at, "BUFFER option shorter than offset + name"));
                     }
-                    option_id::CPUCOUNT => {
-                        let mut oc = Cur {
-                            b: &c.b[..data.end],
-                            pos: data.start,
-                            be: c.be,
-                        };
-                        self.cpus = oc.u32("CPUCOUNT")?;
-                    }
-                    _ => {}
+                    let off = oc.u64("buffer offset")?;
+                    let name = oc.cstr("buffer name")?;
+                    named.push((name, off));
                 }
-                self.options.push(DatOptionRef { id, data });
+                option_id::CPUCOUNT => self.cpus = oc.u32("CPUCOUNT")?,
+                _ => {}
             }
-            let r = c.take(10, "flyrecord tag")?;
-            tag = &c.b[r];
+            self.options.push(DatOptionRef {
+                id: o.id,
+                data: idx(o.data),
+            });
         }
+        let mut c = Cur::new(b, options.position(), h.big_endian);
+        let tag_at = c.pos;
+        let tag = idx(c.take(10, "flyrecord tag")?);
         let has_clock = self.options.iter().any(|o| o.id == option_id::TRACECLOCK);
-        match tag {
+        match &b[tag] {
             b"flyrecord\0" => {
                 self.data_kind = "flyrecord".into();
-                let top = self.parse_flyrecord_body(c, "", has_clock)?;
+                let top = self.parse_flyrecord_body(&mut c, "", has_clock)?;
                 self.buffers.push(top);
                 // Real tables never overlap, so together they fit in the file;
                 // checking that keeps crafted files from costing quadratic memory.
                 let entries = u64::from(self.cpus) * (named.len() as u64 + 1);
-                if entries.saturating_mul(16) > c.b.len() as u64 {
+                if entries.saturating_mul(16) > b.len() as u64 {
                     return Err(bad(tag_at, "buffer CPU tables are larger than the file"));
                 }
                 for (name, off) in named {
-                    let mut bc = Cur {
-                        b: c.b,
-                        pos: usize::try_from(off).unwrap_or(usize::MAX),
-                        be: c.be,
-                    };
+                    let mut bc = Cur::new(b, off, h.big_endian);
                     bc.expect(b"flyrecord\0", &format!("flyrecord tag of buffer {name:?}"))?;
                     let buf = self.parse_flyrecord_body(&mut bc, &name, has_clock)?;
                     self.buffers.push(buf);
@@ -384,7 +213,7 @@ impl TraceDat {
 
     fn parse_flyrecord_body(
         &self,
-        c: &mut Cur,
+        c: &mut Cur<[u8]>,
         name: &str,
         has_clock: bool,
     ) -> Result<BufferRef, DatError> {
@@ -393,9 +222,7 @@ impl TraceDat {
             let at = c.pos;
             let off = c.u64("CPU data offset")?;
             let size = c.u64("CPU data size")?;
-            let fits = off
-                .checked_add(size)
-                .is_some_and(|end| end <= c.b.len() as u64);
+            let fits = off.checked_add(size).is_some_and(|end| end <= c.end);
             if size > 0 && !fits {
                 return Err(bad(
                     at,
@@ -414,8 +241,8 @@ impl TraceDat {
                 if n > 4096 {
                     return Err(bad(at, format!("trailing clock of {n} bytes")));
                 }
-                let r = c.take(n, "trailing clock")?;
-                let s = String::from_utf8_lossy(&c.b[r]).into_owned();
+                let r = idx(c.take(n, "trailing clock")?);
+                let s = String::from_utf8_lossy(&c.src[r]).into_owned();
                 // "[local]" (3.x) or a whole trace_clock file (virt-server listener).
                 let name = match (s.find('['), s.find(']')) {
                     (Some(a), Some(z)) if a < z => s[a + 1..z].to_string(),
@@ -431,7 +258,7 @@ impl TraceDat {
         })
     }
 
-    fn parse_v7(&mut self, c: &mut Cur) -> Result<(), DatError> {
+    fn parse_v7(&mut self, c: &mut Cur<[u8]>) -> Result<(), DatError> {
         let name = c.cstr("compression name")?;
         let ver = c.cstr("compression version")?;
         self.compression = Some((name, ver));
@@ -442,11 +269,7 @@ impl TraceDat {
             if seen > 4096 {
                 return Err(bad(c.pos, "options sections form a loop"));
             }
-            let mut s = Cur {
-                b: c.b,
-                pos: usize::try_from(next).unwrap_or(usize::MAX),
-                be: c.be,
-            };
+            let mut s = Cur::new(c.src, next, c.be);
             let at = s.pos;
             let id = s.u16("section id")?;
             let flags = s.u16("section flags")?;
@@ -461,36 +284,26 @@ impl TraceDat {
                 ));
             }
             let body = s.take(size, "options section")?;
-            let mut o = Cur {
-                b: &c.b[..body.end],
-                pos: body.start,
-                be: c.be,
-            };
+            let mut o = s.within(body);
             loop {
                 let id = o.u16("option id")?;
                 let n = o.u32("option size")?;
                 let data = o.take(n.into(), "option data")?;
+                let mut dc = o.within(data.clone());
                 if id == option_id::DONE {
-                    let mut dc = Cur {
-                        b: &c.b[..data.end],
-                        pos: data.start,
-                        be: c.be,
-                    };
                     next = dc.u64("next options offset")?;
                     break;
                 }
                 if id == option_id::CPUCOUNT {
-                    let mut dc = Cur {
-                        b: &c.b[..data.end],
-                        pos: data.start,
-                        be: c.be,
-                    };
                     self.cpus = dc.u32("CPUCOUNT")?;
                 }
                 if id == option_id::BUFFER {
-                    self.buffers.push(parse_v7_buffer(c.b, data.clone(), c.be)?);
+                    self.buffers.push(parse_v7_buffer(&mut dc)?);
                 }
-                self.options.push(DatOptionRef { id, data });
+                self.options.push(DatOptionRef {
+                    id,
+                    data: idx(data),
+                });
             }
         }
         Ok(())
@@ -510,13 +323,13 @@ impl TraceDat {
         let he = b.get(self.header_event.clone()).unwrap_or(&[]);
         let pl = PageLayout::parse(hp).ok_or_else(|| {
             bad(
-                self.header_page.start,
+                self.header_page.start as u64,
                 "header_page lacks timestamp/commit/data fields",
             )
         })?;
         let el = EventLayout::parse(he).ok_or_else(|| {
             bad(
-                self.header_event.start,
+                self.header_event.start as u64,
                 "header_event layout is not understood",
             )
         })?;
@@ -556,12 +369,7 @@ impl TraceDat {
 }
 
 /// v7 BUFFER option: u64 section offset, name, clock, u32 page size, u32 n, n × (u32 cpu, u64 off, u64 size).
-fn parse_v7_buffer(b: &[u8], data: Range<usize>, be: bool) -> Result<BufferRef, DatError> {
-    let mut o = Cur {
-        b: &b[..data.end],
-        pos: data.start,
-        be,
-    };
+fn parse_v7_buffer(o: &mut Cur<[u8]>) -> Result<BufferRef, DatError> {
     let _section = o.u64("BUFFER section offset")?;
     let name = o.cstr("BUFFER name")?;
     let clock = o.cstr("BUFFER clock")?;

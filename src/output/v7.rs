@@ -33,41 +33,7 @@ const MAX_OPTION_SECTIONS: usize = 1024;
 /// Largest page size accepted from a header.
 const MAX_PAGE_SIZE: u32 = 1 << 20;
 
-/// Random-access bytes: a file or a slice (for tests).
-pub trait ReadAt {
-    /// Total length.
-    fn len_bytes(&self) -> u64;
-    /// Fills `buf` from `offset`; fails past the end.
-    fn read_at_exact(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()>;
-}
-
-impl ReadAt for [u8] {
-    fn len_bytes(&self) -> u64 {
-        self.len() as u64
-    }
-    fn read_at_exact(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
-        let start = usize::try_from(offset).unwrap_or(usize::MAX);
-        match start
-            .checked_add(buf.len())
-            .and_then(|end| self.get(start..end))
-        {
-            Some(s) => {
-                buf.copy_from_slice(s);
-                Ok(())
-            }
-            None => Err(std::io::ErrorKind::UnexpectedEof.into()),
-        }
-    }
-}
-
-impl ReadAt for File {
-    fn len_bytes(&self) -> u64 {
-        self.metadata().map(|m| m.len()).unwrap_or(0)
-    }
-    fn read_at_exact(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
-        self.read_exact_at(buf, offset)
-    }
-}
+pub use super::read_at::ReadAt;
 
 /// What the listener needs to know about the client's v7 metadata.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,234 +1,18 @@
 //! A guest's metadata (the v6 header the agent sends as SENDMETA…FINMETA) read
 //! back into an [`output::Metadata`](crate::output::Metadata), and merged with the
-//! host's for one trace.dat.
-//!
-//! A v6 file has one table of event formats for all its buffers. When host and
-//! guest run the same kernel the tables agree. Otherwise [`merge_remapped`] keeps
-//! the host's formats, gives every guest event that clashes with one of them a
-//! free ID (with its own format text), and [`remap_file_ids`] rewrites those IDs
-//! in the guest's recorded pages, so `report` decodes both.
+//! host's for one trace.dat. The trace.dat knowledge lives in
+//! [`crate::output::metadata`] and [`crate::output::merge`]; this module gives
+//! it the guest's errors.
 
-use std::collections::HashMap;
-use std::fs::OpenOptions;
-use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
 
-use super::{io_err, Result, VirtError};
-use crate::output::layout::{walk_page, EventLayout, PageLayout};
-use crate::output::Metadata;
-
-const MAGIC: &[u8] = b"\x17\x08\x44tracing";
-
-struct Cursor<'a> {
-    b: &'a [u8],
-    at: usize,
-}
-
-impl<'a> Cursor<'a> {
-    fn take(&mut self, n: u64, what: &str) -> Result<&'a [u8]> {
-        let left = (self.b.len() - self.at) as u64;
-        if n > left {
-            return Err(VirtError::BadMetadata(format!(
-                "{what} at offset {} needs {n} bytes, only {left} left",
-                self.at
-            )));
-        }
-        let s = &self.b[self.at..self.at + n as usize];
-        self.at += n as usize;
-        Ok(s)
-    }
-    fn u32(&mut self, what: &str) -> Result<u32> {
-        let s = self.take(4, what)?;
-        Ok(u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
-    }
-    fn u64(&mut self, what: &str) -> Result<u64> {
-        let s = self.take(8, what)?;
-        let mut a = [0u8; 8];
-        a.copy_from_slice(s);
-        Ok(u64::from_le_bytes(a))
-    }
-    fn blob64(&mut self, what: &str) -> Result<Vec<u8>> {
-        let n = self.u64(what)?;
-        Ok(self.take(n, what)?.to_vec())
-    }
-    fn blob32(&mut self, what: &str) -> Result<Vec<u8>> {
-        let n = self.u32(what)?;
-        Ok(self.take(n.into(), what)?.to_vec())
-    }
-    fn cstr(&mut self, what: &str) -> Result<&'a [u8]> {
-        let rest = &self.b[self.at..];
-        let end = rest.iter().position(|&c| c == 0).ok_or_else(|| {
-            VirtError::BadMetadata(format!("{what} at offset {} has no NUL", self.at))
-        })?;
-        self.at += end + 1;
-        Ok(&rest[..end])
-    }
-    fn expect(&mut self, lit: &[u8], what: &str) -> Result<()> {
-        if self.take(lit.len() as u64, what)? != lit {
-            return Err(VirtError::BadMetadata(format!("{what} missing")));
-        }
-        Ok(())
-    }
-}
+use super::{Result, VirtError};
+pub use crate::output::merge::{format_name_id, merge_remapped, IdMap};
+use crate::output::{Metadata, OutputError};
 
 /// Parses the v6 metadata (magic through saved cmdlines, little endian only).
 pub fn parse_metadata(b: &[u8]) -> Result<Metadata> {
-    let mut c = Cursor { b, at: 0 };
-    c.expect(MAGIC, "the trace.dat magic")?;
-    c.expect(b"6\0", "version 6")?;
-    if c.take(1, "the endian byte")?[0] != 0 {
-        return Err(VirtError::BadMetadata(
-            "the guest is big endian; only little-endian guests are supported".into(),
-        ));
-    }
-    let long_size = c.take(1, "long size")?[0];
-    let page_size = c.u32("page size")?;
-    c.expect(b"header_page\0", "the header_page tag")?;
-    let header_page = c.blob64("header_page")?;
-    c.expect(b"header_event\0", "the header_event tag")?;
-    let header_event = c.blob64("header_event")?;
-    let n = c.u32("ftrace format count")?;
-    let mut ftrace_formats = Vec::new();
-    for _ in 0..n {
-        ftrace_formats.push(c.blob64("an ftrace format")?);
-    }
-    let n = c.u32("system count")?;
-    let mut systems = Vec::new();
-    for _ in 0..n {
-        let name = String::from_utf8_lossy(c.cstr("a system name")?).into_owned();
-        let k = c.u32("event count")?;
-        let mut evs = Vec::new();
-        for _ in 0..k {
-            evs.push(c.blob64("an event format")?);
-        }
-        systems.push((name, evs));
-    }
-    let kallsyms = c.blob32("kallsyms")?;
-    let printk_formats = c.blob32("printk formats")?;
-    let cmdlines = c.blob64("saved cmdlines")?;
-    if c.at != b.len() {
-        return Err(VirtError::BadMetadata(format!(
-            "{} bytes after the saved cmdlines",
-            b.len() - c.at
-        )));
-    }
-    Ok(Metadata {
-        page_size,
-        long_size,
-        header_page,
-        header_event,
-        ftrace_formats,
-        systems,
-        kallsyms,
-        printk_formats,
-        cmdlines,
-    })
-}
-
-/// `name` and `ID` of an event format text.
-pub fn format_name_id(format: &[u8]) -> Option<(String, u32)> {
-    let text = String::from_utf8_lossy(format);
-    let mut name = None;
-    let mut id = None;
-    for line in text.lines() {
-        if let Some(v) = line.strip_prefix("name:") {
-            name = Some(v.trim().to_string());
-        } else if let Some(v) = line.strip_prefix("ID:") {
-            id = v.trim().parse().ok();
-        }
-    }
-    Some((name?, id?))
-}
-
-fn system_index(host: &mut Metadata, sys: &str) -> usize {
-    match host.systems.iter().position(|(s, _)| s == sys) {
-        Some(i) => i,
-        None => {
-            host.systems.push((sys.to_string(), Vec::new()));
-            host.systems.len() - 1
-        }
-    }
-}
-
-fn merge_cmdlines(host: &mut Metadata, guest: &Metadata) {
-    if !host.cmdlines.is_empty() && !host.cmdlines.ends_with(b"\n") {
-        host.cmdlines.push(b'\n');
-    }
-    host.cmdlines.extend_from_slice(&guest.cmdlines);
-}
-
-/// Guest event ID → the ID it has in the merged file.
-pub type IdMap = HashMap<u16, u16>;
-
-/// Replaces the `ID:` line of a format text.
-fn with_id(format: &[u8], id: u16) -> Vec<u8> {
-    let text = String::from_utf8_lossy(format);
-    let mut out = String::with_capacity(text.len() + 4);
-    for line in text.split_inclusive('\n') {
-        if line.starts_with("ID:") {
-            out.push_str(&format!("ID: {id}\n"));
-        } else {
-            out.push_str(line);
-        }
-    }
-    out.into_bytes()
-}
-
-/// Merges a guest's metadata into the host's so that both stay decodable: a guest
-/// event whose format the host has under the same ID is shared; any other guest
-/// event keeps its ID if that is free, else gets a new unused one, with its own
-/// format text. Returns the guest IDs that moved (apply them to the guest's pages
-/// with [`remap_file_ids`]) and how many guest events could not be given an ID.
-pub fn merge_remapped(host: &mut Metadata, guest: &Metadata) -> (IdMap, usize) {
-    let mut used: HashMap<u32, Vec<u8>> = HashMap::new();
-    let all_host = host
-        .ftrace_formats
-        .iter()
-        .chain(host.systems.iter().flat_map(|(_, f)| f.iter()));
-    for f in all_host {
-        if let Some((_, id)) = format_name_id(f) {
-            used.insert(id, f.clone());
-        }
-    }
-    let guest_max = guest
-        .systems
-        .iter()
-        .flat_map(|(_, f)| f.iter())
-        .filter_map(|f| format_name_id(f))
-        .map(|(_, id)| id)
-        .max()
-        .unwrap_or(0);
-    let mut next = used.keys().copied().max().unwrap_or(0).max(guest_max) + 1;
-    let mut map = IdMap::new();
-    let mut lost = 0;
-    for (sys, formats) in &guest.systems {
-        let idx = system_index(host, sys);
-        for f in formats {
-            let Some((_, gid)) = format_name_id(f) else {
-                continue;
-            };
-            match used.get(&gid) {
-                Some(h) if h == f => continue, // the very same event
-                None if gid <= u32::from(u16::MAX) => {
-                    used.insert(gid, f.clone());
-                    host.systems[idx].1.push(f.clone());
-                    continue;
-                }
-                _ => {}
-            }
-            let (Ok(old), Ok(new)) = (u16::try_from(gid), u16::try_from(next)) else {
-                lost += 1;
-                continue;
-            };
-            next += 1;
-            let moved = with_id(f, new);
-            used.insert(u32::from(new), moved.clone());
-            host.systems[idx].1.push(moved);
-            map.insert(old, new);
-        }
-    }
-    merge_cmdlines(host, guest);
-    (map, lost)
+    Metadata::parse(b).map_err(|e| VirtError::BadMetadata(e.to_string()))
 }
 
 /// Rewrites the event IDs of every data record in a file of whole ring-buffer
@@ -240,83 +24,22 @@ pub fn remap_file_ids(
     header_event: &[u8],
     map: &IdMap,
 ) -> Result<u64> {
-    let pl = PageLayout::parse(header_page)
-        .ok_or_else(|| VirtError::BadMetadata("the guest's header_page is unreadable".into()))?;
-    let el = EventLayout::parse(header_event)
-        .ok_or_else(|| VirtError::BadMetadata("the guest's header_event is unreadable".into()))?;
-    if map.is_empty() || page_size == 0 {
-        return Ok(0);
-    }
-    let what = || format!("rewriting event IDs in {}", path.display());
-    let mut f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .map_err(io_err(what()))?;
-    let mut buf = vec![0u8; page_size * 64];
-    let mut pos = 0u64;
-    let mut changed = 0u64;
-    loop {
-        f.seek(SeekFrom::Start(pos)).map_err(io_err(what()))?;
-        let mut n = 0;
-        while n < buf.len() {
-            match f.read(&mut buf[n..]).map_err(io_err(what()))? {
-                0 => break,
-                k => n += k,
-            }
-        }
-        let whole = n - n % page_size;
-        if whole == 0 {
-            break;
-        }
-        for page in buf[..whole].chunks_mut(page_size) {
-            let mut at = Vec::new();
-            let base = page.as_ptr() as usize;
-            // A page that cannot be walked is left as it is (report names it).
-            let _ = walk_page(page, &pl, &el, false, |r| {
-                at.push(r.payload.as_ptr() as usize - base)
-            });
-            for o in at {
-                if o + 2 > page.len() {
-                    continue;
-                }
-                let id = u16::from_le_bytes([page[o], page[o + 1]]);
-                if let Some(new) = map.get(&id) {
-                    page[o..o + 2].copy_from_slice(&new.to_le_bytes());
-                    changed += 1;
-                }
-            }
-        }
-        f.seek(SeekFrom::Start(pos)).map_err(io_err(what()))?;
-        f.write_all(&buf[..whole]).map_err(io_err(what()))?;
-        pos += whole as u64;
-        if n < buf.len() {
-            break;
-        }
-    }
-    Ok(changed)
+    crate::output::merge::remap_file_ids(path, page_size, header_page, header_event, map).map_err(
+        |e| match e {
+            OutputError::Invalid(what) => VirtError::BadMetadata(what),
+            OutputError::Rewrite { path, source } => VirtError::Io {
+                what: format!("rewriting event IDs in {}", path.display()),
+                source,
+            },
+            e => VirtError::Invalid(e.to_string()),
+        },
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn sample() -> Metadata {
-        Metadata {
-            page_size: 4096,
-            long_size: 8,
-            header_page: b"hp".to_vec(),
-            header_event: b"he".to_vec(),
-            ftrace_formats: vec![b"name: print\nID: 5\n".to_vec()],
-            systems: vec![(
-                "sched".into(),
-                vec![b"name: sched_switch\nID: 300\n".to_vec()],
-            )],
-            kallsyms: b"k".to_vec(),
-            printk_formats: vec![],
-            cmdlines: b"1 init\n".to_vec(),
-        }
-    }
+    use crate::output::merge::tests::sample;
 
     #[test]
     fn round_trip() {
@@ -348,77 +71,5 @@ mod tests {
             let r: Vec<u8> = (0..len).map(|_| next() as u8).collect();
             assert!(parse_metadata(&r).is_err());
         }
-    }
-
-    #[test]
-    fn clashing_guest_events_move_to_free_ids() {
-        let mut host = sample();
-        let mut guest = sample();
-        // Same event, same ID and text: shared. Another kernel's sched_wakeup at
-        // 300 (taken by the host's sched_switch): moved. A free ID: kept.
-        guest.systems[0]
-            .1
-            .push(b"name: sched_wakeup\nID: 300\nformat:x\n".to_vec());
-        guest.systems[0].1.remove(0);
-        guest.systems[0]
-            .1
-            .push(b"name: sched_switch\nID: 300\n".to_vec());
-        guest.systems.push((
-            "irq".into(),
-            vec![b"name: irq_handler_entry\nID: 9\n".to_vec()],
-        ));
-        let (map, lost) = merge_remapped(&mut host, &guest);
-        assert_eq!(lost, 0);
-        assert_eq!(map, IdMap::from([(300, 301)]));
-        let ids: Vec<(String, u32)> = host
-            .systems
-            .iter()
-            .flat_map(|(_, f)| f.iter())
-            .filter_map(|f| format_name_id(f))
-            .collect();
-        assert_eq!(
-            ids,
-            vec![
-                ("sched_switch".into(), 300),
-                ("sched_wakeup".into(), 301),
-                ("irq_handler_entry".into(), 9)
-            ]
-        );
-        assert!(String::from_utf8_lossy(&host.systems[0].1[1]).contains("format:x"));
-    }
-
-    const HEADER_PAGE: &[u8] = b"\tfield: u64 timestamp;\toffset:0;\tsize:8;\tsigned:0;\n\tfield: local_t commit;\toffset:8;\tsize:8;\tsigned:1;\n\tfield: char data;\toffset:16;\tsize:4080;\tsigned:1;\n";
-
-    #[test]
-    fn ids_are_rewritten_in_the_pages() {
-        // Two pages, each: one 8-byte record (type_len 2) with event id 300, then
-        // one with id 7.
-        let mut data = Vec::new();
-        for _ in 0..2 {
-            let mut page = vec![0u8; 4096];
-            page[8..16].copy_from_slice(&24u64.to_le_bytes());
-            for (i, id) in [300u16, 7].into_iter().enumerate() {
-                let o = 16 + i * 12;
-                page[o..o + 4].copy_from_slice(&(2u32 | (5 << 5)).to_le_bytes());
-                page[o + 4..o + 6].copy_from_slice(&id.to_le_bytes());
-            }
-            data.extend_from_slice(&page);
-        }
-        let path = std::env::temp_dir().join(format!("tcrs-remap-{}", std::process::id()));
-        std::fs::write(&path, &data).unwrap();
-        let n = remap_file_ids(&path, 4096, HEADER_PAGE, b"", &IdMap::from([(300, 301)])).unwrap();
-        let out = std::fs::read(&path).unwrap();
-        let _ = std::fs::remove_file(&path);
-        assert_eq!(n, 2);
-        for p in 0..2 {
-            let o = p * 4096 + 20;
-            assert_eq!(u16::from_le_bytes([out[o], out[o + 1]]), 301);
-            assert_eq!(u16::from_le_bytes([out[o + 12], out[o + 13]]), 7);
-        }
-        let mut expect = data.clone();
-        for p in 0..2 {
-            expect[p * 4096 + 20..p * 4096 + 22].copy_from_slice(&301u16.to_le_bytes());
-        }
-        assert_eq!(out, expect, "only the IDs changed");
     }
 }
