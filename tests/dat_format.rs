@@ -4,6 +4,8 @@
 
 use std::path::PathBuf;
 
+use testkit::dat::{HEADER_EVENT, HEADER_PAGE};
+use testkit::{Rng, TempDir};
 use tracecmd_rs::output::layout::{count_events, walk_page, EventLayout, PageError, PageLayout};
 use tracecmd_rs::output::reader::{DatError, InitialHeader, TraceDat};
 use tracecmd_rs::output::{
@@ -11,45 +13,16 @@ use tracecmd_rs::output::{
     DatOption, Metadata,
 };
 
-const HEADER_PAGE: &str = "\tfield: u64 timestamp;\toffset:0;\tsize:8;\tsigned:0;\n\
-\tfield: local_t commit;\toffset:8;\tsize:8;\tsigned:1;\n\
-\tfield: int overwrite;\toffset:8;\tsize:1;\tsigned:1;\n\
-\tfield: char data;\toffset:16;\tsize:4080;\tsigned:0;\n";
-
-const HEADER_EVENT: &str = "# compressed entry header\n\ttype_len    :    5 bits\n\
-\ttime_delta  :   27 bits\n\tarray       :   32 bits\n\n\tpadding     : type == 29\n\
-\ttime_extend : type == 30\n\ttime_stamp : type == 31\n\tdata max type_len  == 28\n";
-
+/// The shared test metadata with a format of each kind, for golden bytes.
 fn meta() -> Metadata {
     Metadata {
-        page_size: 4096,
-        long_size: 8,
-        header_page: HEADER_PAGE.as_bytes().to_vec(),
-        header_event: HEADER_EVENT.as_bytes().to_vec(),
         ftrace_formats: vec![b"name: print\nID: 5\n".to_vec()],
         systems: vec![(
             "sched".into(),
             vec![b"name: sched_switch\nID: 300\n".to_vec()],
         )],
         kallsyms: b"ffffffff81000000 T _stext\n".to_vec(),
-        printk_formats: Vec::new(),
-        cmdlines: b"1 init\n".to_vec(),
-    }
-}
-
-/// Little xorshift PRNG: deterministic random inputs without a crate.
-struct XorShift(u64);
-impl XorShift {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
+        ..testkit::dat::metadata()
     }
 }
 
@@ -73,22 +46,6 @@ fn layouts() -> (PageLayout, EventLayout) {
         PageLayout::parse(HEADER_PAGE.as_bytes()).unwrap(),
         EventLayout::parse(HEADER_EVENT.as_bytes()).unwrap(),
     )
-}
-
-struct Tmp(PathBuf);
-impl Tmp {
-    fn new(tag: &str) -> Tmp {
-        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let p = std::env::temp_dir().join(format!("tcrs-fmt-{tag}-{}-{n}", std::process::id()));
-        std::fs::create_dir_all(&p).unwrap();
-        Tmp(p)
-    }
-}
-impl Drop for Tmp {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 #[test]
@@ -159,7 +116,7 @@ fn options_block_golden_bytes() {
 }
 
 /// Writes a file with two CPUs of synthetic pages and a named buffer, reads it back.
-fn synthetic_file(t: &Tmp) -> (PathBuf, Vec<u8>) {
+fn synthetic_file(t: &TempDir) -> (PathBuf, Vec<u8>) {
     let cpu0: Vec<u8> = [
         page(100, &[small_event(1, 2), small_event(2, 3)].concat()),
         page(200, &small_event(1, 1)),
@@ -170,7 +127,7 @@ fn synthetic_file(t: &Tmp) -> (PathBuf, Vec<u8>) {
         400,
         &[small_event(5, 4), small_event(5, 4), small_event(5, 4)].concat(),
     );
-    let paths: Vec<PathBuf> = ["c0", "c1", "g0"].iter().map(|n| t.0.join(n)).collect();
+    let paths: Vec<PathBuf> = ["c0", "c1", "g0"].iter().map(|n| t.join(n)).collect();
     std::fs::write(&paths[0], &cpu0).unwrap();
     std::fs::write(&paths[1], &cpu1).unwrap();
     std::fs::write(&paths[2], &g0).unwrap();
@@ -189,7 +146,7 @@ fn synthetic_file(t: &Tmp) -> (PathBuf, Vec<u8>) {
         DatOption::uname("Linux h 6.0 x86_64"),
         DatOption::version("0.1.0 tracecmd-rs"),
     ];
-    let file = t.0.join("t.dat");
+    let file = t.join("t.dat");
     let ranges = write_trace_dat(&file, &meta(), 2, &opts, &top, &[guest]).unwrap();
     assert_eq!(ranges.len(), 2);
     for r in ranges.iter().flatten() {
@@ -204,7 +161,7 @@ fn synthetic_file(t: &Tmp) -> (PathBuf, Vec<u8>) {
 
 #[test]
 fn write_then_read_round_trip() {
-    let t = Tmp::new("rt");
+    let t = TempDir::new("rt");
     let (_, bytes) = synthetic_file(&t);
     let d = TraceDat::parse(&bytes).unwrap();
     assert_eq!(
@@ -344,9 +301,9 @@ fn reader_recognises_v7_options() {
 
 #[test]
 fn reader_never_panics_on_random_or_truncated_input() {
-    let t = Tmp::new("fuzz");
+    let t = TempDir::new("fuzz");
     let (_, good) = synthetic_file(&t);
-    let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
+    let mut rng = Rng::new(0x9e37_79b9_7f4a_7c15);
     let check = |b: &[u8]| {
         if let Ok(d) = TraceDat::parse(b) {
             for i in 0..d.buffers.len() {
@@ -397,8 +354,8 @@ fn initial_header_and_listener_style_trailing_clock() {
     );
     assert!(InitialHeader::parse(&m[..17]).is_err());
     // A virt-server listener writes its whole trace_clock file as the trailing clock.
-    let t = Tmp::new("clock");
-    let file = t.0.join("c.dat");
+    let t = TempDir::new("clock");
+    let file = t.join("c.dat");
     let top = BufferData {
         name: String::new(),
         trailing_clock: Some(b"[global] local counter\n".to_vec()),
@@ -430,11 +387,11 @@ fn listener_attach_golden_bytes() {
     // What a V1/V2 listener appends to streamed metadata (wire spec §3.2): CPU
     // count, an empty options block, flyrecord, the table, its own trace_clock
     // file as {u64 size, contents}, then page-aligned CPU data.
-    let t = Tmp::new("listener");
-    let cpu0 = t.0.join("trace.cpu0");
+    let t = TempDir::new("listener");
+    let cpu0 = t.join("trace.cpu0");
     let page0 = page(42, &small_event(1, 1));
     std::fs::write(&cpu0, &page0).unwrap();
-    let file = t.0.join("trace.dat");
+    let file = t.join("trace.dat");
     let meta_bytes = meta().to_bytes().unwrap();
     std::fs::write(&file, &meta_bytes).unwrap();
     let mut f = std::fs::OpenOptions::new()

@@ -2,17 +2,106 @@
 //! instances, read back by our reader and by Debian's `trace-cmd report`.
 //! Needs root, tracefs and /usr/bin/trace-cmd (3.1.6).
 
-mod dat_common;
+use std::io::Read;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
 
-use std::path::Path;
-
-use dat_common::{per_cpu, record, report, Recording, TempDir};
+use testkit::debian::{report, sandbox, TRACE_CMD};
+use testkit::tracefs::markers_on_cpu;
+use testkit::{lock_top_buffer, Settings, TempDir};
 use tracecmd_rs::output::reader::TraceDat;
 use tracecmd_rs::output::{
     attach_cpu_data, bracketed_clock, standard_options, write_trace_dat, BufferData, DatOption,
     Metadata,
 };
-use tracecmd_rs::tracefs::{self, Instance};
+use tracecmd_rs::tracefs::{self, CpuStats, EventName, Instance, TracefsState};
+
+/// What a test recording produced.
+pub struct Recording {
+    /// Per-CPU files of raw pages read from trace_pipe_raw.
+    pub cpu_files: Vec<PathBuf>,
+    /// Per-CPU stats read after stopping and before consuming the buffer.
+    pub stats: Vec<CpuStats>,
+    /// The instance's trace_clock file text.
+    pub clock_text: String,
+    /// The events that were enabled.
+    pub events: Vec<EventName>,
+}
+
+/// Reads every page currently in `per_cpu/cpuN/trace_pipe_raw` (nonblocking) into `dst`.
+pub fn drain_cpu(inst: &Instance, cpu: usize, page_size: usize, dst: &Path) -> u64 {
+    let mut src = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(inst.trace_pipe_raw(cpu))
+        .expect("open trace_pipe_raw");
+    let mut out = Vec::new();
+    let mut page = vec![0u8; page_size];
+    loop {
+        match src.read(&mut page) {
+            Ok(0) => break,
+            Ok(n) => {
+                assert_eq!(n, page_size, "trace_pipe_raw returned a partial page");
+                out.extend_from_slice(&page[..n]);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) => panic!("reading trace_pipe_raw of cpu {cpu}: {e}"),
+        }
+    }
+    std::fs::write(dst, &out).expect("write cpu file");
+    out.len() as u64
+}
+
+/// Records `selectors` on `inst` while `workload` runs, then stops, reads the
+/// per-CPU stats and drains every CPU into files in `dir`. Restores the
+/// instance's settings afterwards.
+pub fn record(
+    inst: &Instance,
+    selectors: &[&str],
+    dir: &Path,
+    prefix: &str,
+    workload: impl FnOnce(&Instance),
+) -> Recording {
+    let cpus = tracefs::cpu_count(inst).expect("cpu count");
+    let page_size =
+        tracecmd_rs::output::page_size_of(&inst.header_page().expect("header_page")) as usize;
+    let mut state = TracefsState::new(inst);
+    state.set_tracing_on(false).unwrap();
+    state.set_buffer_size_kb(512).unwrap();
+    state.set_trace_clock("local").unwrap();
+    // No selectors: only trace_marker writes are recorded.
+    let events = if selectors.is_empty() {
+        Vec::new()
+    } else {
+        inst.resolve_events(selectors).expect("resolve events")
+    };
+    state.enable_events(&events).unwrap();
+    state.set_tracing_on(true).unwrap();
+    workload(inst);
+    inst.set_tracing_on(false).unwrap();
+    let stats: Vec<CpuStats> = (0..cpus).map(|c| inst.cpu_stats(c).unwrap()).collect();
+    let cpu_files: Vec<PathBuf> = (0..cpus)
+        .map(|c| {
+            let p = dir.join(format!("{prefix}.cpu{c}"));
+            drain_cpu(inst, c, page_size, &p);
+            p
+        })
+        .collect();
+    let clock_text = inst.trace_clock_text().unwrap();
+    state.restore().unwrap();
+    for s in &stats {
+        assert_eq!(
+            s.overrun, 0,
+            "buffer overran; the test workload is too large"
+        );
+    }
+    Recording {
+        cpu_files,
+        stats,
+        clock_text,
+        events,
+    }
+}
 
 /// A workload that produces sched events and markers on every CPU.
 fn workload(inst: &Instance) {
@@ -23,7 +112,7 @@ fn workload(inst: &Instance) {
 fn workload_n(inst: &Instance, n: usize) {
     let cpus = tracefs::cpu_count(inst).unwrap();
     for cpu in 0..cpus {
-        dat_common::markers_on_cpu(inst, cpu, n + cpu * 7);
+        markers_on_cpu(inst, cpu, n + cpu * 7);
     }
     let st = std::process::Command::new("/bin/sleep")
         .arg("0.01")
@@ -59,7 +148,7 @@ fn check_file(file: &Path, expected: &[(&str, Vec<u64>)]) {
     for (i, (name, want)) in expected.iter().enumerate() {
         assert_eq!(dat.buffers[i].name, *name);
         let ours = dat.count_events(&bytes, i).expect("count events");
-        let theirs = per_cpu(&rep, name, want.len());
+        let theirs = rep.per_cpu(name, want.len());
         assert!(
             want.iter().sum::<u64>() > 0,
             "the workload recorded nothing"
@@ -81,7 +170,7 @@ fn check_file(file: &Path, expected: &[(&str, Vec<u64>)]) {
 
 #[test]
 fn one_shot_sched_and_markers() {
-    let inst = dat_common::instance("oneshot");
+    let inst = testkit::instance("oneshot");
     let dir = TempDir::new("oneshot");
     let rec = record(&inst, &["sched"], dir.path(), "rec", workload);
     let meta = Metadata::from_tracefs(&inst, &rec.events).unwrap();
@@ -114,7 +203,7 @@ fn one_shot_sched_and_markers() {
 
 #[test]
 fn metadata_then_attach_several_systems() {
-    let inst = dat_common::instance("attach");
+    let inst = testkit::instance("attach");
     let dir = TempDir::new("attach");
     let rec = record(
         &inst,
@@ -161,13 +250,13 @@ fn metadata_then_attach_several_systems() {
 
 #[test]
 fn named_buffer() {
-    let top = dat_common::instance("nbtop");
-    let guest = dat_common::instance("nbguest");
+    let top = testkit::instance("nbtop");
+    let guest = testkit::instance("nbguest");
     let dir = TempDir::new("named");
     let rec_top = record(&top, &["sched:sched_switch"], dir.path(), "top", workload);
     // The guest buffer only gets markers on CPU 0: CPU 1 is empty.
     let rec_guest = record(&guest, &[], dir.path(), "guest", |i| {
-        dat_common::markers_on_cpu(i, 0, 50)
+        markers_on_cpu(i, 0, 50)
     });
     let guest_entries = entries(&rec_guest);
     assert_eq!(guest_entries[0], 50);
@@ -205,19 +294,15 @@ fn named_buffer() {
 
 #[test]
 fn reader_agrees_with_report_on_debian_v6_file() {
-    assert!(
-        Path::new(dat_common::TRACE_CMD).exists(),
-        "{} is missing: install Debian's trace-cmd",
-        dat_common::TRACE_CMD
-    );
-    let sandbox = "/work/shared/tools/ftrace-sandbox";
-    assert!(Path::new(sandbox).exists(), "{sandbox} is missing");
+    let sandbox = sandbox();
+    // Debian's record uses the top-level buffer, which other test programs share.
+    let _lock = lock_top_buffer();
     let top = Instance::top().unwrap();
-    let before = dat_common::TopState::read(&top);
+    let before = Settings::read(&top);
     let dir = TempDir::new("debian");
     let file = dir.path().join("d6.dat");
-    let out = std::process::Command::new(sandbox)
-        .args([dat_common::TRACE_CMD, "record", "--file-version", "6"])
+    let out = std::process::Command::new(&sandbox)
+        .args([TRACE_CMD, "record", "--file-version", "6"])
         .args(["-e", "sched:sched_switch", "-e", "sched:sched_wakeup", "-o"])
         .arg(&file)
         .args(["/bin/sleep", "0.1"])
@@ -239,7 +324,7 @@ fn reader_agrees_with_report_on_debian_v6_file() {
     let ours = dat.count_events(&bytes, 0).unwrap();
     let rep = report(&file);
     assert!(ours.iter().sum::<u64>() > 0, "Debian recorded no events");
-    assert_eq!(ours, per_cpu(&rep, "", cpus));
+    assert_eq!(ours, rep.per_cpu("", cpus));
     assert_eq!(
         dat.options_with(&bytes, tracecmd_rs::output::option_id::CPUSTAT)
             .count(),

@@ -3,11 +3,9 @@
 //! binary, because it sets an environment variable the recorder reads. Needs root
 //! and tracefs.
 
-mod recorder_util;
-
 use std::time::{Duration, Instant};
 
-use recorder_util::*;
+use testkit::ring::*;
 use tracecmd_rs::recorder::{CpuRecorder, RecordFlags};
 
 const SCHED_FIFO: u64 = 1;
@@ -95,7 +93,6 @@ fn watch_recording(tag: &str, own: Option<u64>) -> [(u64, u64); 3] {
     recording.0.stop();
     let after = recording.1.take().unwrap().join().unwrap();
     drop(inst);
-    std::fs::remove_dir_all(dir).unwrap();
     [before, during, after]
 }
 

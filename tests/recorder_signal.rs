@@ -1,15 +1,13 @@
 //! Stop from a SIGINT handler in the recording thread (its own test binary: the
 //! handler is process-wide). Needs root and tracefs.
 
-mod recorder_util;
-
 use std::os::unix::thread::JoinHandleExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
-use recorder_util::*;
+use testkit::ring::*;
 use tracecmd_rs::recorder::{CpuRecorder, RecordFlags, StopHandle};
 
 static STOP: OnceLock<StopHandle> = OnceLock::new();
@@ -44,7 +42,7 @@ fn sigint_handler_stops_a_busy_recording_within_100ms() {
         let d = inst.path().to_path_buf();
         std::thread::spawn(move || {
             while busy.load(Ordering::SeqCst) {
-                write_markers(d.clone(), "sigint", cpu, 200);
+                write_markers(&d, "sigint", cpu, 200);
             }
         })
     };
@@ -82,5 +80,4 @@ fn sigint_handler_stops_a_busy_recording_within_100ms() {
         "nothing recorded under load"
     );
     drop(inst);
-    std::fs::remove_dir_all(dir).unwrap();
 }
