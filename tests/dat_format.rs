@@ -4,27 +4,14 @@
 
 use std::path::PathBuf;
 
-use testkit::dat::{HEADER_EVENT, HEADER_PAGE};
+use testkit::dat::{metadata_with_formats, HEADER_EVENT, HEADER_PAGE};
 use testkit::{Rng, TempDir};
 use tracecmd_rs::output::layout::{count_events, walk_page, EventLayout, PageError, PageLayout};
 use tracecmd_rs::output::reader::{DatError, InitialHeader, TraceDat};
 use tracecmd_rs::output::{
     attach_cpu_data, bracketed_clock, option_id, write_options_block, write_trace_dat, BufferData,
-    DatOption, Metadata,
+    DatOption,
 };
-
-/// The shared test metadata with a format of each kind, for golden bytes.
-fn meta() -> Metadata {
-    Metadata {
-        ftrace_formats: vec![b"name: print\nID: 5\n".to_vec()],
-        systems: vec![(
-            "sched".into(),
-            vec![b"name: sched_switch\nID: 300\n".to_vec()],
-        )],
-        kallsyms: b"ffffffff81000000 T _stext\n".to_vec(),
-        ..testkit::dat::metadata()
-    }
-}
 
 /// Builds a page with `records` (raw record bytes) after the 16-byte header.
 fn page(ts: u64, records: &[u8]) -> Vec<u8> {
@@ -62,7 +49,7 @@ fn layouts_parse_kernel_text() {
 
 #[test]
 fn metadata_golden_bytes() {
-    let b = meta().to_bytes().unwrap();
+    let b = metadata_with_formats().to_bytes().unwrap();
     let mut want = Vec::new();
     want.extend_from_slice(b"\x17\x08\x44tracing6\0");
     want.extend_from_slice(&[0, 8, 0x00, 0x10, 0, 0]);
@@ -87,7 +74,10 @@ fn metadata_golden_bytes() {
     want.extend_from_slice(b"1 init\n");
     assert_eq!(b, want);
     let mut sink = Vec::new();
-    assert_eq!(meta().write_to(&mut sink).unwrap(), want.len() as u64);
+    assert_eq!(
+        metadata_with_formats().write_to(&mut sink).unwrap(),
+        want.len() as u64
+    );
     assert_eq!(sink, want);
 }
 
@@ -147,7 +137,8 @@ fn synthetic_file(t: &TempDir) -> (PathBuf, Vec<u8>) {
         DatOption::version("0.1.0 tracecmd-rs"),
     ];
     let file = t.join("t.dat");
-    let ranges = write_trace_dat(&file, &meta(), 2, &opts, &top, &[guest]).unwrap();
+    let ranges =
+        write_trace_dat(&file, &metadata_with_formats(), 2, &opts, &top, &[guest]).unwrap();
     assert_eq!(ranges.len(), 2);
     for r in ranges.iter().flatten() {
         assert_eq!(r.offset % 4096, 0);
@@ -246,7 +237,7 @@ fn reader_rejects_bad_headers() {
         TraceDat::parse(b"\x17\x08\x44tracing9\0\0\x08\0\x10\0\0"),
         Err(DatError::Version(v)) if v == "9"
     ));
-    let mut b = meta().to_bytes().unwrap();
+    let mut b = metadata_with_formats().to_bytes().unwrap();
     b[12] = 7; // endian byte
     assert!(matches!(
         TraceDat::parse(&b),
@@ -346,7 +337,7 @@ fn reader_never_panics_on_random_or_truncated_input() {
 
 #[test]
 fn initial_header_and_listener_style_trailing_clock() {
-    let m = meta().to_bytes().unwrap();
+    let m = metadata_with_formats().to_bytes().unwrap();
     let h = InitialHeader::parse(&m[..18]).unwrap();
     assert_eq!(
         (h.version, h.big_endian, h.long_size, h.page_size, h.len),
@@ -362,7 +353,7 @@ fn initial_header_and_listener_style_trailing_clock() {
         cpu_files: vec![],
     };
     let opts = [DatOption::trace_clock("[global] local counter\n")];
-    write_trace_dat(&file, &meta(), 1, &opts, &top, &[]).unwrap();
+    write_trace_dat(&file, &metadata_with_formats(), 1, &opts, &top, &[]).unwrap();
     let b = std::fs::read(&file).unwrap();
     let d = TraceDat::parse(&b).unwrap();
     assert_eq!(d.buffers[0].clock.as_deref(), Some("global"));
@@ -379,7 +370,7 @@ fn initial_header_and_listener_style_trailing_clock() {
         cpu_files: vec![None, None],
         ..top
     };
-    assert!(write_trace_dat(&file, &meta(), 1, &opts, &wide, &[]).is_err());
+    assert!(write_trace_dat(&file, &metadata_with_formats(), 1, &opts, &wide, &[]).is_err());
 }
 
 #[test]
@@ -392,7 +383,7 @@ fn listener_attach_golden_bytes() {
     let page0 = page(42, &small_event(1, 1));
     std::fs::write(&cpu0, &page0).unwrap();
     let file = t.join("trace.dat");
-    let meta_bytes = meta().to_bytes().unwrap();
+    let meta_bytes = metadata_with_formats().to_bytes().unwrap();
     std::fs::write(&file, &meta_bytes).unwrap();
     let mut f = std::fs::OpenOptions::new()
         .read(true)

@@ -14,6 +14,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use testkit::dat::PAGE;
+use testkit::udp_ports;
 use tracecmd_rs::msg::handshake::{OK, V2_CPU, V2_MAGIC, V2_REPLY};
 use tracecmd_rs::msg::v1::{self, ChannelSource, TextSource};
 use tracecmd_rs::msg::{session, v3, Channel, MsgError, Wait};
@@ -21,18 +22,13 @@ use tracecmd_rs::netrecord::negotiate::{V3_CPU, V3_MAGIC};
 use tracecmd_rs::netrecord::{NetError, NetParams, NetSession, Proto};
 use tracecmd_rs::output::{write_options_block, DatOption, Metadata};
 
+/// Metadata with kallsyms large enough to need several 8180-byte chunks.
 fn meta() -> Metadata {
     Metadata {
-        ftrace_formats: vec![b"name: print\nID: 5\n".to_vec()],
-        systems: vec![(
-            "sched".into(),
-            vec![b"name: sched_switch\nID: 316\n".to_vec()],
-        )],
-        // Large enough to need several 8180-byte chunks.
         kallsyms: (0..3000)
             .flat_map(|i| format!("ffffffff8100{i:04x} T sym{i}\n").into_bytes())
             .collect(),
-        ..testkit::dat::metadata()
+        ..testkit::dat::metadata_with_formats()
     }
 }
 
@@ -83,18 +79,6 @@ fn recv_exact<const N: usize>(ch: &Channel<'_>) -> [u8; N] {
     let mut b = [0u8; N];
     ch.recv_exact(&mut b, Wait::Timed).unwrap();
     b
-}
-
-/// UDP sockets for `n` CPUs on loopback, and their ports.
-fn udp_ports(n: usize) -> (Vec<UdpSocket>, Vec<u32>) {
-    let socks: Vec<UdpSocket> = (0..n)
-        .map(|_| UdpSocket::bind("127.0.0.1:0").unwrap())
-        .collect();
-    let ports = socks
-        .iter()
-        .map(|s| u32::from(s.local_addr().unwrap().port()))
-        .collect();
-    (socks, ports)
 }
 
 fn page(cpu: usize) -> Vec<u8> {

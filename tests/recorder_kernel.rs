@@ -161,9 +161,7 @@ fn max_kb_ring_stays_within_bounds_nosplice() {
 #[test]
 fn stop_from_another_thread_ends_an_idle_recording() {
     let (inst, cpu, dir) = setup("xstop", 64);
-    let input = buffer_input(&inst, cpu);
-    let mut rec = CpuRecorder::to_file(input, &dir.join("out"), 0, RecordFlags::default())
-        .expect("create recorder");
+    let mut rec = recorder(&inst, cpu, &dir.join("out"));
     let stop = rec.stop_handle();
     let (tx, rx) = std::sync::mpsc::channel();
     let t = std::thread::spawn(move || {
@@ -185,9 +183,7 @@ fn stop_from_another_thread_ends_an_idle_recording() {
 #[test]
 fn stop_before_start_is_not_lost() {
     let (inst, cpu, dir) = setup("early", 256);
-    let input = buffer_input(&inst, cpu);
-    let mut rec = CpuRecorder::to_file(input, &dir.join("out"), 0, RecordFlags::default())
-        .expect("create recorder");
+    let mut rec = recorder(&inst, cpu, &dir.join("out"));
     let d = inst.path().to_path_buf();
     std::thread::spawn(move || write_markers(&d, "early", cpu, 10))
         .join()

@@ -6,7 +6,6 @@
 use std::time::{Duration, Instant};
 
 use testkit::ring::*;
-use tracecmd_rs::recorder::{CpuRecorder, RecordFlags};
 
 const SCHED_FIFO: u64 = 1;
 
@@ -68,9 +67,7 @@ impl Drop for StopOnDrop {
 /// after 5 s), and after.
 fn watch_recording(tag: &str, own: Option<u64>) -> [(u64, u64); 3] {
     let (inst, cpu, dir) = setup(tag, 64);
-    let input = buffer_input(&inst, cpu);
-    let mut rec = CpuRecorder::to_file(input, &dir.join("out"), 0, RecordFlags::default())
-        .expect("create recorder");
+    let mut rec = recorder(&inst, cpu, &dir.join("out"));
     let stop = rec.stop_handle();
     let (tx, rx) = std::sync::mpsc::channel();
     let mut recording = StopOnDrop(stop, None);

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
 use testkit::ring::*;
-use tracecmd_rs::recorder::{CpuRecorder, RecordFlags, StopHandle};
+use tracecmd_rs::recorder::StopHandle;
 
 static STOP: OnceLock<StopHandle> = OnceLock::new();
 
@@ -21,9 +21,7 @@ extern "C" fn on_sigint(_: libc::c_int) {
 #[test]
 fn sigint_handler_stops_a_busy_recording_within_100ms() {
     let (inst, cpu, dir) = setup("sigint", 1024);
-    let input = buffer_input(&inst, cpu);
-    let mut rec = CpuRecorder::to_file(input, &dir.join("out"), 0, RecordFlags::default())
-        .expect("create recorder");
+    let mut rec = recorder(&inst, cpu, &dir.join("out"));
     let stop = rec.stop_handle();
     STOP.set(stop.clone()).unwrap();
     // SA_RESTART as glibc's signal() sets it: the stop must get through regardless.

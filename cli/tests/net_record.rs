@@ -347,13 +347,7 @@ fn a_listener_that_goes_away_ends_the_recording_with_an_error() {
             v3::Msg::TInit { cpus, .. } => cpus as usize,
             m => panic!("expected TINIT, got {m:?}"),
         };
-        let socks: Vec<std::net::UdpSocket> = (0..cpus)
-            .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").unwrap())
-            .collect();
-        let ports = socks
-            .iter()
-            .map(|u| u32::from(u.local_addr().unwrap().port()))
-            .collect();
+        let (socks, ports) = testkit::udp_ports(cpus);
         v3::send(&ch, &v3::Msg::RInit { ports }).unwrap();
         while v3::recv(&ch, Wait::Timed).unwrap() != v3::Msg::FinData {}
         // Recording has started; the listener now vanishes.

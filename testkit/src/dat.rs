@@ -37,3 +37,17 @@ pub fn metadata() -> Metadata {
 pub fn metadata_bytes() -> Vec<u8> {
     metadata().to_bytes().unwrap()
 }
+
+/// [`metadata`] with one ftrace format, one event system (sched_switch, ID 300)
+/// and one kallsyms line: every section of the metadata holds something.
+pub fn metadata_with_formats() -> Metadata {
+    Metadata {
+        ftrace_formats: vec![b"name: print\nID: 5\n".to_vec()],
+        systems: vec![(
+            "sched".into(),
+            vec![b"name: sched_switch\nID: 300\n".to_vec()],
+        )],
+        kallsyms: b"ffffffff81000000 T _stext\n".to_vec(),
+        ..metadata()
+    }
+}

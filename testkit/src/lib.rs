@@ -60,3 +60,16 @@ pub fn open_rw(p: &std::path::Path) -> std::fs::File {
         .open(p)
         .unwrap_or_else(|e| panic!("open {} read-write: {e}", p.display()))
 }
+
+/// `n` UDP sockets bound on loopback (a listener's per-CPU data ports), and
+/// their port numbers as the protocol sends them.
+pub fn udp_ports(n: usize) -> (Vec<std::net::UdpSocket>, Vec<u32>) {
+    let socks: Vec<std::net::UdpSocket> = (0..n)
+        .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").expect("bind a UDP port"))
+        .collect();
+    let ports = socks
+        .iter()
+        .map(|s| u32::from(s.local_addr().unwrap().port()))
+        .collect();
+    (socks, ports)
+}

@@ -5,6 +5,7 @@
 use std::collections::HashSet;
 use std::path::Path;
 
+use tracecmd_rs::recorder::{CpuRecorder, RecordFlags};
 use tracecmd_rs::tracefs::Instance;
 
 use crate::TempDir;
@@ -39,6 +40,12 @@ pub fn buffer_input(inst: &Instance, cpu: usize) -> tracecmd_rs::recorder::Input
         dir: inst.path().to_path_buf(),
         cpu,
     }
+}
+
+/// A recorder of `cpu` of `inst` into the file `out`, default flags, no max-kb.
+pub fn recorder(inst: &Instance, cpu: usize, out: &Path) -> CpuRecorder {
+    CpuRecorder::to_file(buffer_input(inst, cpu), out, 0, RecordFlags::default())
+        .expect("create recorder")
 }
 
 /// The marker text number `i` of `cpu` in test `tag`.
