@@ -12,11 +12,11 @@
 use std::io::{Read, Write};
 use std::net::{Ipv6Addr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use testkit::debian::{sandbox, try_report, TRACE_CMD};
-use testkit::{free_port, lock_top_buffer, Settings, TempDir};
+use testkit::{free_port, lock_top_buffer, Killed, Settings, TempDir};
 use tracecmd_rs::tracefs::Instance;
 
 const BIN: &str = env!("CARGO_BIN_EXE_trace-cmd");
@@ -40,7 +40,7 @@ enum Peer {
 
 /// A listener process in its own output directory; killed (by its pid) on drop.
 struct Listener {
-    child: Child,
+    child: Killed,
     dir: TempDir,
     port: u16,
 }
@@ -83,7 +83,11 @@ impl Listener {
             assert!(Instant::now() < end, "{prog} listen did not bind {port}");
             std::thread::sleep(Duration::from_millis(20));
         }
-        Listener { child, dir, port }
+        Listener {
+            child: Killed(child),
+            dir,
+            port,
+        }
     }
 
     /// The finished trace.dat: one `.dat` file and no per-CPU temp files left.
@@ -118,24 +122,17 @@ impl Listener {
 
     fn output(&mut self) -> String {
         let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::unistd::Pid::from_raw(self.child.0.id() as i32),
             nix::sys::signal::Signal::SIGINT,
         );
         let mut s = String::new();
-        if let Some(o) = self.child.stdout.as_mut() {
+        if let Some(o) = self.child.0.stdout.as_mut() {
             let _ = o.read_to_string(&mut s);
         }
-        if let Some(e) = self.child.stderr.as_mut() {
+        if let Some(e) = self.child.0.stderr.as_mut() {
             let _ = e.read_to_string(&mut s);
         }
         s
-    }
-}
-
-impl Drop for Listener {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

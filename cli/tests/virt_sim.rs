@@ -11,25 +11,16 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use nix::sys::termios;
 use testkit::debian::report;
-use testkit::{instance_name, open_rw, wait_until, TempDir};
+use testkit::{instance_name, open_rw, wait_until, Killed, TempDir};
 use tracecmd_rs::tracefs::Instance;
 
 const BIN: &str = env!("CARGO_BIN_EXE_trace-cmd");
 const PORTS: [&str; 3] = ["agent-ctl-path", "trace-path-cpu0", "trace-path-cpu1"];
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// A listener, a registered domain `vm` with 2 CPUs, the PTY bridge and an agent.
 struct Sim {

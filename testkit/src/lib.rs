@@ -73,3 +73,14 @@ pub fn udp_ports(n: usize) -> (Vec<std::net::UdpSocket>, Vec<u32>) {
         .collect();
     (socks, ports)
 }
+
+/// A child process of the test, killed (by its pid) and reaped when dropped, so
+/// a failing test leaves no program running.
+pub struct Killed(pub std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
