@@ -9,6 +9,7 @@ impl Rng {
         Rng(seed.max(1))
     }
 
+    #[allow(clippy::should_implement_trait)] // an endless generator, not an iterator
     pub fn next(&mut self) -> u64 {
         let mut x = self.0;
         x ^= x >> 12;
