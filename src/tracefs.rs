@@ -653,13 +653,18 @@ impl Instance {
         write_text(&path, if on { "1" } else { "0" })
     }
 
-    /// The per-CPU buffer size in KiB (`buffer_size_kb`; for a not yet expanded
-    /// top buffer this is the current, small size: the value that restores it).
+    /// The per-CPU buffer size in KiB, as the buffer is while tracing
+    /// ([`BufferSize::recording_kb`]). A top buffer not yet expanded (fresh from
+    /// boot: `7 (expanded: 1408)`) gives the expanded size: its first use expands it
+    /// for good, so that is the size that puts it back as found; writing the small
+    /// number back would leave a 7 KiB buffer.
     pub fn buffer_size_kb(&self) -> Result<u64, TracefsError> {
         let path = self.file("buffer_size_kb");
         let text = read_text(&path)?;
         let detail = match BufferSize::parse(&text) {
-            Some(BufferSize::Uniform { kb, .. }) => return Ok(kb),
+            Some(size @ BufferSize::Uniform { .. }) => {
+                return Ok(size.recording_kb().unwrap_or_default())
+            }
             Some(BufferSize::PerCpu) => {
                 "the CPUs' buffers differ in size (\"X\"); set one size for all first".to_string()
             }

@@ -5,6 +5,8 @@
 
 use std::path::PathBuf;
 
+use testkit::dat::{metadata_with_formats, HEADER_EVENT, HEADER_PAGE};
+use testkit::{Rng, TempDir};
 use tracecmd_rs::output::layout::{count_events, walk_page, EventLayout, PageError, PageLayout};
 use tracecmd_rs::output::metadata::{trace_clock_of, Parts, V6Metadata};
 use tracecmd_rs::output::reader::{DatError, InitialHeader, TraceDat};
@@ -12,48 +14,6 @@ use tracecmd_rs::output::{
     attach_cpu_data, bracketed_clock, option_id, write_options_block, write_trace_dat, BufferData,
     DatOption, Metadata, ReadAt, MAGIC,
 };
-
-const HEADER_PAGE: &str = "\tfield: u64 timestamp;\toffset:0;\tsize:8;\tsigned:0;\n\
-\tfield: local_t commit;\toffset:8;\tsize:8;\tsigned:1;\n\
-\tfield: int overwrite;\toffset:8;\tsize:1;\tsigned:1;\n\
-\tfield: char data;\toffset:16;\tsize:4080;\tsigned:0;\n";
-
-const HEADER_EVENT: &str = "# compressed entry header\n\ttype_len    :    5 bits\n\
-\ttime_delta  :   27 bits\n\tarray       :   32 bits\n\n\tpadding     : type == 29\n\
-\ttime_extend : type == 30\n\ttime_stamp : type == 31\n\tdata max type_len  == 28\n";
-
-fn meta() -> Metadata {
-    Metadata {
-        page_size: 4096,
-        long_size: 8,
-        header_page: HEADER_PAGE.as_bytes().to_vec(),
-        header_event: HEADER_EVENT.as_bytes().to_vec(),
-        ftrace_formats: vec![b"name: print\nID: 5\n".to_vec()],
-        systems: vec![(
-            "sched".into(),
-            vec![b"name: sched_switch\nID: 300\n".to_vec()],
-        )],
-        kallsyms: b"ffffffff81000000 T _stext\n".to_vec(),
-        printk_formats: Vec::new(),
-        cmdlines: b"1 init\n".to_vec(),
-    }
-}
-
-/// Little xorshift PRNG: deterministic random inputs without a crate.
-struct XorShift(u64);
-impl XorShift {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
 
 /// Builds a page with `records` (raw record bytes) after the 16-byte header.
 fn page(ts: u64, records: &[u8]) -> Vec<u8> {
@@ -77,22 +37,6 @@ fn layouts() -> (PageLayout, EventLayout) {
     )
 }
 
-struct Tmp(PathBuf);
-impl Tmp {
-    fn new(tag: &str) -> Tmp {
-        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let p = std::env::temp_dir().join(format!("tcrs-fmt-{tag}-{}-{n}", std::process::id()));
-        std::fs::create_dir_all(&p).unwrap();
-        Tmp(p)
-    }
-}
-impl Drop for Tmp {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 #[test]
 fn layouts_parse_kernel_text() {
     let (pl, el) = layouts();
@@ -107,7 +51,7 @@ fn layouts_parse_kernel_text() {
 
 #[test]
 fn metadata_golden_bytes() {
-    let b = meta().to_bytes().unwrap();
+    let b = metadata_with_formats().to_bytes().unwrap();
     let mut want = Vec::new();
     want.extend_from_slice(b"\x17\x08\x44tracing6\0");
     want.extend_from_slice(&[0, 8, 0x00, 0x10, 0, 0]);
@@ -132,7 +76,10 @@ fn metadata_golden_bytes() {
     want.extend_from_slice(b"1 init\n");
     assert_eq!(b, want);
     let mut sink = Vec::new();
-    assert_eq!(meta().write_to(&mut sink).unwrap(), want.len() as u64);
+    assert_eq!(
+        metadata_with_formats().write_to(&mut sink).unwrap(),
+        want.len() as u64
+    );
     assert_eq!(sink, want);
 }
 
@@ -161,7 +108,7 @@ fn options_block_golden_bytes() {
 }
 
 /// Writes a file with two CPUs of synthetic pages and a named buffer, reads it back.
-fn synthetic_file(t: &Tmp) -> (PathBuf, Vec<u8>) {
+fn synthetic_file(t: &TempDir) -> (PathBuf, Vec<u8>) {
     let cpu0: Vec<u8> = [
         page(100, &[small_event(1, 2), small_event(2, 3)].concat()),
         page(200, &small_event(1, 1)),
@@ -172,7 +119,7 @@ fn synthetic_file(t: &Tmp) -> (PathBuf, Vec<u8>) {
         400,
         &[small_event(5, 4), small_event(5, 4), small_event(5, 4)].concat(),
     );
-    let paths: Vec<PathBuf> = ["c0", "c1", "g0"].iter().map(|n| t.0.join(n)).collect();
+    let paths: Vec<PathBuf> = ["c0", "c1", "g0"].iter().map(|n| t.join(n)).collect();
     std::fs::write(&paths[0], &cpu0).unwrap();
     std::fs::write(&paths[1], &cpu1).unwrap();
     std::fs::write(&paths[2], &g0).unwrap();
@@ -191,8 +138,9 @@ fn synthetic_file(t: &Tmp) -> (PathBuf, Vec<u8>) {
         DatOption::uname("Linux h 6.0 x86_64"),
         DatOption::version("0.1.0 tracecmd-rs"),
     ];
-    let file = t.0.join("t.dat");
-    let ranges = write_trace_dat(&file, &meta(), 2, &opts, &top, &[guest]).unwrap();
+    let file = t.join("t.dat");
+    let ranges =
+        write_trace_dat(&file, &metadata_with_formats(), 2, &opts, &top, &[guest]).unwrap();
     assert_eq!(ranges.len(), 2);
     for r in ranges.iter().flatten() {
         assert_eq!(r.offset % 4096, 0);
@@ -206,7 +154,7 @@ fn synthetic_file(t: &Tmp) -> (PathBuf, Vec<u8>) {
 
 #[test]
 fn write_then_read_round_trip() {
-    let t = Tmp::new("rt");
+    let t = TempDir::new("rt");
     let (_, bytes) = synthetic_file(&t);
     let d = TraceDat::parse(&bytes).unwrap();
     assert_eq!(
@@ -291,7 +239,7 @@ fn reader_rejects_bad_headers() {
         TraceDat::parse(b"\x17\x08\x44tracing9\0\0\x08\0\x10\0\0"),
         Err(DatError::Version(v)) if v == "9"
     ));
-    let mut b = meta().to_bytes().unwrap();
+    let mut b = metadata_with_formats().to_bytes().unwrap();
     b[12] = 7; // endian byte
     assert!(matches!(
         TraceDat::parse(&b),
@@ -346,9 +294,9 @@ fn reader_recognises_v7_options() {
 
 #[test]
 fn reader_never_panics_on_random_or_truncated_input() {
-    let t = Tmp::new("fuzz");
+    let t = TempDir::new("fuzz");
     let (_, good) = synthetic_file(&t);
-    let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
+    let mut rng = Rng::new(0x9e37_79b9_7f4a_7c15);
     let check = |b: &[u8]| {
         if let Ok(d) = TraceDat::parse(b) {
             for i in 0..d.buffers.len() {
@@ -391,7 +339,7 @@ fn reader_never_panics_on_random_or_truncated_input() {
 
 #[test]
 fn initial_header_and_listener_style_trailing_clock() {
-    let m = meta().to_bytes().unwrap();
+    let m = metadata_with_formats().to_bytes().unwrap();
     let h = InitialHeader::parse(&m[..18]).unwrap();
     assert_eq!(
         (h.version, h.big_endian, h.long_size, h.page_size, h.len),
@@ -399,15 +347,15 @@ fn initial_header_and_listener_style_trailing_clock() {
     );
     assert!(InitialHeader::parse(&m[..17]).is_err());
     // A virt-server listener writes its whole trace_clock file as the trailing clock.
-    let t = Tmp::new("clock");
-    let file = t.0.join("c.dat");
+    let t = TempDir::new("clock");
+    let file = t.join("c.dat");
     let top = BufferData {
         name: String::new(),
         trailing_clock: Some(b"[global] local counter\n".to_vec()),
         cpu_files: vec![],
     };
     let opts = [DatOption::trace_clock("[global] local counter\n")];
-    write_trace_dat(&file, &meta(), 1, &opts, &top, &[]).unwrap();
+    write_trace_dat(&file, &metadata_with_formats(), 1, &opts, &top, &[]).unwrap();
     let b = std::fs::read(&file).unwrap();
     let d = TraceDat::parse(&b).unwrap();
     assert_eq!(d.buffers[0].clock.as_deref(), Some("global"));
@@ -424,7 +372,7 @@ fn initial_header_and_listener_style_trailing_clock() {
         cpu_files: vec![None, None],
         ..top
     };
-    assert!(write_trace_dat(&file, &meta(), 1, &opts, &wide, &[]).is_err());
+    assert!(write_trace_dat(&file, &metadata_with_formats(), 1, &opts, &wide, &[]).is_err());
 }
 
 #[test]
@@ -432,12 +380,12 @@ fn listener_attach_golden_bytes() {
     // What a V1/V2 listener appends to streamed metadata (wire spec §3.2): CPU
     // count, an empty options block, flyrecord, the table, its own trace_clock
     // file as {u64 size, contents}, then page-aligned CPU data.
-    let t = Tmp::new("listener");
-    let cpu0 = t.0.join("trace.cpu0");
+    let t = TempDir::new("listener");
+    let cpu0 = t.join("trace.cpu0");
     let page0 = page(42, &small_event(1, 1));
     std::fs::write(&cpu0, &page0).unwrap();
-    let file = t.0.join("trace.dat");
-    let meta_bytes = meta().to_bytes().unwrap();
+    let file = t.join("trace.dat");
+    let meta_bytes = metadata_with_formats().to_bytes().unwrap();
     std::fs::write(&file, &meta_bytes).unwrap();
     let mut f = std::fs::OpenOptions::new()
         .read(true)
@@ -472,7 +420,7 @@ fn listener_attach_golden_bytes() {
 /// v6 metadata, CPU count and options (TRACECLOCK last), as a V3 client streams
 /// it; and where the metadata ends.
 fn streamed() -> (Vec<u8>, usize) {
-    let mut b = meta().to_bytes().unwrap();
+    let mut b = metadata_with_formats().to_bytes().unwrap();
     let meta_len = b.len();
     let opts = [
         DatOption::uname("Linux host 6.1 x86_64"),
@@ -528,8 +476,8 @@ fn check_ranges(b: &[u8]) {
 #[test]
 fn metadata_parser_on_every_truncation() {
     let (b, meta_len) = streamed();
-    let t = Tmp::new("cut");
-    let path = t.0.join("m.dat");
+    let t = TempDir::new("cut");
+    let path = t.join("m.dat");
     for n in 0..=b.len() {
         let p = &b[..n];
         let m = V6Metadata::parse(p);
@@ -557,15 +505,15 @@ fn metadata_parser_on_every_truncation() {
             assert_eq!(parse_all(&f), parse_all(p), "cut at {n}");
         }
     }
-    assert_eq!(Metadata::parse(&b[..meta_len]).unwrap(), meta());
+    assert_eq!(Metadata::parse(&b[..meta_len]).unwrap(), metadata_with_formats());
 }
 
 #[test]
 fn metadata_parser_on_random_input() {
     let (good, _) = streamed();
-    let t = Tmp::new("rand");
-    let path = t.0.join("m.dat");
-    let mut rng = XorShift(0x2545_f491_4f6c_dd1d);
+    let t = TempDir::new("rand");
+    let path = t.join("m.dat");
+    let mut rng = Rng::new(0x2545_f491_4f6c_dd1d);
     let mut parsed = 0;
     for i in 0..3000 {
         let mut b = good.clone();
@@ -595,7 +543,7 @@ fn metadata_parser_on_random_input() {
 
 #[test]
 fn metadata_parser_checks_sizes_before_using_them() {
-    let good = meta().to_bytes().unwrap();
+    let good = metadata_with_formats().to_bytes().unwrap();
     let hp_size_at = 18 + b"header_page\0".len();
     // A header_page of 2^64 - 1 bytes: refused by the size, nothing read.
     let mut b = good.clone();
@@ -654,8 +602,8 @@ fn big_endian(m: &Metadata) -> Vec<u8> {
 
 #[test]
 fn big_endian_metadata_has_the_same_sections() {
-    let le = meta().to_bytes().unwrap();
-    let be = big_endian(&meta());
+    let le = metadata_with_formats().to_bytes().unwrap();
+    let be = big_endian(&metadata_with_formats());
     assert_eq!(be.len(), le.len());
     let (l, b) = (
         V6Metadata::parse(&le[..]).unwrap(),
@@ -675,7 +623,7 @@ fn big_endian_metadata_has_the_same_sections() {
 #[test]
 fn parts_read_a_section_body_alone() {
     // A v7 EVENT_FORMATS section body is the v6 part on its own (doc §4.2).
-    let m = meta();
+    let m = metadata_with_formats();
     let mut body = Vec::new();
     body.extend_from_slice(&2u32.to_le_bytes());
     for (name, list) in [("sched", &m.systems[0].1), ("empty", &Vec::new())] {

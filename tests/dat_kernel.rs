@@ -2,12 +2,12 @@
 //! instances, read back by our reader and by Debian's `trace-cmd report`.
 //! Needs root, tracefs and /usr/bin/trace-cmd (3.1.6).
 
-mod dat_common;
-mod listen_common;
 
 use std::path::Path;
 
-use dat_common::{per_cpu, record, report, TempDir};
+use testkit::debian::report;
+use testkit::kernel::record;
+use testkit::TempDir;
 use tracecmd_rs::output::reader::TraceDat;
 use tracecmd_rs::output::{
     attach_cpu_data, bracketed_clock, standard_options, write_trace_dat, BufferData, DatOption,
@@ -16,11 +16,11 @@ use tracecmd_rs::output::{
 use tracecmd_rs::tracefs::Instance;
 
 fn workload(inst: &Instance) {
-    dat_common::workload(inst, 20);
+    testkit::kernel::workload(inst, 20);
 }
 
 fn workload_n(inst: &Instance, n: usize) {
-    dat_common::workload(inst, n);
+    testkit::kernel::workload(inst, n);
 }
 
 /// Checks the file three ways: our reader's counts, report's counts, the kernel's
@@ -33,14 +33,14 @@ fn check_file(file: &Path, expected: &[(&str, Vec<u64>)]) {
     for (i, (name, _)) in expected.iter().enumerate() {
         assert_eq!(dat.buffers[i].name, *name);
     }
-    dat_common::assert_counts(file, expected, |i| {
+    testkit::kernel::assert_counts(file, expected, |i| {
         dat.count_events(&bytes, i).expect("count events")
     });
 }
 
 #[test]
 fn one_shot_sched_and_markers() {
-    let inst = dat_common::instance("oneshot");
+    let inst = testkit::instance("oneshot");
     let dir = TempDir::new("oneshot");
     let rec = record(&inst, &["sched"], dir.path(), "rec", workload);
     let meta = Metadata::from_tracefs(&inst, &rec.events).unwrap();
@@ -73,7 +73,7 @@ fn one_shot_sched_and_markers() {
 
 #[test]
 fn metadata_then_attach_several_systems() {
-    let inst = dat_common::instance("attach");
+    let inst = testkit::instance("attach");
     let dir = TempDir::new("attach");
     let rec = record(
         &inst,
@@ -121,7 +121,7 @@ fn metadata_then_attach_several_systems() {
 #[test]
 fn named_buffer() {
     let dir = TempDir::new("named");
-    let (rec_top, rec_guest, meta) = dat_common::top_and_guest(dir.path());
+    let (rec_top, rec_guest, meta) = testkit::kernel::top_and_guest(dir.path());
     let guest_entries = rec_guest.entries();
     let cpus = rec_top.cpu_files.len() as u32;
     let mut options = standard_options(&rec_top.clock_text, &rec_top.stats_texts());
@@ -156,10 +156,10 @@ fn named_buffer() {
 
 #[test]
 fn reader_agrees_with_report_on_debian_v6_file() {
-    let _lock = listen_common::lock_top_buffer();
+    let _lock = testkit::lock_top_buffer();
     let dir = TempDir::new("debian");
     let file = dir.path().join("d6.dat");
-    dat_common::debian_record(&file, &["--file-version", "6"]);
+    testkit::kernel::debian_record(&file, &["--file-version", "6"]);
     let bytes = std::fs::read(&file).unwrap();
     let dat = TraceDat::parse(&bytes).expect("our reader parses Debian's v6 file");
     assert_eq!(dat.version, 6);
@@ -169,7 +169,7 @@ fn reader_agrees_with_report_on_debian_v6_file() {
     let ours = dat.count_events(&bytes, 0).unwrap();
     let rep = report(&file);
     assert!(ours.iter().sum::<u64>() > 0, "Debian recorded no events");
-    assert_eq!(ours, per_cpu(&rep, "", cpus));
+    assert_eq!(ours, rep.per_cpu("", cpus));
     assert_eq!(
         dat.options_with(&bytes, tracecmd_rs::output::option_id::CPUSTAT)
             .count(),

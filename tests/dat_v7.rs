@@ -5,14 +5,14 @@
 //! time, in bursts, and from the real recorder) and a full disk. Needs root,
 //! tracefs and /usr/bin/trace-cmd (3.1.6).
 
-mod dat_common;
-mod listen_common;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use dat_common::{record, report, Recording, TempDir};
+use testkit::debian::report;
+use testkit::kernel::{record, Recording};
+use testkit::TempDir;
 use tracecmd_rs::output::reader::TraceDat;
 use tracecmd_rs::output::{
     bracketed_clock, standard_options, v7read, write_trace_dat, write_trace_dat_v7, BufferData,
@@ -24,12 +24,12 @@ use tracecmd_rs::tracefs::{self, Instance, TracefsState};
 const BOTH: [Compression; 2] = [Compression::Zstd, Compression::None];
 
 fn workload(inst: &Instance) {
-    dat_common::workload(inst, 400);
+    testkit::kernel::workload(inst, 400);
 }
 
 /// A recording of sched events and markers on a private instance, and its metadata.
 fn recorded(tag: &str) -> (TempDir, Recording, Metadata, u32) {
-    let inst = dat_common::instance(tag);
+    let inst = testkit::instance(tag);
     let dir = TempDir::new(tag);
     let rec = record(&inst, &["sched"], dir.path(), "rec", workload);
     let meta = Metadata::from_tracefs(&inst, &rec.events).unwrap();
@@ -68,7 +68,7 @@ fn check_v7(file: &Path, compression: Compression, expected: &[(&str, Vec<u64>)]
     for b in &dat.buffers {
         assert_eq!(b.clock.as_deref(), Some("local"));
     }
-    dat_common::assert_counts(file, expected, |i| {
+    testkit::kernel::assert_counts(file, expected, |i| {
         v7read::count_events(&bytes, &dat, i).expect("count events")
     });
 }
@@ -114,7 +114,7 @@ fn top_buffer_zstd_and_none() {
 #[test]
 fn named_buffer_alone_and_with_top() {
     let dir = TempDir::new("v7named");
-    let (rec_top, rec_guest, meta) = dat_common::top_and_guest(dir.path());
+    let (rec_top, rec_guest, meta) = testkit::kernel::top_and_guest(dir.path());
     let guest_entries = rec_guest.entries();
     let cpus = rec_top.cpu_files.len() as u32;
     let guest_buf = BufferData {
@@ -179,11 +179,11 @@ fn feed(fd: std::os::fd::OwnedFd, data: Vec<u8>, sizes: Vec<usize>) -> std::thre
 
 #[test]
 fn sink_fed_page_by_page_and_in_bursts() {
-    let top = dat_common::instance("v7sinktop");
-    let guest = dat_common::instance("v7sinkguest");
+    let top = testkit::instance("v7sinktop");
+    let guest = testkit::instance("v7sinkguest");
     let dir = TempDir::new("v7sink");
     let rec_top = record(&top, &["sched"], dir.path(), "top", |i| {
-        dat_common::markers_on_cpu(i, 0, 3000);
+        testkit::tracefs::markers_on_cpu(i, 0, 3000);
         workload(i)
     });
     let rec_guest = record(&guest, &[], dir.path(), "guest", workload);
@@ -298,7 +298,7 @@ fn record_live(
 /// compression while recording, as `record` does it.
 #[test]
 fn recorder_writes_into_the_sinks() {
-    let inst = dat_common::instance("v7live");
+    let inst = testkit::instance("v7live");
     let dir = TempDir::new("v7live");
     let cpus = tracefs::cpu_count(&inst).unwrap();
     let page = tracecmd_rs::output::page_size_of(&inst.header_page().unwrap());
@@ -311,7 +311,7 @@ fn recorder_writes_into_the_sinks() {
         |cpu| Output::Stream(w.cpu_sink("", cpu).unwrap()),
         || {
             for (cpu, &n) in markers.iter().enumerate() {
-                dat_common::markers_on_cpu(&inst, cpu, n as usize);
+                testkit::tracefs::markers_on_cpu(&inst, cpu, n as usize);
             }
         },
     );
@@ -423,7 +423,7 @@ fn full_disk_leaves_no_file_that_looks_complete() {
 /// file is left.
 #[test]
 fn full_disk_while_recording() {
-    let inst = dat_common::instance("v7livefull");
+    let inst = testkit::instance("v7livefull");
     let cpus = tracefs::cpu_count(&inst).unwrap();
     let page = tracecmd_rs::output::page_size_of(&inst.header_page().unwrap());
     let tiny = TinyFs::mount("live", 128);
@@ -437,7 +437,7 @@ fn full_disk_while_recording() {
         || {
             // More than a sink's pipe holds (1 MiB), so the recorders see it.
             for cpu in 0..cpus {
-                dat_common::markers_on_cpu(&inst, cpu, 60_000);
+                testkit::tracefs::markers_on_cpu(&inst, cpu, 60_000);
             }
         },
     );
@@ -466,7 +466,7 @@ fn full_disk_while_recording() {
 /// file is smaller (the ratio is printed for the record).
 #[test]
 fn zstd_file_is_smaller_than_v6() {
-    let inst = dat_common::instance("v7size");
+    let inst = testkit::instance("v7size");
     let dir = TempDir::new("v7size");
     let cpus = tracefs::cpu_count(&inst).unwrap();
     let files: Vec<PathBuf> = (0..cpus)
@@ -531,10 +531,10 @@ fn zstd_file_is_smaller_than_v6() {
 /// Debian's 3.1.6 `record` wrote: v7, zstd.
 #[test]
 fn reader_agrees_with_report_on_debian_v7_file() {
-    let _lock = listen_common::lock_top_buffer();
+    let _lock = testkit::lock_top_buffer();
     let dir = TempDir::new("debian7");
     let file = dir.path().join("d7.dat");
-    dat_common::debian_record(&file, &[]);
+    testkit::kernel::debian_record(&file, &[]);
     let bytes = std::fs::read(&file).unwrap();
     let dat = TraceDat::parse(&bytes).expect("our reader parses Debian's v7 file");
     assert_eq!(dat.version, 7);
@@ -543,5 +543,5 @@ fn reader_agrees_with_report_on_debian_v7_file() {
     let ours = v7read::count_events(&bytes, &dat, 0).unwrap();
     assert!(ours.iter().sum::<u64>() > 0, "Debian recorded no events");
     let rep = report(&file);
-    assert_eq!(ours, dat_common::per_cpu(&rep, "", ours.len()));
+    assert_eq!(ours, rep.per_cpu("", ours.len()));
 }

@@ -3,49 +3,18 @@
 //! `trace-cmd report` without a warning and hold sched events (issue 5 item 4).
 //! Needs root, tracefs, Debian's trace-cmd and shared/tools/ftrace-sandbox.
 
-mod dat_common;
-mod listen_common;
-
-use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use dat_common::{report, TempDir, TopState, TRACE_CMD};
-use listen_common::{lock_top_buffer, Running};
+use testkit::debian::{report, sandbox, TRACE_CMD};
+use testkit::listen::Running;
+use testkit::{lock_top_buffer, Settings, TempDir};
 use tracecmd_rs::listen::{ListenConfig, Outcome, Protocol};
 use tracecmd_rs::output::reader::TraceDat;
 use tracecmd_rs::tracefs::Instance;
 
-const SANDBOX: &str = "/work/shared/tools/ftrace-sandbox";
-
-fn sandbox() -> &'static str {
-    // CI lays shared/ beside the clone; a developer has it at /work/shared.
-    ["../shared/tools/ftrace-sandbox", SANDBOX]
-        .into_iter()
-        .find(|p| Path::new(p).exists())
-        .unwrap_or_else(|| {
-            panic!(
-                "ftrace-sandbox is missing (expected {SANDBOX}); it runs Debian's trace-cmd here"
-            )
-        })
-}
-
-/// Checks that Debian's trace-cmd can run here (installed, root) and returns the
-/// absolute path of the sandbox that runs its `record`.
-fn debian_record_sandbox() -> std::path::PathBuf {
-    assert!(
-        Path::new(TRACE_CMD).exists(),
-        "{TRACE_CMD} is missing: apt-get install trace-cmd"
-    );
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "these tests run Debian's trace-cmd and need root"
-    );
-    std::fs::canonicalize(sandbox()).unwrap()
-}
-
 fn debian_client(tcp: bool, file_version: Option<&str>) {
-    let sandbox = debian_record_sandbox();
+    let sandbox = sandbox();
     let dir = TempDir::new("listen-debian");
     let l = Running::start(ListenConfig {
         dir: dir.path().to_path_buf(),
@@ -53,7 +22,7 @@ fn debian_client(tcp: bool, file_version: Option<&str>) {
     });
     let _lock = lock_top_buffer();
     let top = Instance::top().expect("tracefs is mounted");
-    let before = TopState::read(&top);
+    let before = Settings::read(&top);
     let mut cmd = Command::new(&sandbox);
     cmd.args([TRACE_CMD, "record", "-N", &format!("localhost:{}", l.port)]);
     if tcp {
@@ -175,7 +144,7 @@ fn cutting_proxy(to: u16, min_bytes: usize, idle: Duration) -> u16 {
 
 #[test]
 fn debian_client_vanishing_mid_data_leaves_a_readable_partial_file() {
-    let sandbox = debian_record_sandbox();
+    let sandbox = sandbox();
     let dir = TempDir::new("listen-debian-cut");
     let l = Running::start(ListenConfig {
         dir: dir.path().to_path_buf(),
@@ -185,7 +154,7 @@ fn debian_client_vanishing_mid_data_leaves_a_readable_partial_file() {
     let proxy = cutting_proxy(l.port, 100_000, Duration::from_millis(2500));
     let _lock = lock_top_buffer();
     let top = Instance::top().expect("tracefs is mounted");
-    let before = TopState::read(&top);
+    let before = Settings::read(&top);
     // The client may die of the cut (its CLOSE meets a closed socket): its exit
     // status is not checked, tracefs is put back in any case.
     let _ = Command::new(&sandbox)

@@ -3,15 +3,14 @@
 //! normal client afterwards (issue 5 items 1 and 4). Scripted clients of all
 //! three generations (V1, V2, V3) check the normal paths too. No root needed.
 
-mod listen_common;
-
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream, UdpSocket};
 use std::os::fd::AsFd;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use listen_common::{metadata, Running, PAGE};
+use testkit::dat::{metadata_bytes, PAGE};
+use testkit::listen::Running;
 use tracecmd_rs::listen::{ListenConfig, ListenError, Outcome, Protocol, SessionReport};
 use tracecmd_rs::msg::handshake::{self, Negotiated};
 use tracecmd_rs::msg::v1::ClientInit;
@@ -82,7 +81,7 @@ fn metadata_v3(cpus: u32) -> Vec<u8> {
 }
 
 fn metadata_v3_clock(cpus: u32, trace_clock: &str) -> Vec<u8> {
-    let mut m = metadata();
+    let mut m = metadata_bytes();
     write_options_block(&mut m, cpus, &[DatOption::trace_clock(trace_clock)]).unwrap();
     m
 }
@@ -219,7 +218,7 @@ fn v2_client_vanishing_after_metadata_leaves_a_partial_file() {
     let ch = Channel::new(s.as_fd()).with_timeout(Some(Duration::from_secs(10)));
     assert_eq!(handshake::client_negotiate(&ch).unwrap(), Negotiated::V2);
     let r = msess::send_init(&ch, 2, PAGE as u32, true).unwrap();
-    msess::send_metadata(&ch, &metadata()).unwrap();
+    msess::send_metadata(&ch, &metadata_bytes()).unwrap();
     msess::finish_metadata(&ch).unwrap();
     send_data(&r.ports, true, &[0, 2]);
     drop(s);
@@ -235,7 +234,7 @@ fn v2_client() {
         let ch = Channel::new(s.as_fd()).with_timeout(Some(Duration::from_secs(10)));
         assert_eq!(handshake::client_negotiate(&ch).unwrap(), Negotiated::V2);
         let r = msess::send_init(&ch, 2, PAGE as u32, tcp).unwrap();
-        msess::send_metadata(&ch, &metadata()).unwrap();
+        msess::send_metadata(&ch, &metadata_bytes()).unwrap();
         msess::finish_metadata(&ch).unwrap();
         send_data(&r.ports, tcp, &[2, 3]);
         msess::send_close(&ch).unwrap();
@@ -254,27 +253,19 @@ fn v1_client() {
             use_tcp: tcp,
         };
         let ports = handshake::client_v1(&ch, &init).unwrap();
-        ch.send_all(&metadata()).unwrap();
+        ch.send_all(&metadata_bytes()).unwrap();
         send_data(&ports, tcp, &[1, 2]);
         drop(s);
         expect_complete(port, &[1, 2], Protocol::V1);
     }
 }
 
-fn xorshift(x: &mut u64) -> u64 {
-    *x ^= *x << 13;
-    *x ^= *x >> 7;
-    *x ^= *x << 17;
-    *x
-}
-
 #[test]
 fn garbage_then_normal_client() {
-    let mut x = 0x1234_5678_9abc_def1u64;
+    let mut rng = testkit::Rng::new(0x1234_5678_9abc_def1);
     for _ in 0..24 {
         let (mut s, port) = connect();
-        let len = (xorshift(&mut x) % 300) as usize;
-        let junk: Vec<u8> = (0..len).map(|_| xorshift(&mut x) as u8).collect();
+        let junk = rng.bytes_below(300);
         let _ = s.write_all(&junk);
         let _ = s.shutdown(Shutdown::Write);
         expect_error(port);
@@ -313,7 +304,7 @@ fn scripts() -> Vec<Vec<u8>> {
         .unwrap(),
     );
     v2s.extend(
-        tracecmd_rs::msg::v2::Msg::SendMeta(metadata()[..50].to_vec())
+        tracecmd_rs::msg::v2::Msg::SendMeta(metadata_bytes()[..50].to_vec())
             .encode()
             .unwrap(),
     );

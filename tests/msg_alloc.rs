@@ -4,8 +4,6 @@
 //! largest single allocation and the total bytes requested while one message is
 //! decoded (from a slice) or received (from a socket).
 
-mod msg_common;
-
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::io::Write;
@@ -129,7 +127,7 @@ fn receiving_any_claimed_size_allocates_at_most_8_kib() {
         body.resize((size as usize).clamp(12, MSG_MAX_LEN) - 8, 0);
         a.write_all(&message(size, cmd, &body)).unwrap();
         drop(a);
-        let ch = msg_common::chan(&b);
+        let ch = testkit::msg::chan(&b);
         let (largest, total) = measure(|| {
             let _ = v2::recv(&ch, Wait::Timed);
         });

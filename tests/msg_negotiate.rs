@@ -2,9 +2,8 @@
 //! scripted listeners and against our own listener side, the announcement of every
 //! generation end to end, the V3 TINIT/RINIT bytes, and the V3 command table.
 
-mod msg_common;
 
-use msg_common::{chan, hex, read_n};
+use testkit::msg::{chan, hex, read_n};
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::thread;

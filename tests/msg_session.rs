@@ -1,15 +1,14 @@
 //! Handshakes and message sequences between real peers over socketpairs and TCP
 //! loopback; timeouts; fd passing; signals during blocking waits.
 
-mod msg_common;
-
-use msg_common::{chan, hex, read_n};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::thread;
 use std::time::{Duration, Instant};
+use testkit::msg::{chan, hex, read_n};
+use testkit::{Rng, TempDir};
 use tracecmd_rs::msg::handshake::{self, Negotiated, ServerHello};
 use tracecmd_rs::msg::session::{self, Initial, ManagerRequest};
 use tracecmd_rs::msg::v1::ClientInit;
@@ -655,11 +654,10 @@ fn receive_fd_without_a_descriptor_or_at_eof_is_an_error() {
 
 #[test]
 fn recv_until_eof_over_random_streams_never_panics_or_hangs() {
-    let mut rng = msg_common::Rng::new(0x5eed_0004);
+    let mut rng = Rng::new(0x5eed_0004);
     for _ in 0..2000 {
         let (mut a, b) = pair();
-        let n = rng.below(64);
-        let mut bytes = rng.bytes(n);
+        let mut bytes = rng.bytes_below(64);
         if rng.below(2) == 0 && bytes.len() >= 8 {
             bytes[..4].copy_from_slice(&(rng.below(40) as u32).to_be_bytes());
             bytes[4..8].copy_from_slice(&(rng.below(18) as u32).to_be_bytes());
@@ -679,8 +677,7 @@ fn recv_until_eof_over_random_streams_never_panics_or_hangs() {
 
 #[test]
 fn unix_connect_reaches_a_listening_socket_and_reports_a_missing_one() {
-    let dir = std::env::temp_dir().join(format!("tracecmd-rs-msg-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir::new("msg");
     let path = dir.join("sock");
     let _ = std::fs::remove_file(&path);
     let l = std::os::unix::net::UnixListener::bind(&path).unwrap();
@@ -694,7 +691,6 @@ fn unix_connect_reaches_a_listening_socket_and_reports_a_missing_one() {
     assert_eq!(e.errno(), libc::ENOENT);
     let long = dir.join("x".repeat(200));
     assert!(tracecmd_rs::transport::connect_unix(&long).is_err());
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
@@ -717,7 +713,7 @@ fn string_lists_share_a_1_mib_budget() {
 
 #[test]
 fn handshakes_over_random_streams_never_panic_or_hang() {
-    let mut rng = msg_common::Rng::new(0x5eed_0005);
+    let mut rng = Rng::new(0x5eed_0005);
     let pieces: [&[u8]; 8] = [
         b"tracecmd",
         b"-1V2\0",
@@ -732,8 +728,7 @@ fn handshakes_over_random_streams_never_panic_or_hang() {
         let mut bytes = Vec::new();
         for _ in 0..rng.below(5) {
             if rng.below(3) == 0 {
-                let n = rng.below(12);
-                bytes.extend(rng.bytes(n));
+                bytes.extend(rng.bytes_below(12));
             } else {
                 bytes.extend_from_slice(pieces[rng.below(pieces.len())]);
             }

@@ -1,9 +1,8 @@
 //! V1 text parsers and V3 framing: golden bytes, bad input, never-panic runs of
 //! at least 100,000 random and truncated inputs per dialect.
 
-mod msg_common;
-
-use msg_common::{hex, Rng};
+use testkit::msg::hex;
+use testkit::Rng;
 use tracecmd_rs::msg::v1::{
     encode_ports, parse_decimal, read_client_init, read_ports, ClientInit, SliceSource,
 };
@@ -108,20 +107,11 @@ fn v1_parsers_never_panic_on_random_and_truncated_input() {
     let mut runs = 0;
     for i in 0..120_000usize {
         let input: Vec<u8> = match i % 3 {
-            0 => {
-                let n = rng.below(40);
-                rng.bytes(n)
-            }
+            0 => rng.bytes_below(40),
             1 => (0..rng.below(40))
                 .map(|_| alphabet[rng.below(alphabet.len())])
                 .collect(),
-            _ => {
-                let mut v = valid[rng.below(valid.len())].clone();
-                rng.mutate(&mut v);
-                let cut = rng.below(v.len() + 1);
-                v.truncate(cut);
-                v
-            }
+            _ => rng.mangled(&valid),
         };
         runs += 1;
         let mut src = SliceSource::new(&input);
@@ -231,10 +221,7 @@ fn v3_decoder_never_panics_on_random_mutated_and_truncated_input() {
     let mut runs = 0;
     for i in 0..150_000usize {
         let input = match i % 3 {
-            0 => {
-                let n = rng.below(48);
-                rng.bytes(n)
-            }
+            0 => rng.bytes_below(48),
             1 => {
                 let size = [12u32, 16, 24, 28, 8192, 8193][rng.below(6)]
                     .wrapping_add(rng.below(5) as u32)
@@ -242,17 +229,10 @@ fn v3_decoder_never_panics_on_random_mutated_and_truncated_input() {
                 let mut v = size.to_be_bytes().to_vec();
                 v.extend_from_slice(&(rng.below(14) as u32).to_be_bytes());
                 v.extend_from_slice(&([0u32, 4, 12, 16, 0xffff_ffff][rng.below(5)]).to_be_bytes());
-                let n = rng.below(40);
-                v.extend(rng.bytes(n));
+                v.extend(rng.bytes_below(40));
                 v
             }
-            _ => {
-                let mut v = golden[rng.below(golden.len())].clone();
-                rng.mutate(&mut v);
-                let cut = rng.below(v.len() + 1);
-                v.truncate(cut);
-                v
-            }
+            _ => rng.mangled(&golden),
         };
         runs += 1;
         if let Ok((msg, used)) = v3::decode(&input) {

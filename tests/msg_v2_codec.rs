@@ -1,9 +1,8 @@
 //! V2/VS codec: golden bytes of spec §1.5 and §6.3, round trips, every class of bad
 //! input, and a never-panic run over random, mutated and truncated input.
 
-mod msg_common;
-
-use msg_common::{hex, Rng};
+use testkit::msg::hex;
+use testkit::Rng;
 use tracecmd_rs::msg::v2::{decode, Cmd, Msg};
 use tracecmd_rs::msg::MsgError;
 
@@ -313,10 +312,7 @@ fn decoder_never_panics_on_random_mutated_and_truncated_input() {
     let mut runs = 0usize;
     for i in 0..150_000usize {
         let input = match i % 3 {
-            0 => {
-                let n = rng.below(48);
-                rng.bytes(n)
-            }
+            0 => rng.bytes_below(48),
             1 => {
                 // A plausible header (size near a minimum, small command) + noise.
                 let size = [8u32, 12, 20, 24, 32, 8192, 8193][rng.below(7)]
@@ -325,17 +321,10 @@ fn decoder_never_panics_on_random_mutated_and_truncated_input() {
                 let cmd = rng.below(20) as u32;
                 let mut v = size.to_be_bytes().to_vec();
                 v.extend_from_slice(&cmd.to_be_bytes());
-                let n = rng.below(40);
-                v.extend(rng.bytes(n));
+                v.extend(rng.bytes_below(40));
                 v
             }
-            _ => {
-                let mut v = golden[rng.below(golden.len())].clone();
-                rng.mutate(&mut v);
-                let cut = rng.below(v.len() + 1);
-                v.truncate(cut);
-                v
-            }
+            _ => rng.mangled(&golden),
         };
         runs += 1;
         if let Ok((msg, used)) = decode(&input) {

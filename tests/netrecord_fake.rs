@@ -13,6 +13,8 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use testkit::dat::PAGE;
+use testkit::udp_ports;
 use tracecmd_rs::msg::handshake::{OK, V2_CPU, V2_MAGIC, V2_REPLY};
 use tracecmd_rs::msg::v1::{self, ChannelSource, TextSource};
 use tracecmd_rs::msg::{session, v3, Channel, MsgError, Wait};
@@ -20,25 +22,13 @@ use tracecmd_rs::netrecord::negotiate::{V3_CPU, V3_MAGIC};
 use tracecmd_rs::netrecord::{NetError, NetParams, NetSession, Proto};
 use tracecmd_rs::output::{write_options_block, DatOption, Metadata};
 
-const PAGE: usize = 4096;
-
+/// Metadata with kallsyms large enough to need several 8180-byte chunks.
 fn meta() -> Metadata {
     Metadata {
-        page_size: PAGE as u32,
-        long_size: 8,
-        header_page: b"\tfield: u64 timestamp;\toffset:0;\tsize:8;\tsigned:0;\n".to_vec(),
-        header_event: b"# compressed entry header\n".to_vec(),
-        ftrace_formats: vec![b"name: print\nID: 5\n".to_vec()],
-        systems: vec![(
-            "sched".into(),
-            vec![b"name: sched_switch\nID: 316\n".to_vec()],
-        )],
-        // Large enough to need several 8180-byte chunks.
         kallsyms: (0..3000)
             .flat_map(|i| format!("ffffffff8100{i:04x} T sym{i}\n").into_bytes())
             .collect(),
-        printk_formats: vec![],
-        cmdlines: b"1 init\n".to_vec(),
+        ..testkit::dat::metadata_with_formats()
     }
 }
 
@@ -89,18 +79,6 @@ fn recv_exact<const N: usize>(ch: &Channel<'_>) -> [u8; N] {
     let mut b = [0u8; N];
     ch.recv_exact(&mut b, Wait::Timed).unwrap();
     b
-}
-
-/// UDP sockets for `n` CPUs on loopback, and their ports.
-fn udp_ports(n: usize) -> (Vec<UdpSocket>, Vec<u32>) {
-    let socks: Vec<UdpSocket> = (0..n)
-        .map(|_| UdpSocket::bind("127.0.0.1:0").unwrap())
-        .collect();
-    let ports = socks
-        .iter()
-        .map(|s| u32::from(s.local_addr().unwrap().port()))
-        .collect();
-    (socks, ports)
 }
 
 fn page(cpu: usize) -> Vec<u8> {
@@ -446,17 +424,6 @@ fn a_silent_listener_times_out() {
     }
 }
 
-/// xorshift64*
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-}
-
 #[test]
 fn random_listener_streams_never_panic_or_hang() {
     let good = [
@@ -469,7 +436,7 @@ fn random_listener_streams_never_panic_or_hang() {
     ]
     .concat();
     let v2ish = b"tracecmdV2\0V2\0OK".to_vec();
-    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut rng = testkit::Rng::new(0x9e37_79b9_7f4a_7c15);
     for i in 0..300 {
         let base = if i % 2 == 0 { &good } else { &v2ish };
         let keep = (rng.next() as usize) % (base.len() + 1);

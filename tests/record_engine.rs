@@ -4,8 +4,6 @@
 //! guests whose agent is a scripted peer on a socket pair, with pipes as the CPU
 //! FIFOs.
 
-#[path = "dat_common/mod.rs"]
-mod dat_common;
 
 use std::fs::File;
 use std::io::Write;
@@ -15,7 +13,9 @@ use std::path::Path;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use dat_common::{instance, markers_on_cpu, report, TempDir};
+use testkit::debian::report;
+use testkit::tracefs::markers_on_cpu;
+use testkit::{instance, TempDir};
 use tracecmd_rs::msg::session;
 use tracecmd_rs::msg::v2::{self, Msg};
 use tracecmd_rs::msg::{Channel, Wait};
@@ -227,7 +227,7 @@ fn guest_data_with(selectors: &[&str], edit: impl FnOnce(&mut Metadata)) -> Gues
     let inst = instance("engguest");
     let cpus = tracefs::cpu_count(&inst).unwrap();
     let dir = TempDir::new("engguest");
-    let rec = dat_common::record(&inst, selectors, dir.path(), "guest", |i| {
+    let rec = testkit::kernel::record(&inst, selectors, dir.path(), "guest", |i| {
         markers_on_cpu(i, 0, GUEST_MARKERS)
     });
     let mut meta = Metadata::from_tracefs(&inst, &rec.events).unwrap();

@@ -2,8 +2,6 @@
 //! the same bytes: the input, in order, padded with zeros to a whole page. No kernel
 //! tracing needed.
 
-mod recorder_util;
-
 use std::fs::File;
 use std::io::Write;
 use std::os::fd::OwnedFd;
@@ -11,7 +9,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::time::Duration;
 
-use recorder_util::*;
+use testkit::{Rng, TempDir};
 use tracecmd_rs::recorder::{CpuRecorder, Input, RecordFlags};
 
 const PAGE: usize = 4096;
@@ -39,7 +37,7 @@ fn record_through_fifo(dir: &Path, name: &str, data: &[u8], flags: RecordFlags) 
         rec.finish().unwrap();
     });
     let mut w = File::options().write(true).open(&fifo).unwrap();
-    let mut rng = XorShift(0x1234_5678);
+    let mut rng = Rng::new(0x1234_5678);
     let mut off = 0;
     while off < data.len() {
         let n = ((rng.next() % 9000) as usize + 1).min(data.len() - off);
@@ -60,12 +58,12 @@ fn expected(data: &[u8]) -> Vec<u8> {
 
 #[test]
 fn fifo_splice_and_nosplice_produce_identical_output() {
-    let dir = tmpdir("fifo");
+    let dir = TempDir::new("fifo");
     for (i, len) in [0usize, 1, PAGE, 300 * 1024 + 123, 3 * 1024 * 1024 + 7]
         .into_iter()
         .enumerate()
     {
-        let data = XorShift(0x9e37_79b9 + i as u64).bytes(len);
+        let data = Rng::new(0x9e37_79b9 + i as u64).bytes(len);
         let spliced = record_through_fifo(&dir, &format!("s{i}"), &data, RecordFlags::default());
         let copied = record_through_fifo(
             &dir,
@@ -82,17 +80,16 @@ fn fifo_splice_and_nosplice_produce_identical_output() {
         );
         assert!(copied == spliced, "NOSPLICE output differs for {len} bytes");
     }
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 #[test]
 fn stop_before_start_on_a_fifo_flushes_what_is_queued() {
-    let dir = tmpdir("fifo-early");
+    let dir = TempDir::new("fifo-early");
     let fifo = dir.join("f");
     let out = dir.join("out");
     let input = open_fifo_reader(&fifo);
     let mut w = File::options().write(true).open(&fifo).unwrap();
-    let data = XorShift(77).bytes(10_000);
+    let data = Rng::new(77).bytes(10_000);
     w.write_all(&data).unwrap();
     let mut rec = CpuRecorder::to_file(Input::Fd(input), &out, 0, RecordFlags::default()).unwrap();
     rec.stop_handle().stop();
@@ -107,5 +104,4 @@ fn stop_before_start_on_a_fifo_flushes_what_is_queued() {
     want.extend_from_slice(&expected(&data));
     assert!(got == want, "got {} bytes, want {}", got.len(), want.len());
     drop(w);
-    std::fs::remove_dir_all(dir).unwrap();
 }

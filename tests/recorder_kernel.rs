@@ -1,20 +1,19 @@
 //! The recorder against the real kernel: pages and markers per CPU, max-kb bounds,
 //! stop from another thread and before start. Needs root and tracefs.
 
-mod recorder_util;
-
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use recorder_util::*;
+use testkit::ring::*;
+use testkit::TempDir;
 use tracecmd_rs::recorder::{CpuRecorder, RecordFlags};
 
 const MARKERS: usize = 3000;
 
 fn markers_per_cpu(tag: &'static str, flags: RecordFlags) {
-    let inst = instance(tag, 1024);
-    let cpus = cpus(&inst);
-    let dir = tmpdir(tag);
+    let inst = tracing_instance(tag, 1024);
+    let cpus = testkit::tracefs::usable_cpus(&inst);
+    let dir = TempDir::new(tag);
     let mut handles = Vec::new();
     let mut stops = Vec::new();
     for &cpu in &cpus {
@@ -31,7 +30,7 @@ fn markers_per_cpu(tag: &'static str, flags: RecordFlags) {
         .iter()
         .map(|&cpu| {
             let d = inst.path().to_path_buf();
-            std::thread::spawn(move || write_markers(d, tag, cpu, MARKERS))
+            std::thread::spawn(move || write_markers(&d, tag, cpu, MARKERS))
         })
         .collect();
     for w in writers {
@@ -71,7 +70,6 @@ fn markers_per_cpu(tag: &'static str, flags: RecordFlags) {
         );
     }
     drop(inst);
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 #[test]
@@ -107,7 +105,7 @@ fn max_kb_keeps_bounds(tag: &'static str, flags: RecordFlags) {
     });
     // ~ 20000 * 64 bytes = 300 pages: many times the ring.
     let d = inst.path().to_path_buf();
-    std::thread::spawn(move || write_markers(d, tag, cpu, 20000))
+    std::thread::spawn(move || write_markers(&d, tag, cpu, 20000))
         .join()
         .unwrap();
     stop.stop();
@@ -142,7 +140,6 @@ fn max_kb_keeps_bounds(tag: &'static str, flags: RecordFlags) {
     assert!(found.contains(&marker(tag, cpu, 19999)));
     assert!(!found.contains(&marker(tag, cpu, 0)));
     drop(inst);
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 #[test]
@@ -164,9 +161,7 @@ fn max_kb_ring_stays_within_bounds_nosplice() {
 #[test]
 fn stop_from_another_thread_ends_an_idle_recording() {
     let (inst, cpu, dir) = setup("xstop", 64);
-    let input = buffer_input(&inst, cpu);
-    let mut rec = CpuRecorder::to_file(input, &dir.join("out"), 0, RecordFlags::default())
-        .expect("create recorder");
+    let mut rec = recorder(&inst, cpu, &dir.join("out"));
     let stop = rec.stop_handle();
     let (tx, rx) = std::sync::mpsc::channel();
     let t = std::thread::spawn(move || {
@@ -183,17 +178,14 @@ fn stop_from_another_thread_ends_an_idle_recording() {
     assert!(done.duration_since(sent) < Duration::from_millis(500));
     t.join().unwrap();
     drop(inst);
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 #[test]
 fn stop_before_start_is_not_lost() {
     let (inst, cpu, dir) = setup("early", 256);
-    let input = buffer_input(&inst, cpu);
-    let mut rec = CpuRecorder::to_file(input, &dir.join("out"), 0, RecordFlags::default())
-        .expect("create recorder");
+    let mut rec = recorder(&inst, cpu, &dir.join("out"));
     let d = inst.path().to_path_buf();
-    std::thread::spawn(move || write_markers(d, "early", cpu, 10))
+    std::thread::spawn(move || write_markers(&d, "early", cpu, 10))
         .join()
         .unwrap();
     rec.stop();
@@ -210,7 +202,6 @@ fn stop_before_start_is_not_lost() {
     let found = markers_in(&pages, "early");
     assert_eq!(found.len(), 10, "flush at start-after-stop lost markers");
     drop(inst);
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 #[test]
@@ -232,7 +223,7 @@ fn snapshot_flag_reads_snapshot_raw() {
     } else {
         let mut rec = res.expect("create snapshot recorder");
         let d = inst.path().to_path_buf();
-        std::thread::spawn(move || write_markers(d, "snap", cpu, 50))
+        std::thread::spawn(move || write_markers(&d, "snap", cpu, 50))
             .join()
             .unwrap();
         inst.write("snapshot", "1").expect("take a snapshot");
@@ -245,7 +236,6 @@ fn snapshot_flag_reads_snapshot_raw() {
         assert_eq!(found.len(), 50, "markers missing from the snapshot");
     }
     drop(inst);
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 #[test]
@@ -266,7 +256,7 @@ fn flush_ends_while_a_writer_never_pauses() {
             let d = inst.path().to_path_buf();
             std::thread::spawn(move || {
                 while busy.load(std::sync::atomic::Ordering::SeqCst) {
-                    write_markers(d.clone(), "busy", cpu, 100);
+                    write_markers(&d, "busy", cpu, 100);
                 }
             })
         };
@@ -289,5 +279,4 @@ fn flush_ends_while_a_writer_never_pauses() {
         assert!(!markers_in(&parse_all(&data, page_size), "busy").is_empty());
     }
     drop(inst);
-    std::fs::remove_dir_all(dir).unwrap();
 }

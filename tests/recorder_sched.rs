@@ -3,12 +3,9 @@
 //! binary, because it sets an environment variable the recorder reads. Needs root
 //! and tracefs.
 
-mod recorder_util;
-
 use std::time::{Duration, Instant};
 
-use recorder_util::*;
-use tracecmd_rs::recorder::{CpuRecorder, RecordFlags};
+use testkit::ring::*;
 
 const SCHED_FIFO: u64 = 1;
 
@@ -70,9 +67,7 @@ impl Drop for StopOnDrop {
 /// after 5 s), and after.
 fn watch_recording(tag: &str, own: Option<u64>) -> [(u64, u64); 3] {
     let (inst, cpu, dir) = setup(tag, 64);
-    let input = buffer_input(&inst, cpu);
-    let mut rec = CpuRecorder::to_file(input, &dir.join("out"), 0, RecordFlags::default())
-        .expect("create recorder");
+    let mut rec = recorder(&inst, cpu, &dir.join("out"));
     let stop = rec.stop_handle();
     let (tx, rx) = std::sync::mpsc::channel();
     let mut recording = StopOnDrop(stop, None);
@@ -95,7 +90,6 @@ fn watch_recording(tag: &str, own: Option<u64>) -> [(u64, u64); 3] {
     recording.0.stop();
     let after = recording.1.take().unwrap().join().unwrap();
     drop(inst);
-    std::fs::remove_dir_all(dir).unwrap();
     [before, during, after]
 }
 

@@ -1,16 +1,14 @@
 //! Stop from a SIGINT handler in the recording thread (its own test binary: the
 //! handler is process-wide). Needs root and tracefs.
 
-mod recorder_util;
-
 use std::os::unix::thread::JoinHandleExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
-use recorder_util::*;
-use tracecmd_rs::recorder::{CpuRecorder, RecordFlags, StopHandle};
+use testkit::ring::*;
+use tracecmd_rs::recorder::StopHandle;
 
 static STOP: OnceLock<StopHandle> = OnceLock::new();
 
@@ -23,9 +21,7 @@ extern "C" fn on_sigint(_: libc::c_int) {
 #[test]
 fn sigint_handler_stops_a_busy_recording_within_100ms() {
     let (inst, cpu, dir) = setup("sigint", 1024);
-    let input = buffer_input(&inst, cpu);
-    let mut rec = CpuRecorder::to_file(input, &dir.join("out"), 0, RecordFlags::default())
-        .expect("create recorder");
+    let mut rec = recorder(&inst, cpu, &dir.join("out"));
     let stop = rec.stop_handle();
     STOP.set(stop.clone()).unwrap();
     // SA_RESTART as glibc's signal() sets it: the stop must get through regardless.
@@ -44,7 +40,7 @@ fn sigint_handler_stops_a_busy_recording_within_100ms() {
         let d = inst.path().to_path_buf();
         std::thread::spawn(move || {
             while busy.load(Ordering::SeqCst) {
-                write_markers(d.clone(), "sigint", cpu, 200);
+                write_markers(&d, "sigint", cpu, 200);
             }
         })
     };
@@ -82,5 +78,4 @@ fn sigint_handler_stops_a_busy_recording_within_100ms() {
         "nothing recorded under load"
     );
     drop(inst);
-    std::fs::remove_dir_all(dir).unwrap();
 }

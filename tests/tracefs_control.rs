@@ -1,8 +1,6 @@
 //! The tracefs control API: selector resolution and parsers on synthetic input,
 //! and enabling/restoring on a private instance of the real kernel (root).
 
-mod dat_common;
-
 use tracecmd_rs::tracefs::{
     glob_match, parse_buffer_size_kb, parse_trace_clock, resolve_events, CpuStats, EventName,
     NotMounted, TracefsError, TracefsState,
@@ -138,7 +136,7 @@ fn not_mounted_error_names_the_mount_command() {
 
 #[test]
 fn state_guard_restores_what_it_changed() {
-    let inst = dat_common::instance("guard");
+    let inst = testkit::instance("guard");
     // Known starting point, set explicitly (the machine may have stale state).
     inst.set_tracing_on(true).unwrap();
     inst.set_buffer_size_kb(64).unwrap();
@@ -194,7 +192,7 @@ fn state_guard_restores_what_it_changed() {
 
 #[test]
 fn prepare_recording_sets_exactly_the_requested_state_and_restores_it() {
-    let inst = dat_common::instance("prep");
+    let inst = testkit::instance("prep");
     inst.set_tracing_on(true).unwrap();
     inst.set_buffer_size_kb(64).unwrap();
     inst.set_trace_clock("local").unwrap();
@@ -228,7 +226,7 @@ fn prepare_recording_sets_exactly_the_requested_state_and_restores_it() {
 
 #[test]
 fn bad_requests_change_nothing() {
-    let inst = dat_common::instance("badreq");
+    let inst = testkit::instance("badreq");
     inst.set_trace_clock("local").unwrap();
     let mut state = TracefsState::new(&inst);
     let err = state.set_trace_clock("no-such-clock").unwrap_err();
@@ -262,7 +260,7 @@ fn bad_requests_change_nothing() {
 
 #[test]
 fn reads_what_trace_dat_needs() {
-    let inst = dat_common::instance("meta");
+    let inst = testkit::instance("meta");
     let hp = inst.header_page().unwrap();
     assert!(
         String::from_utf8_lossy(&hp).contains("field: char data;"),
@@ -294,32 +292,17 @@ fn reads_what_trace_dat_needs() {
     assert_eq!(u.split(' ').count(), 4);
 }
 
-/// Little xorshift PRNG for random inputs.
-struct XorShift(u64);
-impl XorShift {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn string(&mut self, max: usize) -> String {
-        const CHARS: &[u8] = b"ab:*?/[] \n_sched012\t";
-        let n = (self.next() % max as u64) as usize;
-        (0..n)
-            .map(|_| CHARS[(self.next() % CHARS.len() as u64) as usize] as char)
-            .collect()
-    }
-}
+/// Characters that make event selectors, clocks and sizes.
+const CHARS: &[u8] = b"ab:*?/[] \n_sched012\t";
 
 #[test]
 fn text_parsers_never_panic_on_random_input() {
-    let mut rng = XorShift(0x2545_f491_4f6c_dd1d);
+    let mut rng = testkit::Rng::new(0x2545_f491_4f6c_dd1d);
     let a = sample();
     for _ in 0..5000 {
-        let s = rng.string(40);
+        let s = rng.string(CHARS, 40);
         let _ = resolve_events(&a, &[&s]);
-        let _ = glob_match(&rng.string(12), &rng.string(20));
+        let _ = glob_match(&rng.string(CHARS, 12), &rng.string(CHARS, 20));
         let _ = parse_trace_clock(&s);
         let _ = parse_buffer_size_kb(&s);
         let _ = CpuStats::parse(&s);

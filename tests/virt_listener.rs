@@ -3,14 +3,14 @@
 //! FIFOs the way QEMU relays it, a manager receiving the fds, the release of an
 //! agent when its manager disappears, and the listener surviving bad peers.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use testkit::{open_rw, wait_until, TempDir};
 use tracecmd_rs::msg::session;
 use tracecmd_rs::msg::v2::{self, Msg};
 use tracecmd_rs::msg::{Channel, MsgError, Wait};
@@ -18,13 +18,14 @@ use tracecmd_rs::transport::connect_unix;
 use tracecmd_rs::virt::listener::{DomainSetup, VirtListener};
 use tracecmd_rs::virt::{with_suffix, VirtPaths};
 
-static N: AtomicUsize = AtomicUsize::new(0);
+/// How long the listener gets to act on what a test did.
+const WAIT: Duration = Duration::from_secs(10);
 
 struct Running {
     paths: VirtPaths,
     stop: Box<dyn Fn() + Send + Sync>,
     thread: Option<std::thread::JoinHandle<()>>,
-    dir: PathBuf,
+    _dir: TempDir,
 }
 
 impl Drop for Running {
@@ -33,16 +34,11 @@ impl Drop for Running {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
 fn start(domains: &[(&str, u32)]) -> Running {
-    let dir = std::env::temp_dir().join(format!(
-        "tcrs-virtl-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ));
+    let dir = TempDir::new("virtl");
     let paths = VirtPaths::new(Some(dir.join("run")), Some(dir.join("virt")));
     let doms: Vec<DomainSetup> = domains
         .iter()
@@ -60,7 +56,7 @@ fn start(domains: &[(&str, u32)]) -> Running {
         paths,
         stop,
         thread: Some(thread),
-        dir,
+        _dir: dir,
     }
 }
 
@@ -104,10 +100,6 @@ fn list(r: &Running, guests: bool) -> Vec<(String, u32)> {
     v
 }
 
-fn open_rw(p: &Path) -> File {
-    OpenOptions::new().read(true).write(true).open(p).unwrap()
-}
-
 /// The guest side of a domain's control FIFOs, as QEMU's pipe chardev relays it:
 /// the guest writes `.out` and reads `.in`.
 struct FakeAgent {
@@ -140,14 +132,6 @@ impl FakeAgent {
     }
 }
 
-fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
-    let t = Instant::now();
-    while !f() {
-        assert!(t.elapsed() < Duration::from_secs(10), "timed out: {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[test]
 fn connect_is_answered_and_listed() {
     let r = start(&[("g1", 2), ("g2", 1)]);
@@ -173,12 +157,14 @@ fn agent_is_handed_to_a_manager_and_released_when_it_disappears() {
     assert_eq!(register_dom(&r, "vm", 2).unwrap(), Msg::Ack);
     let agent = FakeAgent::new(&r, "vm");
     agent.handshake(2);
-    wait_until("agent listed", || list(&r, false) == vec![("vm".into(), 2)]);
+    wait_until("agent listed", WAIT, || {
+        list(&r, false) == vec![("vm".into(), 2)]
+    });
 
     for round in 0..3u8 {
         // After a release the agent is free again (within the listener's drain).
         let mut taken = None;
-        wait_until("agent free", || {
+        wait_until("agent free", WAIT, || {
             let m = manager(&r);
             let ch = Channel::new(m.as_fd());
             match session::connect_agent(&ch, b"vm", 0) {
@@ -215,7 +201,7 @@ fn agent_is_handed_to_a_manager_and_released_when_it_disappears() {
         cpu1.write_all(&[round; 100]).unwrap();
         let mut got = [0u8; 100];
         let mut f = File::from(fifos.into_iter().nth(1).unwrap());
-        wait_until("CPU data", || matches!(f.read(&mut got), Ok(100)));
+        wait_until("CPU data", WAIT, || matches!(f.read(&mut got), Ok(100)));
         assert_eq!(got, [round; 100]);
         // The manager dies without a word: the listener stops the agent (CLOSE)
         // and frees it for the next round.
@@ -310,7 +296,9 @@ fn random_and_truncated_streams_never_stop_the_listener() {
     std::thread::sleep(Duration::from_millis(500));
     let agent = FakeAgent::new(&r, "g");
     agent.handshake(1);
-    wait_until("agent listed", || list(&r, false) == vec![("g".into(), 1)]);
+    wait_until("agent listed", WAIT, || {
+        list(&r, false) == vec![("g".into(), 1)]
+    });
     assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
 }
 
@@ -324,7 +312,9 @@ fn a_manager_never_reads_the_agent_channel_with_the_idle_listener() {
     assert_eq!(register_dom(&r, "vm", 1).unwrap(), Msg::Ack);
     let agent = FakeAgent::new(&r, "vm");
     agent.handshake(1);
-    wait_until("agent listed", || list(&r, false) == vec![("vm".into(), 1)]);
+    wait_until("agent listed", WAIT, || {
+        list(&r, false) == vec![("vm".into(), 1)]
+    });
     // Half of a stray ACK: the listener starts reading it and waits for the rest.
     let ack = Msg::Ack.encode().unwrap();
     (&agent.to_host).write_all(&ack[..4]).unwrap();

@@ -24,6 +24,14 @@ fn bench_scripts() -> Vec<PathBuf> {
 fn no_absolute_sandbox_path() {
     let mut files = bench_scripts();
     files.push(cli_dir().join("tests/net_record.rs"));
+    for dir in ["../testkit/src", "../tests"] {
+        for e in std::fs::read_dir(cli_dir().join(dir)).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "rs") {
+                files.push(p);
+            }
+        }
+    }
     for f in files {
         let text = std::fs::read_to_string(&f).unwrap();
         for (i, line) in text.lines().enumerate() {

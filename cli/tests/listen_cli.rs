@@ -1,43 +1,19 @@
 //! `trace-cmd listen` as a program: daemon mode with a pid file and a log file
 //! serving a client, and clear errors for a busy port or a missing directory.
 
-#[path = "../../tests/dat_common/mod.rs"]
-mod dat_common;
-#[path = "../../tests/listen_common/mod.rs"]
-mod listen_common;
-
 use std::net::{Ipv6Addr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::AsFd;
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use dat_common::TempDir;
-use listen_common::{metadata, PAGE};
+use testkit::dat::{metadata_bytes, PAGE};
+use testkit::{free_port, wait_until, TempDir};
 use tracecmd_rs::msg::handshake::{self, Negotiated};
 use tracecmd_rs::msg::{session as msess, Channel};
 use tracecmd_rs::output::reader::TraceDat;
 
 const BIN: &str = env!("CARGO_BIN_EXE_trace-cmd");
-
-fn free_port() -> u16 {
-    TcpListener::bind((Ipv6Addr::UNSPECIFIED, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn wait_for(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
-    let end = Instant::now() + within;
-    while !f() {
-        assert!(
-            Instant::now() < end,
-            "{what} did not happen within {within:?}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 /// Kills the daemon (by its pid, which this test started) when dropped.
 struct Daemon(i32);
@@ -68,7 +44,7 @@ fn daemon_serves_a_v2_client_and_logs_to_the_file() {
         String::from_utf8_lossy(&out.stderr)
     );
     let pid_file = dir.path().join("trace-cmd-net.pid");
-    wait_for("the pid file", Duration::from_secs(5), || {
+    wait_until("the pid file", Duration::from_secs(5), || {
         std::fs::read_to_string(&pid_file).is_ok_and(|s| s.ends_with('\n'))
     });
     let pid: i32 = std::fs::read_to_string(&pid_file)
@@ -86,7 +62,7 @@ fn daemon_serves_a_v2_client_and_logs_to_the_file() {
     let ch = Channel::new(s.as_fd()).with_timeout(Some(Duration::from_secs(10)));
     assert_eq!(handshake::client_negotiate(&ch).unwrap(), Negotiated::V2);
     let r = msess::send_init(&ch, 1, PAGE as u32, false).unwrap();
-    msess::send_metadata(&ch, &metadata()).unwrap();
+    msess::send_metadata(&ch, &metadata_bytes()).unwrap();
     msess::finish_metadata(&ch).unwrap();
     let u = UdpSocket::bind("127.0.0.1:0").unwrap();
     u.connect(("127.0.0.1", r.ports[0] as u16)).unwrap();
@@ -94,7 +70,7 @@ fn daemon_serves_a_v2_client_and_logs_to_the_file() {
     msess::send_close(&ch).unwrap();
     drop(s);
 
-    wait_for("the session's log line", Duration::from_secs(10), || {
+    wait_until("the session's log line", Duration::from_secs(10), || {
         std::fs::read_to_string(&log).is_ok_and(|l| l.contains("session complete"))
     });
     let text = std::fs::read_to_string(&log).unwrap();

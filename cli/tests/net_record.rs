@@ -9,22 +9,17 @@
 //! take the top-buffer lock shared with the listener tests, and check that the
 //! top-level settings they touch are restored.
 
-#[path = "../../tests/dat_common/mod.rs"]
-mod dat_common;
-#[path = "../../tests/listen_common/mod.rs"]
-mod listen_common;
-
 use std::io::{Read, Write};
 use std::net::{Ipv6Addr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use dat_common::TempDir;
-use tracecmd_rs::tracefs::{EventName, Instance};
+use testkit::debian::{sandbox, try_report, TRACE_CMD};
+use testkit::{free_port, lock_top_buffer, Killed, Settings, TempDir};
+use tracecmd_rs::tracefs::Instance;
 
 const BIN: &str = env!("CARGO_BIN_EXE_trace-cmd");
-const DEBIAN: &str = "/usr/bin/trace-cmd";
 fn require_root() -> Instance {
     assert!(
         nix::unistd::geteuid().is_root(),
@@ -33,33 +28,6 @@ fn require_root() -> Instance {
     let top = Instance::top().expect("tracefs must be mounted for network recording tests");
     assert!(top.path().join("per_cpu").is_dir(), "no per_cpu in tracefs");
     top
-}
-
-/// What record may change on the top buffer, to compare before and after.
-#[derive(Debug, PartialEq)]
-struct TopSettings {
-    tracing_on: bool,
-    events: Vec<EventName>,
-    clock: String,
-    buffer_kb: u64,
-}
-
-fn top_settings(top: &Instance) -> TopSettings {
-    TopSettings {
-        tracing_on: top.tracing_on().unwrap(),
-        events: top.enabled_events().unwrap(),
-        clock: top.trace_clock().unwrap().0,
-        buffer_kb: top.buffer_size_kb().unwrap(),
-    }
-}
-
-/// A TCP port that nothing listens on right now.
-fn free_port() -> u16 {
-    TcpListener::bind((Ipv6Addr::UNSPECIFIED, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -72,7 +40,7 @@ enum Peer {
 
 /// A listener process in its own output directory; killed (by its pid) on drop.
 struct Listener {
-    child: Child,
+    child: Killed,
     dir: TempDir,
     port: u16,
 }
@@ -82,7 +50,7 @@ impl Listener {
         let dir = TempDir::new("net-record");
         let port = free_port();
         let prog = match peer {
-            Peer::Debian => DEBIAN,
+            Peer::Debian => TRACE_CMD,
             Peer::Rust | Peer::RustVirt => BIN,
         };
         assert!(
@@ -115,7 +83,11 @@ impl Listener {
             assert!(Instant::now() < end, "{prog} listen did not bind {port}");
             std::thread::sleep(Duration::from_millis(20));
         }
-        Listener { child, dir, port }
+        Listener {
+            child: Killed(child),
+            dir,
+            port,
+        }
     }
 
     /// The finished trace.dat: one `.dat` file and no per-CPU temp files left.
@@ -150,44 +122,27 @@ impl Listener {
 
     fn output(&mut self) -> String {
         let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::unistd::Pid::from_raw(self.child.0.id() as i32),
             nix::sys::signal::Signal::SIGINT,
         );
         let mut s = String::new();
-        if let Some(o) = self.child.stdout.as_mut() {
+        if let Some(o) = self.child.0.stdout.as_mut() {
             let _ = o.read_to_string(&mut s);
         }
-        if let Some(e) = self.child.stderr.as_mut() {
+        if let Some(e) = self.child.0.stderr.as_mut() {
             let _ = e.read_to_string(&mut s);
         }
         s
     }
 }
 
-impl Drop for Listener {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// `trace-cmd report`'s output if it succeeded and shows sched_switch events.
 fn report(dat: &Path) -> Result<String, String> {
-    let out = Command::new(DEBIAN)
-        .arg("report")
-        .arg("-i")
-        .arg(dat)
-        .output()
-        .expect("run trace-cmd report");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    if !out.status.success() || !stdout.contains("sched_switch:") {
-        return Err(format!(
-            "{}{}",
-            stdout,
-            String::from_utf8_lossy(&out.stderr)
-        ));
+    let r = try_report(dat)?;
+    if !r.stdout.contains("sched_switch:") {
+        return Err(format!("no sched_switch: {}{}", r.stdout, r.stderr));
     }
-    Ok(stdout)
+    Ok(r.stdout)
 }
 
 fn record_net(target: &str, extra: &[&str]) -> Output {
@@ -216,14 +171,14 @@ enum Client {
 /// with report: the traced command's switches are in the file, tracefs restored.
 fn roundtrip_from(client: Client, peer: Peer, extra: &[&str]) {
     let top = require_root();
-    let _lock = listen_common::lock_top_buffer();
-    let before = top_settings(&top);
+    let _lock = lock_top_buffer();
+    let before = Settings::read(&top);
     let mut l = Listener::start(peer);
     let target = format!("127.0.0.1:{}", l.port);
     let out = match client {
         Client::Rust => record_net(&target, extra),
         Client::Debian => Command::new(sandbox())
-            .args([DEBIAN, "record", "-N", &target])
+            .args([TRACE_CMD, "record", "-N", &target])
             .args(extra)
             .args(["-e", "sched:sched_switch", "--"])
             .args(["sh", "-c", "sleep 0.05; sleep 0.05; sleep 0.05"])
@@ -235,7 +190,7 @@ fn roundtrip_from(client: Client, peer: Peer, extra: &[&str]) {
         out.status.success(),
         "{client:?} record -N {extra:?} to {peer:?} failed: {stderr}"
     );
-    assert_eq!(top_settings(&top), before, "tracefs not restored");
+    assert_eq!(Settings::read(&top), before, "tracefs not restored");
     let dat = l.wait_for_file();
     let text = report(&dat).unwrap();
     // The traced command ran while recording: its switches are in the file.
@@ -262,19 +217,6 @@ fn debian_listener_forced_v1() {
     // Our V1 metadata runs through cmdlines, so even a 3.x listener's V1 path
     // can build the file (doc §7.2).
     roundtrip(Peer::Debian, &["--proto", "1"]);
-}
-
-/// Debian's `trace-cmd` run inside `shared/tools/ftrace-sandbox` (which masks the
-/// function-tracer files this kernel refuses), as a record client.
-fn sandbox() -> PathBuf {
-    // shared/ lies beside the repository (in CI and for a developer alike).
-    let beside = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/tools/ftrace-sandbox");
-    assert!(
-        beside.exists(),
-        "{} is missing: it runs Debian's trace-cmd record here",
-        beside.display()
-    );
-    beside
 }
 
 /// The reference cell of the interop matrix: Debian client to Debian listener,
@@ -310,21 +252,21 @@ fn rust_listener_every_protocol_udp_and_tcp() {
 #[test]
 fn forced_v2_against_debian_says_what_the_listener_speaks() {
     let top = require_root();
-    let _lock = listen_common::lock_top_buffer();
-    let before = top_settings(&top);
+    let _lock = lock_top_buffer();
+    let before = Settings::read(&top);
     let l = Listener::start(Peer::Debian);
     let out = record_net(&format!("127.0.0.1:{}", l.port), &["--proto", "2"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("V3"), "{err}");
-    assert_eq!(top_settings(&top), before, "tracefs not restored");
+    assert_eq!(Settings::read(&top), before, "tracefs not restored");
 }
 
 #[test]
 fn missing_or_garbage_listener_fails_cleanly_and_restores_tracefs() {
     let top = require_root();
-    let _lock = listen_common::lock_top_buffer();
-    let before = top_settings(&top);
+    let _lock = lock_top_buffer();
+    let before = Settings::read(&top);
 
     let port = free_port();
     let start = Instant::now();
@@ -332,7 +274,7 @@ fn missing_or_garbage_listener_fails_cleanly_and_restores_tracefs() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&format!("127.0.0.1:{port}")), "{err}");
-    assert_eq!(top_settings(&top), before, "tracefs not restored");
+    assert_eq!(Settings::read(&top), before, "tracefs not restored");
 
     // A listener that sends garbage and then says nothing.
     let garbage = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -347,7 +289,7 @@ fn missing_or_garbage_listener_fails_cleanly_and_restores_tracefs() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("not a trace-cmd server"), "{err}");
     server.join().unwrap();
-    assert_eq!(top_settings(&top), before, "tracefs not restored");
+    assert_eq!(Settings::read(&top), before, "tracefs not restored");
 
     // A listener that accepts and stays silent: the 5 s message timeout ends it.
     let silent = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -369,7 +311,7 @@ fn missing_or_garbage_listener_fails_cleanly_and_restores_tracefs() {
     assert!(err.contains("no complete message"), "{err}");
     assert!(start.elapsed() < Duration::from_secs(30));
     drop(silent);
-    assert_eq!(top_settings(&top), before, "tracefs not restored");
+    assert_eq!(Settings::read(&top), before, "tracefs not restored");
 
     // Options that need -N are refused without it.
     let out = Command::new(BIN)
@@ -384,8 +326,8 @@ fn a_listener_that_goes_away_ends_the_recording_with_an_error() {
     use std::os::fd::AsFd;
     use tracecmd_rs::msg::{v3, Channel, Wait};
     let top = require_root();
-    let _lock = listen_common::lock_top_buffer();
-    let before = top_settings(&top);
+    let _lock = lock_top_buffer();
+    let before = Settings::read(&top);
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = l.local_addr().unwrap();
     let server = std::thread::spawn(move || {
@@ -402,13 +344,7 @@ fn a_listener_that_goes_away_ends_the_recording_with_an_error() {
             v3::Msg::TInit { cpus, .. } => cpus as usize,
             m => panic!("expected TINIT, got {m:?}"),
         };
-        let socks: Vec<std::net::UdpSocket> = (0..cpus)
-            .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").unwrap())
-            .collect();
-        let ports = socks
-            .iter()
-            .map(|u| u32::from(u.local_addr().unwrap().port()))
-            .collect();
+        let (socks, ports) = testkit::udp_ports(cpus);
         v3::send(&ch, &v3::Msg::RInit { ports }).unwrap();
         while v3::recv(&ch, Wait::Timed).unwrap() != v3::Msg::FinData {}
         // Recording has started; the listener now vanishes.
@@ -436,5 +372,5 @@ fn a_listener_that_goes_away_ends_the_recording_with_an_error() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("closed the connection"), "{err}");
-    assert_eq!(top_settings(&top), before, "tracefs not restored");
+    assert_eq!(Settings::read(&top), before, "tracefs not restored");
 }

@@ -4,51 +4,22 @@
 //! Each test records into its own private instance (`-B`), created and removed by
 //! the test, so tracefs is left as found.
 
-#[path = "../../tests/dat_common/mod.rs"]
-mod dat_common;
-
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use dat_common::{per_cpu, report, TempDir};
+use testkit::debian::report;
+use testkit::tracefs::markers_on_cpu;
+use testkit::{instance_name, Settings, TempDir};
 use tracecmd_rs::output::reader::TraceDat;
 use tracecmd_rs::tracefs::{self, Instance};
 
 const BIN: &str = env!("CARGO_BIN_EXE_trace-cmd");
 
-fn name_of(inst: &Instance) -> String {
-    inst.path()
-        .file_name()
-        .unwrap()
-        .to_string_lossy()
-        .into_owned()
-}
-
-/// The instance settings record may change, to compare before and after.
-#[derive(Debug, PartialEq)]
-struct Settings {
-    events: Vec<tracefs::EventName>,
-    tracing_on: bool,
-    buffer_kb: u64,
-    clock: String,
-    tracer: String,
-}
-
-fn settings(inst: &Instance) -> Settings {
-    Settings {
-        events: inst.enabled_events().unwrap(),
-        tracing_on: inst.tracing_on().unwrap(),
-        buffer_kb: inst.buffer_size_kb().unwrap(),
-        clock: inst.trace_clock().unwrap().0,
-        tracer: inst.current_tracer().unwrap(),
-    }
-}
-
 /// A private instance in a known state.
 fn fresh(tag: &str) -> Instance {
-    let inst = dat_common::instance(tag);
+    let inst = testkit::instance(tag);
     inst.set_buffer_size_kb(1024).unwrap();
     inst.set_trace_clock("local").unwrap();
     inst.set_tracing_on(false).unwrap();
@@ -59,7 +30,7 @@ fn record(inst: &Instance, args: &[&str]) -> Output {
     Command::new(BIN)
         .arg("record")
         .arg("-B")
-        .arg(name_of(inst))
+        .arg(instance_name(inst))
         .args(args)
         .output()
         .expect("run trace-cmd record")
@@ -101,7 +72,7 @@ fn cpustat_recorded(file: &Path) -> Vec<u64> {
 /// exactly `want` events; our reader must agree.
 fn check(file: &Path, buffer: &str, want: &[u64]) {
     let rep = report(file);
-    assert_eq!(per_cpu(&rep, buffer, want.len()), want, "report vs kernel");
+    assert_eq!(rep.per_cpu(buffer, want.len()), want, "report vs kernel");
     let bytes = std::fs::read(file).unwrap();
     let dat = TraceDat::parse(&bytes).unwrap();
     let idx = dat.buffers.iter().position(|b| b.name == buffer).unwrap();
@@ -142,7 +113,7 @@ fn record_sched_with_a_command() {
     // An event enabled beforehand is off during the recording and on again after.
     let timer = inst.resolve_events(&["timer:hrtimer_start"]).unwrap();
     inst.set_event_enabled(&timer[0], true).unwrap();
-    let before = settings(&inst);
+    let before = Settings::read(&inst);
     let dir = TempDir::new("cmd");
     let file = dir.path().join("t.dat");
     let out = record(
@@ -170,10 +141,10 @@ fn record_sched_with_a_command() {
         stdout.contains("entries: ") && stdout.contains("commit overrun: "),
         "{stdout}"
     );
-    assert_eq!(settings(&inst), before, "tracefs not restored");
+    assert_eq!(Settings::read(&inst), before, "tracefs not restored");
     // Restoring the clock reset the instance's counters, so take the kernel's
     // stats as record stored them (CPUSTAT options, read when recording ended).
-    check(&file, &name_of(&inst), &cpustat_recorded(&file));
+    check(&file, &instance_name(&inst), &cpustat_recorded(&file));
     let rep = report(&file);
     assert!(
         rep.stdout.contains("sleep"),
@@ -254,14 +225,14 @@ fn record_max_kb_keeps_the_newest_data() {
     let idx = dat
         .buffers
         .iter()
-        .position(|b| b.name == name_of(&inst))
+        .position(|b| b.name == instance_name(&inst))
         .unwrap();
     for &(_, size) in &dat.buffers[idx].cpu_data {
         assert!(size <= 16 * 1024, "a CPU kept {size} bytes with -m 16");
     }
     let ours = dat.count_events(&bytes, idx).unwrap();
     let rep = report(&file);
-    assert_eq!(per_cpu(&rep, &name_of(&inst), ours.len()), ours);
+    assert_eq!(rep.per_cpu(&instance_name(&inst), ours.len()), ours);
     let kernel: u64 = kernel_recorded(&inst).iter().sum();
     assert!(ours.iter().sum::<u64>() < kernel, "-m dropped nothing");
     assert!(
@@ -336,7 +307,7 @@ impl Drop for SmallFs {
 
 fn check_disk_full(size: &str, markers: usize) {
     let inst = fresh("full");
-    let before = settings(&inst);
+    let before = Settings::read(&inst);
     let fs = SmallFs::new("full", size);
     let file = fs.mount.join("t.dat");
     let script = format!(
@@ -364,7 +335,7 @@ fn check_disk_full(size: &str, markers: usize) {
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let err = stderr(&out);
     assert!(err.contains("No space left on device"), "{err}");
-    assert_eq!(settings(&inst), before);
+    assert_eq!(Settings::read(&inst), before);
     // Either no file at all (said so) or a valid one.
     let left: Vec<_> = std::fs::read_dir(&fs.mount)
         .unwrap()
@@ -406,11 +377,19 @@ fn disk_full_while_writing_trace_dat() {
 fn ctrl_c_at_any_moment_leaves_tracefs_as_found() {
     for (i, delay_ms) in [0u64, 2, 10, 30, 80, 200].into_iter().enumerate() {
         let inst = fresh(&format!("anytime{i}"));
-        let before = settings(&inst);
+        let before = Settings::read(&inst);
         let dir = TempDir::new("anytime");
         let file = dir.path().join("t.dat");
         let mut child = Command::new(BIN)
-            .args(["record", "-q", "-B", &name_of(&inst), "-e", "sched", "-o"])
+            .args([
+                "record",
+                "-q",
+                "-B",
+                &instance_name(&inst),
+                "-e",
+                "sched",
+                "-o",
+            ])
             .arg(&file)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -427,7 +406,7 @@ fn ctrl_c_at_any_moment_leaves_tracefs_as_found() {
             stderr(&out)
         );
         assert_eq!(
-            settings(&inst),
+            Settings::read(&inst),
             before,
             "delay {delay_ms}ms: tracefs not restored"
         );
@@ -449,7 +428,7 @@ fn live_line_on_a_terminal_and_debug_logging() {
     );
     let cmd = format!(
         "{BIN} record --debug -B {} -e sched:sched_switch -o {} /bin/sleep 1.3",
-        name_of(&inst),
+        instance_name(&inst),
         file.display()
     );
     let out = Command::new("/usr/bin/script")
@@ -488,7 +467,7 @@ fn live_line_on_a_terminal_and_debug_logging() {
 #[test]
 fn record_all_events() {
     let inst = fresh("all");
-    let before = settings(&inst);
+    let before = Settings::read(&inst);
     let dir = TempDir::new("all");
     let file = dir.path().join("t.dat");
     let out = record(
@@ -496,7 +475,7 @@ fn record_all_events() {
         &["-q", "-e", "all", "-o", file.to_str().unwrap(), "/bin/true"],
     );
     assert!(out.status.success(), "{}", stderr(&out));
-    assert_eq!(settings(&inst), before, "tracefs not restored");
+    assert_eq!(Settings::read(&inst), before, "tracefs not restored");
     let bytes = std::fs::read(&file).unwrap();
     let dat = TraceDat::parse(&bytes).unwrap();
     assert!(
@@ -506,11 +485,11 @@ fn record_all_events() {
     let idx = dat
         .buffers
         .iter()
-        .position(|b| b.name == name_of(&inst))
+        .position(|b| b.name == instance_name(&inst))
         .unwrap();
     let ours = dat.count_events(&bytes, idx).unwrap();
     let rep = report(&file);
-    assert_eq!(per_cpu(&rep, &name_of(&inst), ours.len()), ours);
+    assert_eq!(rep.per_cpu(&instance_name(&inst), ours.len()), ours);
     assert!(
         !rep.stdout.contains("UNKNOWN EVENT"),
         "an event without its format"
@@ -521,7 +500,7 @@ fn record_all_events() {
 /// every needle in the error, the instance unchanged and no file written.
 fn assert_refused(tag: &str, args: &[&str], needles: &[&str]) {
     let inst = fresh(tag);
-    let before = settings(&inst);
+    let before = Settings::read(&inst);
     let dir = TempDir::new(tag);
     let file = dir.path().join("t.dat");
     let mut all: Vec<&str> = vec!["-o", file.to_str().unwrap()];
@@ -532,7 +511,7 @@ fn assert_refused(tag: &str, args: &[&str], needles: &[&str]) {
     for n in needles {
         assert!(err.contains(n), "error lacks {n:?}: {err}");
     }
-    assert_eq!(settings(&inst), before, "tracefs changed");
+    assert_eq!(Settings::read(&inst), before, "tracefs changed");
     assert!(!file.exists(), "a file was written");
 }
 
@@ -567,7 +546,7 @@ fn missing_command_is_an_error_before_anything_changes() {
 /// Starts `record -q -B <inst> ARGS -o FILE [COMMAND]` and waits until it records.
 fn spawn_recording(inst: &Instance, args: &[&str], file: &Path, command: &[&str]) -> Child {
     let child = Command::new(BIN)
-        .args(["record", "-q", "-B", &name_of(inst)])
+        .args(["record", "-q", "-B", &instance_name(inst)])
         .args(args)
         .arg("-o")
         .arg(file)
@@ -597,20 +576,20 @@ fn interrupt_and_check(inst: &Instance, mut child: Child, file: &Path, before: &
         "{}",
         stderr(&child.wait_with_output().unwrap())
     );
-    assert_eq!(&settings(inst), before, "tracefs not restored");
-    check(file, &name_of(inst), &kernel_recorded(inst));
+    assert_eq!(&Settings::read(inst), before, "tracefs not restored");
+    check(file, &instance_name(inst), &kernel_recorded(inst));
 }
 
 #[test]
 fn record_until_ctrl_c_several_systems() {
     let inst = fresh("ctrlc");
-    let before = settings(&inst);
+    let before = Settings::read(&inst);
     let dir = TempDir::new("ctrlc");
     let file = dir.path().join("t.dat");
     let events = ["-e", "sched:sched_switch", "-e", "timer", "-e", "irq"];
     let child = spawn_recording(&inst, &events, &file, &[]);
     for cpu in 0..tracefs::cpu_count(&inst).unwrap() {
-        dat_common::markers_on_cpu(&inst, cpu, 200);
+        markers_on_cpu(&inst, cpu, 200);
     }
     std::thread::sleep(Duration::from_millis(100));
     interrupt_and_check(&inst, child, &file, &before);
@@ -625,7 +604,7 @@ fn record_until_ctrl_c_several_systems() {
 #[test]
 fn ctrl_c_ends_the_command_and_the_recording() {
     let inst = fresh("cmdint");
-    let before = settings(&inst);
+    let before = Settings::read(&inst);
     let dir = TempDir::new("cmdint");
     let file = dir.path().join("t.dat");
     let child = spawn_recording(&inst, &["-e", "sched"], &file, &["/bin/sleep", "60"]);
@@ -648,7 +627,7 @@ fn record_raises_its_file_limit_but_not_the_commands() {
     let script = format!(
         "ulimit -Sn 512 && exec {BIN} record -B {} -e sched:sched_switch -o {} \
          /bin/sh -c 'ulimit -Sn > {}; sleep 1'",
-        name_of(&inst),
+        instance_name(&inst),
         file.display(),
         seen.display()
     );

@@ -8,8 +8,6 @@
 //! forks a bridge that inherits the socket and holds it open without a word. Its
 //! GLIST lists the registered guests; with none, it may close without FINISH.
 
-#[path = "../../tests/dat_common/mod.rs"]
-mod dat_common;
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -20,7 +18,7 @@ use std::process::{Child, Command, Output};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use dat_common::TempDir;
+use testkit::TempDir;
 use tracecmd_rs::msg::session::{self, ManagerRequest};
 use tracecmd_rs::msg::v2::{self, Msg};
 use tracecmd_rs::msg::{Channel, Wait};

@@ -7,41 +7,22 @@
 //! Also the failure cases of item 6: the agent dying mid-recording, and a manager
 //! that disappears.
 
-#[path = "../../tests/dat_common/mod.rs"]
-mod dat_common;
-
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
 
-use dat_common::{report, TempDir};
 use nix::sys::signal::Signal;
 use nix::sys::termios;
 use std::os::unix::process::CommandExt;
+use testkit::debian::report;
+use testkit::{instance_name, open_rw, wait_until, Killed, TempDir};
 use tracecmd_rs::tracefs::Instance;
 
 const BIN: &str = env!("CARGO_BIN_EXE_trace-cmd");
 const PORTS: [&str; 3] = ["agent-ctl-path", "trace-path-cpu0", "trace-path-cpu1"];
-
-fn name_of(inst: &Instance) -> String {
-    inst.path()
-        .file_name()
-        .unwrap()
-        .to_string_lossy()
-        .into_owned()
-}
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// A listener, a registered domain `vm` with 2 CPUs, the PTY bridge and an agent.
 struct Sim {
@@ -56,18 +37,6 @@ fn tc(sim: &Sim) -> Command {
     c.env("TRACE_CMD_RUN_DIR", sim.dir.path().join("run"))
         .env("TRACE_CMD_VIRT_DIR", sim.dir.path().join("virt"));
     c
-}
-
-fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
-    let t = Instant::now();
-    while !f() {
-        assert!(t.elapsed() < limit, "timed out after {limit:?}: {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn open_rw(p: &Path) -> File {
-    OpenOptions::new().read(true).write(true).open(p).unwrap()
 }
 
 /// Copies `from` to `to` until either side fails (a PTY master reads EIO once
@@ -159,7 +128,7 @@ impl Sim {
 
 /// A private instance, not tracing until a recording turns it on.
 fn quiet_instance(tag: &str) -> Instance {
-    let inst = dat_common::instance(tag);
+    let inst = testkit::instance(tag);
     inst.set_tracing_on(false).unwrap();
     inst.set_buffer_size_kb(512).unwrap();
     inst
@@ -202,10 +171,10 @@ fn record_a_as(
     script: &str,
 ) -> Command {
     let mut c = tc(sim);
-    c.args(["record", "-q", "-B", &name_of(host)])
+    c.args(["record", "-q", "-B", &instance_name(host)])
         .args(["-e", "sched:sched_kthread_stop", "-o"])
         .arg(file)
-        .args(["-A", spec, "-B", &name_of(guest)])
+        .args(["-A", spec, "-B", &instance_name(guest)])
         .args(["-e", "sched:sched_kthread_stop", "/bin/sh", "-c", script]);
     c
 }
@@ -246,7 +215,7 @@ fn record_a_simulated_guest_with_the_host() {
     let rep = report(&file).stdout;
     assert_eq!(
         buffer_of(&rep, "tcrs-HOST-MARK").as_deref(),
-        Some(name_of(host).as_str()),
+        Some(instance_name(host).as_str()),
         "host marker not in the host buffer:\n{rep}"
     );
     assert_eq!(
@@ -276,7 +245,7 @@ fn record_a_simulated_guest_with_the_host() {
             "-A",
             "vm",
             "-B",
-            &name_of(guest),
+            &instance_name(guest),
             "-e",
             "sched:sched_kthread_stop",
         ])
