@@ -505,7 +505,10 @@ fn metadata_parser_on_every_truncation() {
             assert_eq!(parse_all(&f), parse_all(p), "cut at {n}");
         }
     }
-    assert_eq!(Metadata::parse(&b[..meta_len]).unwrap(), metadata_with_formats());
+    assert_eq!(
+        Metadata::parse(&b[..meta_len]).unwrap(),
+        metadata_with_formats()
+    );
 }
 
 #[test]

@@ -2,7 +2,6 @@
 //! instances, read back by our reader and by Debian's `trace-cmd report`.
 //! Needs root, tracefs and /usr/bin/trace-cmd (3.1.6).
 
-
 use std::path::Path;
 
 use testkit::debian::report;

@@ -5,7 +5,6 @@
 //! time, in bursts, and from the real recorder) and a full disk. Needs root,
 //! tracefs and /usr/bin/trace-cmd (3.1.6).
 
-
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -2,11 +2,10 @@
 //! scripted listeners and against our own listener side, the announcement of every
 //! generation end to end, the V3 TINIT/RINIT bytes, and the V3 command table.
 
-
-use testkit::msg::{chan, hex, read_n};
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::thread;
+use testkit::msg::{chan, hex, read_n};
 use tracecmd_rs::msg::negotiate::{self, Hello, Negotiated, Proto};
 use tracecmd_rs::msg::v1::ClientInit;
 use tracecmd_rs::msg::v3::{self, Cmd};

@@ -4,7 +4,6 @@
 //! guests whose agent is a scripted peer on a socket pair, with pipes as the CPU
 //! FIFOs.
 
-
 use std::fs::File;
 use std::io::Write;
 use std::os::fd::{AsFd, OwnedFd};

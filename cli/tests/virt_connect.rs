@@ -8,7 +8,6 @@
 //! forks a bridge that inherits the socket and holds it open without a word. Its
 //! GLIST lists the registered guests; with none, it may close without FINISH.
 
-
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::os::fd::{AsFd, OwnedFd};

@@ -365,9 +365,8 @@ pub fn event_types(events: &[EventName]) -> String {
     let mut systems: Vec<&str> = events.iter().map(|e| e.system.as_str()).collect();
     systems.sort_unstable();
     systems.dedup();
-    let plural = |n: usize, one: &str, many: &str| {
-        format!("{n} {}", if n == 1 { one } else { many })
-    };
+    let plural =
+        |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
     format!(
         "{} of {}",
         plural(events.len(), "event type", "event types"),

@@ -208,4 +208,3 @@ pub fn debian_record(file: &Path, args: &[&str]) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
-
