@@ -28,6 +28,7 @@
 pub mod channel;
 pub mod handshake;
 pub mod session;
+pub mod tsync;
 pub mod v1;
 pub mod v2;
 pub mod v3;

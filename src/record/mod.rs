@@ -23,6 +23,7 @@
 mod cpus;
 pub mod guest;
 mod session;
+pub mod tsync;
 mod writer;
 
 pub use cpus::{CpuFailure, CpuRecorderSet};
