@@ -134,7 +134,9 @@ fn private_instance_into_a_file() {
     }
     assert!(!s.finished_early());
     assert!(!s.peer_gone());
-    let Recorded { host_ranges, stats } = s.finish().unwrap();
+    let Recorded {
+        host_ranges, stats, ..
+    } = s.finish().unwrap();
     assert_eq!(files_in(dir.path()), vec!["t.dat".to_string()]);
     assert!(inst.enabled_events().unwrap().is_empty(), "events put back");
     assert_eq!(stats.len(), cpus);

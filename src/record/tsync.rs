@@ -17,8 +17,12 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::msg::tsync::{self as wire, TsyncMsg};
@@ -540,6 +544,133 @@ impl std::fmt::Display for TsyncSummary {
             )?;
         }
         Ok(())
+    }
+}
+
+/// How `record -A` syncs guest clocks (`--tsync-interval`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TsyncConfig {
+    /// Time between rounds while recording; `None`: only before and at the end.
+    pub interval: Option<Duration>,
+    /// The host's trace clock (of the buffer it records).
+    pub host_clock: String,
+}
+
+/// One guest's clock sync while it records: the first round before the guest's
+/// data counts, then a thread that runs a round every interval.
+#[derive(Debug)]
+pub struct ClockSync {
+    guest_clock: String,
+    host_clock: String,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<SyncState>>,
+}
+
+#[derive(Debug)]
+struct SyncState {
+    host: TraceClock,
+    points: Vec<SyncPoint>,
+    failed: Option<TsyncError>,
+}
+
+/// What a guest's clock sync gives the file and the summary.
+#[derive(Debug)]
+pub struct GuestClock {
+    /// The guest's trace clock.
+    pub guest_clock: String,
+    /// The host's.
+    pub host_clock: String,
+    /// The mapping.
+    pub correction: Correction,
+    /// A round that failed (the rounds before it still count).
+    pub failed: Option<TsyncError>,
+}
+
+impl ClockSync {
+    /// Offers sync to the agent on `agent` and, when it accepts, runs the first
+    /// round and starts the periodic ones. `Ok(None)`: the agent did not answer
+    /// (a peer that does not know the exchange), nothing changes.
+    pub fn start(agent: &OwnedFd, cfg: &TsyncConfig) -> Result<Option<ClockSync>, TsyncError> {
+        // The host's clock first: an offer the host cannot follow is not made.
+        let mut host = TraceClock::open(&cfg.host_clock)?;
+        let ch = Channel::new(agent.as_fd());
+        let Some(guest_clock) = offer(&ch, OFFER_WAIT)? else {
+            return Ok(None);
+        };
+        let first = round(&ch, &mut host)?;
+        let fd = agent.try_clone().map_err(MsgError::Io)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        let interval = cfg.interval;
+        let thread = std::thread::Builder::new()
+            .name("tsync".into())
+            .spawn(move || {
+                let mut st = SyncState {
+                    host,
+                    points: vec![first],
+                    failed: None,
+                };
+                let Some(every) = interval else { return st };
+                let ch = Channel::new(fd.as_fd());
+                'rounds: loop {
+                    let next = Instant::now() + every;
+                    while Instant::now() < next {
+                        if stopped.load(Ordering::Relaxed) {
+                            break 'rounds;
+                        }
+                        std::thread::sleep(Duration::from_millis(20).min(every));
+                    }
+                    match round(&ch, &mut st.host) {
+                        Ok(p) => st.points.push(p),
+                        Err(e) => {
+                            st.failed = Some(e);
+                            break;
+                        }
+                    }
+                }
+                st
+            })
+            .map_err(MsgError::Io)?;
+        Ok(Some(ClockSync {
+            guest_clock,
+            host_clock: cfg.host_clock.clone(),
+            stop,
+            thread: Some(thread),
+        }))
+    }
+
+    /// Stops the periodic rounds and runs the last one (before the agent is
+    /// asked to stop).
+    pub fn finish(mut self, agent: &OwnedFd) -> GuestClock {
+        self.stop.store(true, Ordering::Relaxed);
+        let st = self.thread.take().and_then(|t| t.join().ok());
+        let (points, failed) = match st {
+            Some(mut st) => {
+                if st.failed.is_none() {
+                    match round(&Channel::new(agent.as_fd()), &mut st.host) {
+                        Ok(p) => st.points.push(p),
+                        Err(e) => st.failed = Some(e),
+                    }
+                }
+                (st.points, st.failed)
+            }
+            None => (Vec::new(), None),
+        };
+        GuestClock {
+            guest_clock: std::mem::take(&mut self.guest_clock),
+            host_clock: std::mem::take(&mut self.host_clock),
+            correction: Correction::new(points),
+            failed,
+        }
+    }
+}
+
+impl Drop for ClockSync {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 

@@ -17,6 +17,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use super::tsync::{shift_file, Correction};
 use super::{BoxError, RecordError};
 use crate::output::{write_trace_dat, BufferData, CpuRange, DatOption, Metadata};
 use crate::recorder::{Output, RecorderError};
@@ -93,6 +94,20 @@ pub trait TraceWriter: Send + std::fmt::Debug {
         layout: &Metadata,
         map: &IdMap,
     ) -> Result<u64, BoxError>;
+
+    /// Moves `buffer`'s recorded timestamps onto the host's clock with `c` (clock
+    /// sync of `record -A`); `layout` as for [`TraceWriter::remap_event_ids`].
+    /// Returns the pages left as they were (unreadable). A writer that cannot
+    /// rewrite its pages says so, and the guest is reported.
+    fn shift_timestamps(
+        &mut self,
+        buffer: &BufferKey,
+        layout: &Metadata,
+        c: &Correction,
+    ) -> Result<u64, BoxError> {
+        let _ = (buffer, layout, c);
+        Err("this trace.dat writer cannot move guest timestamps".into())
+    }
 
     /// Writes the file and removes the temporary data. Returns where each CPU's data
     /// landed, top buffer first, then the named ones. On an error the partial file
@@ -192,6 +207,25 @@ impl TraceWriter for V6FileWriter {
             )?;
         }
         Ok(changed)
+    }
+
+    fn shift_timestamps(
+        &mut self,
+        buffer: &BufferKey,
+        layout: &Metadata,
+        c: &Correction,
+    ) -> Result<u64, BoxError> {
+        let mut skipped = 0;
+        for f in self.files_of(buffer) {
+            skipped += shift_file(
+                f,
+                layout.page_size as usize,
+                &layout.header_page,
+                &layout.header_event,
+                c,
+            )?;
+        }
+        Ok(skipped)
     }
 
     fn finish(self: Box<Self>, a: &Assembly) -> Result<Vec<Vec<CpuRange>>, RecordError> {
