@@ -134,6 +134,26 @@ impl V6FileWriter {
         }
     }
 
+    /// Runs a page rewrite (file, page size, header_page, header_event) over each
+    /// of `buffer`'s files; sums what it counts.
+    fn rewrite_pages(
+        &self,
+        buffer: &BufferKey,
+        layout: &Metadata,
+        f: impl Fn(&Path, usize, &[u8], &[u8]) -> Result<u64, BoxError>,
+    ) -> Result<u64, BoxError> {
+        let mut n = 0;
+        for p in self.files_of(buffer) {
+            n += f(
+                p,
+                layout.page_size as usize,
+                &layout.header_page,
+                &layout.header_event,
+            )?;
+        }
+        Ok(n)
+    }
+
     fn temp_path(&self, buffer: &BufferKey, cpu: usize) -> PathBuf {
         let mut p = self.path.as_os_str().to_owned();
         match buffer {
@@ -196,17 +216,9 @@ impl TraceWriter for V6FileWriter {
         layout: &Metadata,
         map: &IdMap,
     ) -> Result<u64, BoxError> {
-        let mut changed = 0;
-        for f in self.files_of(buffer) {
-            changed += remap_file_ids(
-                f,
-                layout.page_size as usize,
-                &layout.header_page,
-                &layout.header_event,
-                map,
-            )?;
-        }
-        Ok(changed)
+        self.rewrite_pages(buffer, layout, |f, ps, hp, he| {
+            Ok(remap_file_ids(f, ps, hp, he, map)?)
+        })
     }
 
     fn shift_timestamps(
@@ -215,17 +227,9 @@ impl TraceWriter for V6FileWriter {
         layout: &Metadata,
         c: &Correction,
     ) -> Result<u64, BoxError> {
-        let mut skipped = 0;
-        for f in self.files_of(buffer) {
-            skipped += shift_file(
-                f,
-                layout.page_size as usize,
-                &layout.header_page,
-                &layout.header_event,
-                c,
-            )?;
-        }
-        Ok(skipped)
+        self.rewrite_pages(buffer, layout, |f, ps, hp, he| {
+            Ok(shift_file(f, ps, hp, he, c)?)
+        })
     }
 
     fn finish(self: Box<Self>, a: &Assembly) -> Result<Vec<Vec<CpuRange>>, RecordError> {
