@@ -304,17 +304,20 @@ fn argv_strings(v: Vec<Vec<u8>>) -> Vec<String> {
         .collect()
 }
 
-#[test]
-fn host_and_scripted_guest_into_one_file() {
-    let dir = TempDir::new("engvm");
-    let data = guest_data();
-    let guest_counts = data.counts.clone();
-    assert_eq!(guest_counts[0], GUEST_MARKERS as u64);
-    let inst = instance("enghost");
+/// Records a private host instance (`tag`, 100 markers) and the scripted agent
+/// playing `data` into `file`; returns the host buffer's name, the guest's
+/// options, the result and what the agent got.
+fn host_and_guest(
+    file: &Path,
+    tag: &str,
+    data: GuestData,
+    tsync: Option<TsyncConfig>,
+) -> (String, Vec<String>, Recorded, Vec<String>) {
+    let inst = instance(tag);
     let name = name_of(&inst);
     let cpus = tracefs::cpu_count(&inst).unwrap();
-    let file = dir.path().join("t.dat");
-    let mut s = session(&file);
+    let mut s = session(file);
+    s.set_clock_sync(tsync);
     let (link, agent) = guest_link(cpus);
     let peer = play_agent(agent, data, false);
     let argv = vec!["-e".to_string(), "sched".to_string()];
@@ -322,12 +325,19 @@ fn host_and_scripted_guest_into_one_file() {
     s.start_host(Instance::open(&name).unwrap(), setup(&inst))
         .unwrap();
     markers_on_cpu(&inst, 0, 100);
-    let Recorded { stats, .. } = s.finish().unwrap();
-    assert_eq!(
-        peer.join().unwrap(),
-        argv,
-        "the agent got the guest's options"
-    );
+    let rec = s.finish().unwrap();
+    (name, argv, rec, peer.join().unwrap())
+}
+
+#[test]
+fn host_and_scripted_guest_into_one_file() {
+    let dir = TempDir::new("engvm");
+    let data = guest_data();
+    let guest_counts = data.counts.clone();
+    assert_eq!(guest_counts[0], GUEST_MARKERS as u64);
+    let file = dir.path().join("t.dat");
+    let (name, argv, Recorded { stats, .. }, got) = host_and_guest(&file, "enghost", data, None);
+    assert_eq!(got, argv, "the agent got the guest's options");
     check_buffer(&file, &name, &kernel_counts(&stats));
     check_buffer(&file, VM, &guest_counts);
     let rep = report(&file);
@@ -459,26 +469,16 @@ fn an_agent_that_ignores_the_clock_sync_offer_records_as_before() {
     let dir = TempDir::new("engoffer");
     let data = guest_data();
     let guest_counts = data.counts.clone();
-    let inst = instance("engofferhost");
-    let name = name_of(&inst);
-    let cpus = tracefs::cpu_count(&inst).unwrap();
     let file = dir.path().join("t.dat");
-    let mut s = session(&file);
-    s.set_clock_sync(Some(TsyncConfig {
+    let tsync = TsyncConfig {
         interval: Some(Duration::from_millis(100)),
         host_clock: "local".into(),
-    }));
-    let (link, agent) = guest_link(cpus);
-    let peer = play_agent(agent, data, false);
-    let argv = vec!["-e".to_string(), "sched".to_string()];
-    s.add_guest(VM, link, &argv).unwrap();
-    s.start_host(Instance::open(&name).unwrap(), setup(&inst))
-        .unwrap();
-    markers_on_cpu(&inst, 0, 10);
-    let Recorded { guest_clocks, .. } = s.finish().unwrap();
-    let mut want = argv.clone();
+    };
+    let (_, argv, Recorded { guest_clocks, .. }, got) =
+        host_and_guest(&file, "engofferhost", data, Some(tsync));
+    let mut want = argv;
     want.push("skipped:SENDMETA".into());
-    assert_eq!(peer.join().unwrap(), want, "one offer, nothing else");
+    assert_eq!(got, want, "one offer, nothing else");
     assert!(guest_clocks.is_empty());
     check_buffer(&file, VM, &guest_counts);
     let bytes = std::fs::read(&file).unwrap();
