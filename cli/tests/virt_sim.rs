@@ -387,6 +387,9 @@ fn agent_dying_mid_recording_keeps_what_arrived() {
         Some("vm"),
         "the guest data received before the death is lost"
     );
+    // The killed agent could not remove its clock-reading instance.
+    drop(s);
+    tracecmd_rs::record::tsync::remove_stale_instances();
 }
 
 #[test]
@@ -444,6 +447,9 @@ fn sigterm_stops_the_agent_and_restores_the_guest_tracefs() {
         "guest events left enabled"
     );
     let _ = rec.0.kill();
+    let _ = rec.0.wait();
+    // The killed manager could not remove its clock-reading instance.
+    tracecmd_rs::record::tsync::remove_stale_instances();
 }
 
 /// The report's timestamp (seconds) of the line holding `needle` exactly.

@@ -108,6 +108,43 @@ pub struct TraceClock {
 }
 
 const MARK: &[u8] = b"tracecmd-rs-tsync ";
+/// Name of the private instances: `<prefix><pid>-<n>`.
+const INSTANCE_PREFIX: &str = "tracecmd-rs-tsync-";
+
+/// Removes the clock-reading instances of processes that are gone (a process
+/// killed with SIGKILL cannot remove its own); returns how many.
+pub fn remove_stale_instances() -> usize {
+    let Ok(top) = crate::tracefs::tracing_dir() else {
+        return 0;
+    };
+    let Ok(dir) = std::fs::read_dir(top.join("instances")) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for e in dir.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix(INSTANCE_PREFIX)
+            .and_then(|r| r.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        // A zombie is gone too: its instance has no owner any more.
+        let alive = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|st| {
+                st.rsplit(')')
+                    .next()
+                    .is_some_and(|r| !r.trim_start().starts_with('Z'))
+            })
+            .unwrap_or(false);
+        if !alive && std::fs::remove_dir(e.path()).is_ok() {
+            log::info!("removed the stale clock-sync instance {name}");
+            removed += 1;
+        }
+    }
+    removed
+}
 
 impl TraceClock {
     /// A private instance with trace clock `clock`, calibrated once.
@@ -120,8 +157,9 @@ impl TraceClock {
             source,
         };
         static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        remove_stale_instances();
         let name = format!(
-            "tracecmd-rs-tsync-{}-{}",
+            "{INSTANCE_PREFIX}{}-{}",
             std::process::id(),
             SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         );
