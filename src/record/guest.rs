@@ -385,20 +385,9 @@ impl GuestRecording {
         };
         let mut session = GuestSession::start_on(link, name, argv).map_err(guest_err)?;
         let fifos = std::mem::take(&mut session.cpu_fifos);
-        let sync = tsync.and_then(|cfg| match ClockSync::start(&session.agent, cfg) {
-            Ok(Some(s)) => Some(s),
-            Ok(None) => {
-                log::info!("guest {name}: the agent does not sync clocks; its timestamps stay on the guest's clock");
-                None
-            }
-            Err(e) => {
-                log::warn!("guest {name}: {e}; its timestamps stay on the guest's clock");
-                None
-            }
-        });
         let mut rec = GuestRecording {
             recorders: CpuRecorderSet::new(name),
-            sync,
+            sync: None,
             session,
         };
         let key = BufferKey::Guest(name.to_string());
@@ -413,6 +402,18 @@ impl GuestRecording {
                 CpuRecorder::new(Input::Fd(fd), out, RecordFlags::default()).map_err(cpu_err)?;
             rec.recorders.start(cpu, r, sleep)?;
         }
+        // After the recorders: the guest's pages flow while the offer waits.
+        rec.sync = tsync.and_then(|cfg| match ClockSync::start(&rec.session.agent, cfg) {
+            Ok(Some(s)) => Some(s),
+            Ok(None) => {
+                log::info!("guest {name}: the agent does not sync clocks; its timestamps stay on the guest's clock");
+                None
+            }
+            Err(e) => {
+                log::warn!("guest {name}: {e}; its timestamps stay on the guest's clock");
+                None
+            }
+        });
         log::info!("guest {name}: recording {} CPUs", rec.session.cpus);
         Ok(rec)
     }
