@@ -20,6 +20,7 @@ use tracecmd_rs::msg::v2::{self, Msg};
 use tracecmd_rs::msg::{Channel, Wait};
 use tracecmd_rs::output::reader::TraceDat;
 use tracecmd_rs::output::{page_size_of, Metadata};
+use tracecmd_rs::record::tsync::TsyncConfig;
 use tracecmd_rs::record::{
     GuestLink, HostSetup, RecordError, RecordSession, Recorded, V6FileWriter,
 };
@@ -133,7 +134,9 @@ fn private_instance_into_a_file() {
     }
     assert!(!s.finished_early());
     assert!(!s.peer_gone());
-    let Recorded { host_ranges, stats } = s.finish().unwrap();
+    let Recorded {
+        host_ranges, stats, ..
+    } = s.finish().unwrap();
     assert_eq!(files_in(dir.path()), vec!["t.dat".to_string()]);
     assert!(inst.enabled_events().unwrap().is_empty(), "events put back");
     assert_eq!(stats.len(), cpus);
@@ -244,7 +247,9 @@ fn guest_data_with(selectors: &[&str], edit: impl FnOnce(&mut Metadata)) -> Gues
 
 /// Plays the agent: reads CONNECT and the arguments, answers TINIT, reads RINIT,
 /// sends the metadata, half of each CPU's pages, then on CLOSE the rest and ACK
-/// (unless `dies`: then it closes instead). Returns the arguments it got.
+/// (unless `dies`: then it closes instead). Like a C agent of the virt-server
+/// branch (and released V2's close wait), it skips whatever comes before CLOSE;
+/// returns the arguments it got, then `skipped:<CMD>` for each skipped message.
 fn play_agent(agent: ScriptedAgent, data: GuestData, dies: bool) -> JoinHandle<Vec<String>> {
     std::thread::spawn(move || {
         let ch = Channel::new(agent.control.as_fd());
@@ -268,9 +273,15 @@ fn play_agent(agent: ScriptedAgent, data: GuestData, dies: bool) -> JoinHandle<V
             w.write_all(&p[..*h]).unwrap();
         }
         let untimed = Channel::new(agent.control.as_fd()).with_timeout(None);
-        assert_eq!(v2::recv(&untimed, Wait::Timed).unwrap(), Msg::Close);
+        let mut argv = argv_strings(argv);
+        loop {
+            match v2::recv(&untimed, Wait::Timed).unwrap() {
+                Msg::Close => break,
+                m => argv.push(format!("skipped:{}", m.cmd().name())),
+            }
+        }
         if dies {
-            return argv_strings(argv);
+            return argv;
         }
         for ((w, p), h) in cpus.iter_mut().zip(&data.pages).zip(&halves) {
             w.write_all(&p[*h..]).unwrap();
@@ -279,7 +290,7 @@ fn play_agent(agent: ScriptedAgent, data: GuestData, dies: bool) -> JoinHandle<V
         // The manager frees the agent at the listener.
         let mch = Channel::new(agent.manager.as_fd());
         assert_eq!(v2::recv(&mch, Wait::Timed).unwrap(), Msg::Finish);
-        argv_strings(argv)
+        argv
     })
 }
 
@@ -292,17 +303,20 @@ fn argv_strings(v: Vec<Vec<u8>>) -> Vec<String> {
         .collect()
 }
 
-#[test]
-fn host_and_scripted_guest_into_one_file() {
-    let dir = TempDir::new("engvm");
-    let data = guest_data();
-    let guest_counts = data.counts.clone();
-    assert_eq!(guest_counts[0], GUEST_MARKERS as u64);
-    let inst = instance("enghost");
+/// Records a private host instance (`tag`, 100 markers) and the scripted agent
+/// playing `data` into `file`; returns the host buffer's name, the guest's
+/// options, the result and what the agent got.
+fn host_and_guest(
+    file: &Path,
+    tag: &str,
+    data: GuestData,
+    tsync: Option<TsyncConfig>,
+) -> (String, Vec<String>, Recorded, Vec<String>) {
+    let inst = instance(tag);
     let name = name_of(&inst);
     let cpus = tracefs::cpu_count(&inst).unwrap();
-    let file = dir.path().join("t.dat");
-    let mut s = session(&file);
+    let mut s = session(file);
+    s.set_clock_sync(tsync);
     let (link, agent) = guest_link(cpus);
     let peer = play_agent(agent, data, false);
     let argv = vec!["-e".to_string(), "sched".to_string()];
@@ -310,12 +324,19 @@ fn host_and_scripted_guest_into_one_file() {
     s.start_host(Instance::open(&name).unwrap(), setup(&inst))
         .unwrap();
     markers_on_cpu(&inst, 0, 100);
-    let Recorded { stats, .. } = s.finish().unwrap();
-    assert_eq!(
-        peer.join().unwrap(),
-        argv,
-        "the agent got the guest's options"
-    );
+    let rec = s.finish().unwrap();
+    (name, argv, rec, peer.join().unwrap())
+}
+
+#[test]
+fn host_and_scripted_guest_into_one_file() {
+    let dir = TempDir::new("engvm");
+    let data = guest_data();
+    let guest_counts = data.counts.clone();
+    assert_eq!(guest_counts[0], GUEST_MARKERS as u64);
+    let file = dir.path().join("t.dat");
+    let (name, argv, Recorded { stats, .. }, got) = host_and_guest(&file, "enghost", data, None);
+    assert_eq!(got, argv, "the agent got the guest's options");
     check_buffer(&file, &name, &kernel_counts(&stats));
     check_buffer(&file, VM, &guest_counts);
     let rep = report(&file);
@@ -435,4 +456,32 @@ fn an_agent_that_refuses_is_an_error_and_is_freed() {
     );
     drop(s);
     assert!(files_in(dir.path()).is_empty());
+}
+
+/// Issue 12, mixed peers: with clock sync on, an agent that does not know the
+/// exchange (it skips the offer, as a C agent of the branch would) gets exactly
+/// one SENDMETA more than before, never answers, and the recording is what it
+/// was: every guest event in its buffer, on the guest's own clock, no clock
+/// summary.
+#[test]
+fn an_agent_that_ignores_the_clock_sync_offer_records_as_before() {
+    let dir = TempDir::new("engoffer");
+    let data = guest_data();
+    let guest_counts = data.counts.clone();
+    let file = dir.path().join("t.dat");
+    let tsync = TsyncConfig {
+        interval: Some(Duration::from_millis(100)),
+        host_clock: "local".into(),
+    };
+    let (_, argv, Recorded { guest_clocks, .. }, got) =
+        host_and_guest(&file, "engofferhost", data, Some(tsync));
+    let mut want = argv;
+    want.push("skipped:SENDMETA".into());
+    assert_eq!(got, want, "one offer, nothing else");
+    assert!(guest_clocks.is_empty());
+    check_buffer(&file, VM, &guest_counts);
+    let bytes = std::fs::read(&file).unwrap();
+    assert!(!bytes
+        .windows(26)
+        .any(|w| w == b"tracecmd-rs guest clock v1"));
 }

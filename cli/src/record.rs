@@ -16,6 +16,7 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{SigSet, Signal};
 use tracecmd_rs::netrecord::Proto;
 use tracecmd_rs::output::CpuRange;
+use tracecmd_rs::record::tsync::TsyncConfig;
 use tracecmd_rs::record::{
     GuestSpec, HostSetup, NetTarget, RecordError, RecordSession, V6FileWriter,
 };
@@ -67,6 +68,13 @@ pub struct RecordArgs {
     #[arg(long = "proto", value_name = "N", requires = "net",
           value_parser = clap::value_parser!(u8).range(1..=3))]
     proto: Option<u8>,
+    /// With -A: milliseconds between clock-sync rounds with the guests (also one
+    /// before and one at the end); 0: only those two; -1: no sync, guest
+    /// timestamps stay on the guest's clock.
+    #[arg(long = "tsync-interval", value_name = "MS", default_value_t = 1000,
+          allow_negative_numbers = true,
+          value_parser = clap::value_parser!(i64).range(-1..))]
+    tsync_interval: i64,
     /// Show what is being done.
     #[arg(short = 'v', long = "verbose")]
     pub verbose: bool,
@@ -197,6 +205,7 @@ pub fn run(args: RecordArgs) -> Result<(), String> {
         None => {
             let writer = Box::new(V6FileWriter::new(&args.output));
             let mut s = RecordSession::to_file(writer, sleep, interrupted);
+            s.set_clock_sync(tsync_config(&args, &inst));
             s.start_guests(&args.guests, &VirtPaths::new(None, None))
                 .map_err(|e| e.to_string())?;
             s
@@ -222,8 +231,31 @@ pub fn run(args: RecordArgs) -> Result<(), String> {
     let recorded = session.finish().map_err(|e| e.to_string())?;
     if !args.quiet {
         print_summary(&recorded.host_ranges, &recorded.stats);
+        for (guest, clock) in &recorded.guest_clocks {
+            println!("Guest {guest} clock: {clock}");
+        }
     }
     Ok(())
+}
+
+/// The clock sync of `-A` guests: `--tsync-interval`, against the host buffer's
+/// trace clock (`-C`, else the buffer's current one).
+fn tsync_config(args: &RecordArgs, inst: &Instance) -> Option<TsyncConfig> {
+    if args.guests.is_empty() || args.tsync_interval < 0 {
+        return None;
+    }
+    let host_clock = match &args.clock {
+        Some(c) => c.clone(),
+        None => inst
+            .trace_clock()
+            .map(|c| c.0)
+            .unwrap_or_else(|_| "local".into()),
+    };
+    Some(TsyncConfig {
+        interval: (args.tsync_interval > 0)
+            .then(|| Duration::from_millis(args.tsync_interval as u64)),
+        host_clock,
+    })
 }
 
 /// Starts the command to trace (through `__exec`), or says how to stop.

@@ -363,6 +363,9 @@ fn agent_dying_mid_recording_keeps_what_arrived() {
         Some("vm"),
         "the guest data received before the death is lost"
     );
+    // The killed agent could not remove its clock-reading instance.
+    drop(s);
+    tracecmd_rs::record::tsync::remove_stale_instances();
 }
 
 #[test]
@@ -441,6 +444,111 @@ fn signal_stops_the_agent(tag: &str, sig: Signal, sigint_ignored: bool) {
         "guest events left enabled"
     );
     let _ = rec.0.kill();
+    let _ = rec.0.wait();
+    // The killed manager could not remove its clock-reading instance.
+    tracecmd_rs::record::tsync::remove_stale_instances();
+}
+
+/// The report's timestamp (seconds) of the line holding `needle` exactly.
+fn stamp_of(rep: &str, needle: &str) -> Option<f64> {
+    let line = rep
+        .lines()
+        .find(|l| l.trim_end().ends_with(&format!(" {needle}")))?;
+    line.split_whitespace()
+        .filter_map(|w| w.strip_suffix(':'))
+        .find_map(|w| w.parse::<f64>().ok().filter(|_| w.contains('.')))
+}
+
+/// Host marker H_i, guest marker G_i, host marker H'_i, `n` times, 20 ms apart.
+fn ping_script(host: &Instance, guest: &Instance, n: usize) -> String {
+    format!(
+        "i=0; while [ $i -lt {n} ]; do echo tcrs-H-$i > {h}; sleep 0.02; echo tcrs-G-$i > {g}; sleep 0.02; echo tcrs-HH-$i > {h}; i=$((i+1)); done",
+        h = host.path().join("trace_marker").display(),
+        g = guest.path().join("trace_marker").display(),
+    )
+}
+
+/// How many i have H_i < G_i < H'_i in the report of `file` (and how many pings
+/// were found at all).
+fn causal(file: &Path, n: usize) -> (usize, usize) {
+    let rep = report(file).stdout;
+    let mut held = 0;
+    let mut found = 0;
+    for i in 0..n {
+        let (Some(h), Some(g), Some(hh)) = (
+            stamp_of(&rep, &format!("tcrs-H-{i}")),
+            stamp_of(&rep, &format!("tcrs-G-{i}")),
+            stamp_of(&rep, &format!("tcrs-HH-{i}")),
+        ) else {
+            continue;
+        };
+        found += 1;
+        if h < g && g < hh {
+            held += 1;
+        }
+    }
+    (held, found)
+}
+
+/// Issue 12: the guest records with trace clock `tai` (≈ 1.7·10⁹ s), the host
+/// with `local` (seconds since boot), so the raw guest clock is far ahead. With
+/// clock sync every host/guest/host ping is in causal order in Debian's report;
+/// with `--tsync-interval -1` none is.
+#[test]
+fn clock_sync_puts_the_guest_on_the_host_timeline() {
+    let s = setup("vtsync");
+    let (sim, host, guest) = (&s.sim, &s.host, &s.guest);
+    const N: usize = 20;
+    let run = |file: &Path, interval: &str| {
+        let mut c = tc(sim);
+        c.args(["record", "-B", &instance_name(host), "-C", "local"])
+            .args(["-e", "sched:sched_kthread_stop", "-o"])
+            .arg(file)
+            .args(["--tsync-interval", interval])
+            .args(["-A", "vm", "-B", &instance_name(guest), "-C", "tai"])
+            .args(["-e", "sched:sched_kthread_stop"]);
+        c.args(["/bin/sh", "-c", &ping_script(host, guest, N)]);
+        c.output().unwrap()
+    };
+    let synced = sim.dir.path().join("sync.dat");
+    let out = run(&synced, "200");
+    assert!(out.status.success(), "record -A: {}", stderr(&out));
+    let summary = String::from_utf8_lossy(&out.stdout).into_owned();
+    let line = summary
+        .lines()
+        .find(|l| l.starts_with("Guest vm clock:"))
+        .unwrap_or_else(|| panic!("no clock summary for the guest:\n{summary}"));
+    println!("{line}");
+    // tai is ahead of local by more than 10^9 s: the offset is large and negative.
+    let offset: i64 = line
+        .split("offset ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|v| v.parse().ok())
+        .expect("offset in the summary");
+    assert!(offset < -1_000_000_000_000_000_000, "offset {offset}");
+    let (held, found) = causal(&synced, N);
+    println!("synced: {held} of {found} pings in causal order");
+    assert_eq!(found, N, "pings missing from the report");
+    assert_eq!(held, N);
+    // The stored correction is in the file.
+    let bytes = std::fs::read(&synced).unwrap();
+    assert!(bytes
+        .windows(26)
+        .any(|w| w == b"tracecmd-rs guest clock v1"));
+
+    let raw = sim.dir.path().join("raw.dat");
+    let out = run(&raw, "-1");
+    assert!(
+        out.status.success(),
+        "record -A --tsync-interval -1: {}",
+        stderr(&out)
+    );
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("Guest vm clock:"));
+    let (held, found) = causal(&raw, N);
+    println!("raw guest clock: {held} of {found} pings in causal order");
+    assert_eq!(found, N);
+    assert_eq!(held, 0);
 }
 
 #[test]

@@ -64,6 +64,7 @@ macro_rules! commands {
 pub mod channel;
 pub mod negotiate;
 pub mod session;
+pub mod tsync;
 pub mod v1;
 pub mod v2;
 pub mod v3;

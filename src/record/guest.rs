@@ -7,6 +7,7 @@
 use std::os::fd::{AsFd, OwnedFd};
 use std::time::{Duration, Instant};
 
+use super::tsync::{ClockSync, GuestClock, TsyncConfig};
 use super::{BufferKey, CpuRecorderSet, GuestProblem, RecordError, TraceWriter};
 use crate::msg::session;
 use crate::msg::v2::{self, Msg};
@@ -263,11 +264,22 @@ pub struct GuestSpec {
 
 /// Options of `record` that take a value (so the value is not the command).
 const VALUE_OPTS: &[&str] = &[
-    "-e", "-o", "-b", "-m", "-s", "-C", "-p", "-B", "-f", "-P", "-O",
+    "-e",
+    "-o",
+    "-b",
+    "-m",
+    "-s",
+    "-C",
+    "-p",
+    "-B",
+    "-f",
+    "-P",
+    "-O",
+    "--tsync-interval",
 ];
 
 /// Options that concern the whole run, wherever they stand.
-const HOST_OPTS: &[&str] = &["-o", "-q", "-v", "--verbose", "--debug"];
+const HOST_OPTS: &[&str] = &["-o", "-q", "-v", "--verbose", "--debug", "--tsync-interval"];
 
 /// Why a `record -A` command line cannot be split.
 #[derive(Debug, thiserror::Error)]
@@ -285,7 +297,7 @@ pub enum GuestArgsError {
 
 /// Splits `trace-cmd record ...` into the host's arguments and the guests': the
 /// options after `-A GUEST` (up to the next `-A` or the command) go to that guest,
-/// except the run-wide `-o`, `-q`, `-v` and `--debug`.
+/// except the run-wide `-o`, `-q`, `-v`, `--debug` and `--tsync-interval`.
 pub fn split_guest_args(
     args: Vec<String>,
 ) -> std::result::Result<(Vec<String>, Vec<GuestSpec>), GuestArgsError> {
@@ -335,6 +347,8 @@ pub fn split_guest_args(
 pub struct GuestRecording {
     // Recorders first: dropped (stopped) before the session's sockets close.
     recorders: CpuRecorderSet,
+    // Its thread holds a copy of the agent's channel: stopped before the session.
+    sync: Option<ClockSync>,
     session: GuestSession,
 }
 
@@ -349,17 +363,20 @@ pub struct GuestResult {
     pub meta: Metadata,
     /// Why its data may be incomplete.
     pub problem: Option<GuestProblem>,
+    /// Its clock sync, when the agent took part.
+    pub clock: Option<GuestClock>,
 }
 
 impl GuestRecording {
     /// Starts the guest's recording on `link` and one recorder per CPU FIFO, each
-    /// writing to the output `writer` gives it.
+    /// writing to the output `writer` gives it; with `tsync`, offers clock sync.
     pub fn start(
         name: &str,
         link: GuestLink,
         argv: &[String],
         writer: &mut dyn TraceWriter,
         sleep: Duration,
+        tsync: Option<&TsyncConfig>,
     ) -> std::result::Result<GuestRecording, RecordError> {
         let guest_err = |source| RecordError::Guest {
             guest: name.to_string(),
@@ -369,6 +386,7 @@ impl GuestRecording {
         let fifos = std::mem::take(&mut session.cpu_fifos);
         let mut rec = GuestRecording {
             recorders: CpuRecorderSet::new(name),
+            sync: None,
             session,
         };
         let key = BufferKey::Guest(name.to_string());
@@ -383,6 +401,18 @@ impl GuestRecording {
                 CpuRecorder::new(Input::Fd(fd), out, RecordFlags::default()).map_err(cpu_err)?;
             rec.recorders.start(cpu, r, sleep)?;
         }
+        // After the recorders: the guest's pages flow while the offer waits.
+        rec.sync = tsync.and_then(|cfg| match ClockSync::start(&rec.session.agent, cfg) {
+            Ok(Some(s)) => Some(s),
+            Ok(None) => {
+                log::info!("guest {name}: the agent does not sync clocks; its timestamps stay on the guest's clock");
+                None
+            }
+            Err(e) => {
+                log::warn!("guest {name}: {e}; its timestamps stay on the guest's clock");
+                None
+            }
+        });
         log::info!("guest {name}: recording {} CPUs", rec.session.cpus);
         Ok(rec)
     }
@@ -400,10 +430,21 @@ pub fn finish_guests(guests: Vec<GuestRecording>, writer: &dyn TraceWriter) -> V
     // its ports: six message timeouts (30 s by default) before calling it dead.
     let wait = crate::msg::default_timeout().unwrap_or(Duration::from_secs(5)) * 6;
     let mut results = Vec::new();
+    // The last sync round of each guest, while its agent still answers.
+    let mut guests: Vec<_> = guests
+        .into_iter()
+        .map(|mut g| {
+            let clock = g.sync.take().map(|s| s.finish(&g.session.agent));
+            (g, clock)
+        })
+        .collect();
     // All guests stop at once; then each confirmation is awaited.
     let asked = Instant::now();
-    let requested: Vec<_> = guests.iter().map(|g| g.session.request_stop()).collect();
-    for (g, req) in guests.into_iter().zip(requested) {
+    let requested: Vec<_> = guests
+        .iter()
+        .map(|(g, _)| g.session.request_stop())
+        .collect();
+    for ((g, clock), req) in guests.drain(..).zip(requested) {
         let name = g.session.name.clone();
         let key = BufferKey::Guest(name.clone());
         let mut problem = req
@@ -428,7 +469,9 @@ pub fn finish_guests(guests: Vec<GuestRecording>, writer: &dyn TraceWriter) -> V
                 quiet_since = Instant::now();
             }
         }
-        let GuestRecording { recorders, session } = g;
+        let GuestRecording {
+            recorders, session, ..
+        } = g;
         let cpus = recorders.len();
         if let Err(e) = recorders.finish() {
             problem.get_or_insert(GuestProblem::Cpu(e));
@@ -445,6 +488,7 @@ pub fn finish_guests(guests: Vec<GuestRecording>, writer: &dyn TraceWriter) -> V
             cpus,
             meta,
             problem,
+            clock,
         });
     }
     results

@@ -23,6 +23,7 @@
 mod cpus;
 pub mod guest;
 mod session;
+pub mod tsync;
 mod writer;
 
 pub use cpus::{CpuFailure, CpuRecorderSet};
@@ -66,6 +67,9 @@ pub enum GuestProblem {
     /// Its event IDs could not be rewritten.
     #[error("{0}")]
     Remap(BoxError),
+    /// Its timestamps could not be moved onto the host's clock.
+    #[error("its timestamps could not be moved onto the host's clock: {0}")]
+    ClockShift(BoxError),
 }
 
 fn guest_cpu_text(f: &CpuFailure) -> String {

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use super::guest::{finish_guests, GuestResult};
+use super::tsync::{GuestClock, TsyncConfig, TsyncSummary, OPTION_GUEST_CLOCK};
 use super::{
     Assembly, BufferKey, CpuRecorderSet, FileBuffer, GuestIssue, GuestLink, GuestProblem,
     GuestRecording, GuestSpec, RecordError, TraceWriter,
@@ -82,6 +83,8 @@ pub struct Recorded {
     pub host_ranges: Vec<CpuRange>,
     /// The host buffer's per-CPU stats at the end.
     pub stats: Vec<CpuStats>,
+    /// Per guest whose clock was synced: its name and the sync's figures.
+    pub guest_clocks: Vec<(String, TsyncSummary)>,
 }
 
 /// One recording; see the module documentation of [`crate::record`].
@@ -93,6 +96,7 @@ pub struct RecordSession {
     sink: Sink,
     sleep: Duration,
     interrupted: fn() -> bool,
+    tsync: Option<TsyncConfig>,
 }
 
 impl RecordSession {
@@ -110,6 +114,7 @@ impl RecordSession {
             sink: Sink::File(writer),
             sleep,
             interrupted,
+            tsync: None,
         }
     }
 
@@ -122,7 +127,14 @@ impl RecordSession {
             sink: Sink::Net(target, None),
             sleep,
             interrupted,
+            tsync: None,
         }
+    }
+
+    /// Syncs the clocks of the guests started after this (`record -A`,
+    /// `--tsync-interval`); `None` (the default) records the raw guest clock.
+    pub fn set_clock_sync(&mut self, cfg: Option<TsyncConfig>) {
+        self.tsync = cfg;
     }
 
     fn check_interrupt(&self) -> Result<(), RecordError> {
@@ -163,7 +175,14 @@ impl RecordSession {
         let Sink::File(writer) = &mut self.sink else {
             return Err(RecordError::GuestsOverNetwork);
         };
-        let g = GuestRecording::start(name, link, argv, writer.as_mut(), self.sleep)?;
+        let g = GuestRecording::start(
+            name,
+            link,
+            argv,
+            writer.as_mut(),
+            self.sleep,
+            self.tsync.as_ref(),
+        )?;
         self.guests.push(g);
         Ok(())
     }
@@ -445,6 +464,7 @@ fn finish_net(
     Ok(Recorded {
         host_ranges: Vec::new(),
         stats,
+        guest_clocks: Vec::new(),
     })
 }
 
@@ -508,6 +528,8 @@ fn assemble(
         (options, top, vec![named])
     };
     let mut issues = Vec::new();
+    let mut guest_clocks = Vec::new();
+    let mut options = options;
     let mut cpus = host_cpus;
     for (i, g) in guests.into_iter().enumerate() {
         let issue = |problem| GuestIssue {
@@ -525,6 +547,15 @@ fn assemble(
         if has_host || i > 0 {
             if let Err(e) = merge_guest(&mut rec.meta, &g, &key, writer.as_mut()) {
                 issues.push(issue(GuestProblem::Remap(e)));
+            }
+        }
+        if let Some(clock) = &g.clock {
+            match shift_guest(&g, clock, &key, writer.as_mut()) {
+                Ok((option, summary)) => {
+                    options.push(option);
+                    guest_clocks.push((g.name.clone(), summary));
+                }
+                Err(e) => issues.push(issue(GuestProblem::ClockShift(e))),
             }
         }
         cpus = cpus.max(g.cpus);
@@ -558,7 +589,50 @@ fn assemble(
             .cloned()
             .unwrap_or_default(),
         stats: rec.stats,
+        guest_clocks,
     })
+}
+
+/// Moves a synced guest's recorded pages onto the host's clock; returns the
+/// option that keeps the correction and the summary's figures.
+fn shift_guest(
+    g: &GuestResult,
+    clock: &GuestClock,
+    key: &BufferKey,
+    writer: &mut dyn TraceWriter,
+) -> Result<(DatOption, TsyncSummary), super::BoxError> {
+    let c = &clock.correction;
+    let summary = c.summary().ok_or("no clock sync round succeeded")?;
+    if let Some(e) = &clock.failed {
+        log::warn!(
+            "guest {}: a clock sync round failed ({e}); the rounds before it are used",
+            g.name
+        );
+    }
+    let skipped = writer.shift_timestamps(key, &g.meta, c)?;
+    if skipped > 0 {
+        log::warn!(
+            "guest {}: {skipped} pages could not be read and keep the guest's clock",
+            g.name
+        );
+    }
+    log::info!(
+        "guest {}: clock {} → host {}: {summary}",
+        g.name,
+        clock.guest_clock,
+        clock.host_clock
+    );
+    let mut text = c
+        .option_text(&g.name, &clock.guest_clock, &clock.host_clock)
+        .into_bytes();
+    text.push(0);
+    Ok((
+        DatOption {
+            id: OPTION_GUEST_CLOCK,
+            data: text,
+        },
+        summary,
+    ))
 }
 
 /// Merges a guest's formats into the file's `meta` and moves the guest's events

@@ -17,6 +17,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use super::tsync::{shift_file, Correction};
 use super::{BoxError, RecordError};
 use crate::output::{write_trace_dat, BufferData, CpuRange, DatOption, Metadata};
 use crate::recorder::{Output, RecorderError};
@@ -94,6 +95,20 @@ pub trait TraceWriter: Send + std::fmt::Debug {
         map: &IdMap,
     ) -> Result<u64, BoxError>;
 
+    /// Moves `buffer`'s recorded timestamps onto the host's clock with `c` (clock
+    /// sync of `record -A`); `layout` as for [`TraceWriter::remap_event_ids`].
+    /// Returns the pages left as they were (unreadable). A writer that cannot
+    /// rewrite its pages says so, and the guest is reported.
+    fn shift_timestamps(
+        &mut self,
+        buffer: &BufferKey,
+        layout: &Metadata,
+        c: &Correction,
+    ) -> Result<u64, BoxError> {
+        let _ = (buffer, layout, c);
+        Err("this trace.dat writer cannot move guest timestamps".into())
+    }
+
     /// Writes the file and removes the temporary data. Returns where each CPU's data
     /// landed, top buffer first, then the named ones. On an error the partial file
     /// is removed ([`RecordError::Incomplete`]).
@@ -117,6 +132,26 @@ impl V6FileWriter {
             path: path.to_path_buf(),
             files: HashMap::new(),
         }
+    }
+
+    /// Runs a page rewrite (file, page size, header_page, header_event) over each
+    /// of `buffer`'s files; sums what it counts.
+    fn rewrite_pages(
+        &self,
+        buffer: &BufferKey,
+        layout: &Metadata,
+        f: impl Fn(&Path, usize, &[u8], &[u8]) -> Result<u64, BoxError>,
+    ) -> Result<u64, BoxError> {
+        let mut n = 0;
+        for p in self.files_of(buffer) {
+            n += f(
+                p,
+                layout.page_size as usize,
+                &layout.header_page,
+                &layout.header_event,
+            )?;
+        }
+        Ok(n)
     }
 
     fn temp_path(&self, buffer: &BufferKey, cpu: usize) -> PathBuf {
@@ -181,17 +216,20 @@ impl TraceWriter for V6FileWriter {
         layout: &Metadata,
         map: &IdMap,
     ) -> Result<u64, BoxError> {
-        let mut changed = 0;
-        for f in self.files_of(buffer) {
-            changed += remap_file_ids(
-                f,
-                layout.page_size as usize,
-                &layout.header_page,
-                &layout.header_event,
-                map,
-            )?;
-        }
-        Ok(changed)
+        self.rewrite_pages(buffer, layout, |f, ps, hp, he| {
+            Ok(remap_file_ids(f, ps, hp, he, map)?)
+        })
+    }
+
+    fn shift_timestamps(
+        &mut self,
+        buffer: &BufferKey,
+        layout: &Metadata,
+        c: &Correction,
+    ) -> Result<u64, BoxError> {
+        self.rewrite_pages(buffer, layout, |f, ps, hp, he| {
+            Ok(shift_file(f, ps, hp, he, c)?)
+        })
     }
 
     fn finish(self: Box<Self>, a: &Assembly) -> Result<Vec<Vec<CpuRange>>, RecordError> {

@@ -333,6 +333,12 @@ fn record_session(
     // Tracing is on before the manager gets the metadata: the manager starts
     // the traced command only after FINMETA, so the guest sees all of it.
     let sent = session::send_metadata(ch, &bytes).and_then(|()| session::finish_metadata(ch));
+    // Clock sync, answered only when the manager offers it (README).
+    let clock = match &args.clock {
+        Some(c) => c.clone(),
+        None => inst.trace_clock().map(|c| c.0).unwrap_or_default(),
+    };
+    let mut tsync = crate::record::tsync::AgentClock::new(&clock);
     // Wait for the manager's CLOSE; a lost channel or a signal to the agent
     // stops the recording as well.
     let lost = match sent {
@@ -340,6 +346,11 @@ fn record_session(
         Ok(()) => loop {
             match recv_unless_stopped(ch, stopped, None) {
                 Ok(Some(Msg::Close)) => break None,
+                Ok(Some(Msg::SendMeta(p))) if crate::msg::tsync::is_tsync(&p) => {
+                    if let Err(e) = tsync.handle(ch, &p) {
+                        log::warn!("clock sync: {e}");
+                    }
+                }
                 Ok(Some(m)) => log::debug!("while recording: ignoring {}", m.cmd().name()),
                 Ok(None) => break Some(VirtError::Invalid("the agent was asked to exit".into())),
                 Err(e) => break Some(e),

@@ -17,6 +17,9 @@
 //! * manager → agent **CLOSE** = stop; the agent stops tracing, flushes every CPU
 //!   into its port and answers **ACK**. The listener sends CLOSE too when a manager
 //!   disappears, so the agent is free for the next one.
+//! * manager → agent, after FINMETA: the clock-sync offer and rounds, in SENDMETA
+//!   payloads starting with `TSYNC1` ([`crate::msg::tsync`]); an agent that does not
+//!   answer the offer is never sent another.
 
 pub mod agent;
 pub mod guest;

@@ -1,0 +1,998 @@
+//! Host and guest on one clock (`record -A`, issue 12): reading a trace clock,
+//! the probe rounds of the manager and the agent's answers (wire in
+//! [`crate::msg::tsync`]), the piecewise-linear correction they give, and the
+//! rewrite of a guest's recorded pages onto the host's timeline.
+//!
+//! **Reading the trace clock.** Each side must read the clock its tracing stamps
+//! events with. `local`/`global` are the kernel's sched_clock, which no
+//! `clock_gettime` clock returns (measured here: several ms away from
+//! CLOCK_MONOTONIC). So each side keeps a small private tracefs instance with the
+//! same `trace_clock`, writes a few `trace_marker` lines bracketed by
+//! `CLOCK_MONOTONIC_RAW` readings, reads the markers' timestamps back from the
+//! instance's `trace_pipe_raw`, and keeps the offset of the tightest bracket. A
+//! probe then reads `CLOCK_MONOTONIC_RAW` (cheap) plus that offset. The
+//! calibration is redone at every round, so the two clocks' rate difference over
+//! one interval is what remains. Only ns clocks can be synced (`x86-tsc` and
+//! `counter` count something else).
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::msg::tsync::{self as wire, TsyncMsg};
+use crate::msg::{Channel, MsgError, Wait};
+use crate::output::layout::{EventLayout, PageLayout};
+use crate::tracefs::Instance;
+
+/// Probes per round; the shortest round trips of them are kept.
+pub const PROBES: usize = 40;
+/// How long the manager waits for the answer to its offer. An agent that does
+/// not know the exchange never answers; the recording then goes on unsynced.
+pub const OFFER_WAIT: Duration = Duration::from_secs(2);
+/// An offset change between two rounds beyond this (plus the drift allowance
+/// and both rounds' error) is a clock step, not drift.
+pub const STEP_MIN_NS: i64 = 1_000_000;
+/// Largest plausible rate difference of two clocks (ppm) before a change is
+/// called a step.
+pub const MAX_DRIFT_PPM: i64 = 1000;
+/// Option id of the stored corrections (not a trace-cmd id: a v6 file has one
+/// options block for all buffers, and TIME_SHIFT there would shift the host).
+pub const OPTION_GUEST_CLOCK: u16 = 64;
+
+/// Why clock sync could not be done.
+#[derive(Debug, thiserror::Error)]
+pub enum TsyncError {
+    /// The clock counts no nanoseconds.
+    #[error("trace clock {0:?} is not a nanosecond clock; host and guest cannot be aligned (use local, global, mono, mono_raw or boot)")]
+    UnsupportedClock(String),
+    /// The private tracefs instance for reading the clock failed.
+    #[error("cannot read trace clock {clock:?} through tracefs: {source}")]
+    Tracefs {
+        /// The clock.
+        clock: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// None of the calibration markers came back.
+    #[error("the trace clock calibration markers were not found in the instance's buffer")]
+    NoMarkers,
+    /// The exchange failed.
+    #[error("clock sync exchange: {0}")]
+    Msg(#[from] MsgError),
+    /// The agent could not read its clock.
+    #[error("the agent cannot sync clocks: {0}")]
+    Refused(String),
+    /// The agent answered out of turn.
+    #[error("clock sync: the agent sent {0} out of turn")]
+    OutOfTurn(String),
+}
+
+/// Whether `clock` is a trace clock that counts ns.
+pub fn is_ns_clock(clock: &str) -> bool {
+    matches!(
+        clock,
+        "local" | "global" | "perf" | "mono" | "mono_raw" | "boot" | "tai"
+    )
+}
+
+fn raw_now() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: ts is a valid timespec; CLOCK_MONOTONIC_RAW exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_RAW, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Reads one trace clock (see the module documentation).
+#[derive(Debug)]
+pub struct TraceClock {
+    clock: String,
+    // Declared before the instance: closed before it is removed.
+    marker: File,
+    inst: Instance,
+    pl: PageLayout,
+    el: EventLayout,
+    page_size: usize,
+    /// trace clock − CLOCK_MONOTONIC_RAW, from the last calibration.
+    offset: i64,
+    /// Half the width of the calibration's tightest bracket.
+    pub uncertainty_ns: u64,
+}
+
+const MARK: &[u8] = b"tracecmd-rs-tsync ";
+/// Name of the private instances: `<prefix><pid>-<n>`.
+const INSTANCE_PREFIX: &str = "tracecmd-rs-tsync-";
+
+/// Removes the clock-reading instances of processes that are gone (a process
+/// killed with SIGKILL cannot remove its own); returns how many.
+pub fn remove_stale_instances() -> usize {
+    let Ok(top) = crate::tracefs::tracing_dir() else {
+        return 0;
+    };
+    let Ok(dir) = std::fs::read_dir(top.join("instances")) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for e in dir.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix(INSTANCE_PREFIX)
+            .and_then(|r| r.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        // A zombie is gone too: its instance has no owner any more.
+        let alive = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|st| {
+                st.rsplit(')')
+                    .next()
+                    .is_some_and(|r| !r.trim_start().starts_with('Z'))
+            })
+            .unwrap_or(false);
+        if !alive && std::fs::remove_dir(e.path()).is_ok() {
+            log::info!("removed the stale clock-sync instance {name}");
+            removed += 1;
+        }
+    }
+    removed
+}
+
+impl TraceClock {
+    /// A private instance with trace clock `clock`, calibrated once.
+    pub fn open(clock: &str) -> Result<TraceClock, TsyncError> {
+        if !is_ns_clock(clock) {
+            return Err(TsyncError::UnsupportedClock(clock.to_string()));
+        }
+        let io = |source| TsyncError::Tracefs {
+            clock: clock.to_string(),
+            source,
+        };
+        static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        remove_stale_instances();
+        let name = format!(
+            "{INSTANCE_PREFIX}{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        let inst = Instance::create(&name).map_err(io)?;
+        let other = |e: crate::tracefs::TracefsError| io(std::io::Error::other(e.to_string()));
+        inst.set_trace_clock(clock).map_err(other)?;
+        let pl = PageLayout::parse(&inst.header_page().map_err(other)?)
+            .ok_or_else(|| io(std::io::Error::other("unreadable header_page")))?;
+        let el = EventLayout::parse(&inst.header_event().map_err(other)?)
+            .ok_or_else(|| io(std::io::Error::other("unreadable header_event")))?;
+        let marker = OpenOptions::new()
+            .write(true)
+            .open(inst.path().join("trace_marker"))
+            .map_err(io)?;
+        let page_size = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+            .ok()
+            .flatten()
+            .unwrap_or(4096) as usize;
+        let mut c = TraceClock {
+            clock: clock.to_string(),
+            marker,
+            inst,
+            pl,
+            el,
+            page_size,
+            offset: 0,
+            uncertainty_ns: 0,
+        };
+        c.calibrate()?;
+        Ok(c)
+    }
+
+    /// The clock's name.
+    pub fn name(&self) -> &str {
+        &self.clock
+    }
+
+    /// Re-measures the offset of the trace clock from CLOCK_MONOTONIC_RAW.
+    pub fn calibrate(&mut self) -> Result<(), TsyncError> {
+        const N: usize = 8;
+        let mut brackets = Vec::with_capacity(N);
+        for k in 0..N {
+            let t0 = raw_now();
+            let mut line = MARK.to_vec();
+            line.extend_from_slice(k.to_string().as_bytes());
+            let ok = self.marker.write_all(&line).is_ok();
+            let t1 = raw_now();
+            brackets.push(ok.then_some((t0, t1)));
+        }
+        let stamps = self.read_markers()?;
+        let best = stamps
+            .iter()
+            .filter_map(|&(k, ts)| {
+                let (t0, t1) = (*brackets.get(k)?)?;
+                Some((t1 - t0, ts as i128 - (t0 as i128 + t1 as i128) / 2))
+            })
+            .min_by_key(|&(w, _)| w)
+            .ok_or(TsyncError::NoMarkers)?;
+        self.offset = best.1 as i64;
+        self.uncertainty_ns = best.0 / 2;
+        Ok(())
+    }
+
+    /// (marker index, timestamp) of the markers in the instance's buffer (which
+    /// is emptied).
+    fn read_markers(&self) -> Result<Vec<(usize, u64)>, TsyncError> {
+        let mut out = Vec::new();
+        let cpus = crate::tracefs::cpu_count(&self.inst).unwrap_or(1);
+        let mut page = vec![0u8; self.page_size];
+        for cpu in 0..cpus {
+            let Ok(mut f) = OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(self.inst.trace_pipe_raw(cpu))
+            else {
+                continue;
+            };
+            // A bounded number of pages: the markers are a few hundred bytes.
+            for _ in 0..64 {
+                match f.read(&mut page) {
+                    Ok(n) if n > 0 => {
+                        let _ = crate::output::layout::walk_page(
+                            &page[..n],
+                            &self.pl,
+                            &self.el,
+                            false,
+                            |r| {
+                                if let Some(k) = marker_index(r.payload) {
+                                    out.push((k, r.ts));
+                                }
+                            },
+                        );
+                    }
+                    _ => break,
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The trace clock now, in ns.
+    pub fn now(&self) -> u64 {
+        (raw_now() as i64).wrapping_add(self.offset) as u64
+    }
+}
+
+fn marker_index(payload: &[u8]) -> Option<usize> {
+    let at = payload.windows(MARK.len()).position(|w| w == MARK)? + MARK.len();
+    let digits: Vec<u8> = payload[at..]
+        .iter()
+        .take_while(|b| b.is_ascii_digit())
+        .copied()
+        .collect();
+    std::str::from_utf8(&digits).ok()?.parse().ok()
+}
+
+/// One round's result: at guest time `guest_ns`, host = guest + `offset_ns`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SyncPoint {
+    /// Guest trace clock at the best probe.
+    pub guest_ns: u64,
+    /// Host − guest.
+    pub offset_ns: i64,
+    /// The best probe's round trip.
+    pub rtt_ns: u64,
+    /// Error bound of this point: half the round trip plus the host's
+    /// calibration uncertainty.
+    pub error_ns: u64,
+}
+
+/// Picks the round's point from (host send, guest, host receive) samples: the
+/// shortest round trips, their median offset.
+pub fn best_point(samples: &[(u64, u64, u64)], host_uncertainty: u64) -> Option<SyncPoint> {
+    let mut v: Vec<(u64, u64, i64)> = samples
+        .iter()
+        .filter(|s| s.2 >= s.0)
+        .map(|&(t0, g, t1)| {
+            let mid = t0 + (t1 - t0) / 2;
+            (t1 - t0, g, mid as i64 - g as i64)
+        })
+        .collect();
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by_key(|s| s.0);
+    let keep = (v.len() / 4).max(1);
+    let mut best = v[..keep].to_vec();
+    let rtt = best[0].0;
+    best.sort_by_key(|s| s.2);
+    let (_, g, off) = best[keep / 2];
+    Some(SyncPoint {
+        guest_ns: g,
+        offset_ns: off,
+        rtt_ns: rtt,
+        error_ns: rtt / 2 + host_uncertainty,
+    })
+}
+
+/// One round with the agent on `ch`: ROUND/READY, then [`PROBES`] probes.
+pub fn round(ch: &Channel<'_>, host: &mut TraceClock) -> Result<SyncPoint, TsyncError> {
+    wire::send(ch, &TsyncMsg::Round)?;
+    expect(ch, |m| matches!(m, TsyncMsg::Ready))?;
+    host.calibrate()?;
+    let mut samples = Vec::with_capacity(PROBES);
+    for seq in 0..PROBES as u32 {
+        let t0 = host.now();
+        wire::send(ch, &TsyncMsg::Probe { seq })?;
+        let TsyncMsg::Time { ns, .. } = expect(
+            ch,
+            |m| matches!(m, TsyncMsg::Time { seq: s, .. } if *s == seq),
+        )?
+        else {
+            unreachable!("expect checked the kind")
+        };
+        let t1 = host.now();
+        samples.push((t0, ns, t1));
+    }
+    best_point(&samples, host.uncertainty_ns).ok_or(TsyncError::NoMarkers)
+}
+
+/// The next tsync message, which must satisfy `ok`; other messages are skipped.
+fn expect(ch: &Channel<'_>, ok: impl Fn(&TsyncMsg) -> bool) -> Result<TsyncMsg, TsyncError> {
+    loop {
+        match wire::recv(ch, Wait::Timed)? {
+            Ok(TsyncMsg::Refuse { reason }) => return Err(TsyncError::Refused(reason)),
+            Ok(m) if ok(&m) => return Ok(m),
+            Ok(m) => return Err(TsyncError::OutOfTurn(format!("{m:?}"))),
+            Err(m) => log::debug!("clock sync: skipping {}", m.cmd().name()),
+        }
+    }
+}
+
+/// Offers clock sync to the agent on `ch` and waits up to `wait` for its answer.
+/// `Ok(None)`: no answer (an agent that does not know the exchange).
+pub fn offer(ch: &Channel<'_>, wait: Duration) -> Result<Option<String>, TsyncError> {
+    wire::send(ch, &TsyncMsg::Offer)?;
+    let deadline = Instant::now() + wait;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(None);
+        }
+        let timed = Channel::new(ch.fd()).with_timeout(Some(left));
+        match wire::recv(&timed, Wait::Timed) {
+            Ok(Ok(TsyncMsg::Accept { clock })) => return Ok(Some(clock)),
+            Ok(Ok(TsyncMsg::Refuse { reason })) => return Err(TsyncError::Refused(reason)),
+            Ok(Ok(m)) => return Err(TsyncError::OutOfTurn(format!("{m:?}"))),
+            Ok(Err(m)) => log::debug!("clock sync offer: skipping {}", m.cmd().name()),
+            Err(MsgError::TimedOut(_)) => return Ok(None),
+            Err(MsgError::Interrupted) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// The agent's side: answers the manager's tsync messages with its trace clock.
+#[derive(Debug)]
+pub struct AgentClock {
+    clock: String,
+    reader: Option<TraceClock>,
+}
+
+impl AgentClock {
+    /// For a recording with trace clock `clock`.
+    pub fn new(clock: &str) -> AgentClock {
+        AgentClock {
+            clock: clock.to_string(),
+            reader: None,
+        }
+    }
+
+    /// Answers one tsync payload received on `ch`.
+    pub fn handle(&mut self, ch: &Channel<'_>, payload: &[u8]) -> Result<(), TsyncError> {
+        let answer = match TsyncMsg::decode(payload)? {
+            TsyncMsg::Offer => match TraceClock::open(&self.clock) {
+                Ok(r) => {
+                    self.reader = Some(r);
+                    TsyncMsg::Accept {
+                        clock: self.clock.clone(),
+                    }
+                }
+                Err(e) => TsyncMsg::Refuse {
+                    reason: e.to_string(),
+                },
+            },
+            TsyncMsg::Round => match self.reader.as_mut().map(TraceClock::calibrate) {
+                Some(Ok(())) => TsyncMsg::Ready,
+                Some(Err(e)) => TsyncMsg::Refuse {
+                    reason: e.to_string(),
+                },
+                None => TsyncMsg::Refuse {
+                    reason: "no offer before the round".into(),
+                },
+            },
+            TsyncMsg::Probe { seq } => match &self.reader {
+                Some(r) => TsyncMsg::Time { seq, ns: r.now() },
+                None => TsyncMsg::Refuse {
+                    reason: "no offer before the probe".into(),
+                },
+            },
+            m => return Err(TsyncError::OutOfTurn(format!("{m:?}"))),
+        };
+        wire::send(ch, &answer)?;
+        Ok(())
+    }
+}
+
+/// A clock step found between two rounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Step {
+    /// Guest time of the round before the step.
+    pub from_guest_ns: u64,
+    /// Guest time of the round after it.
+    pub to_guest_ns: u64,
+    /// How far the offset jumped.
+    pub jump_ns: i64,
+}
+
+/// The guest → host mapping from the rounds, in the order they ran.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Correction {
+    /// The rounds' points, in time order.
+    pub points: Vec<SyncPoint>,
+    /// Intervals with a step (not interpolated: the earlier offset holds).
+    pub steps: Vec<Step>,
+}
+
+impl Correction {
+    /// Builds the mapping; an offset change that drift cannot explain is a step.
+    pub fn new(points: Vec<SyncPoint>) -> Correction {
+        let mut steps = Vec::new();
+        for w in points.windows(2) {
+            let (a, b) = (w[0], w[1]);
+            let jump = b.offset_ns - a.offset_ns;
+            let span = b.guest_ns as i128 - a.guest_ns as i128;
+            let allowed = STEP_MIN_NS
+                + (span.unsigned_abs() as i64).saturating_mul(MAX_DRIFT_PPM) / 1_000_000
+                + (a.error_ns + b.error_ns) as i64;
+            if span <= 0 || jump.abs() > allowed {
+                steps.push(Step {
+                    from_guest_ns: a.guest_ns,
+                    to_guest_ns: b.guest_ns,
+                    jump_ns: jump,
+                });
+            }
+        }
+        Correction { points, steps }
+    }
+
+    fn is_step(&self, a: &SyncPoint, b: &SyncPoint) -> bool {
+        self.steps
+            .iter()
+            .any(|s| s.from_guest_ns == a.guest_ns && s.to_guest_ns == b.guest_ns)
+    }
+
+    /// Host − guest at guest time `g`: linear between two rounds, constant
+    /// before the first and after the last, and the earlier offset across a step.
+    pub fn offset_at(&self, g: u64) -> i64 {
+        let p = &self.points;
+        let Some(first) = p.first() else { return 0 };
+        for w in p.windows(2) {
+            let (a, b) = (&w[0], &w[1]);
+            if a.guest_ns <= g && g < b.guest_ns {
+                if self.is_step(a, b) {
+                    return a.offset_ns;
+                }
+                let frac = (g - a.guest_ns) as i128 * (b.offset_ns - a.offset_ns) as i128
+                    / (b.guest_ns - a.guest_ns) as i128;
+                return a.offset_ns + frac as i64;
+            }
+        }
+        if g < first.guest_ns {
+            first.offset_ns
+        } else {
+            p.iter()
+                .rev()
+                .find(|x| x.guest_ns <= g)
+                .unwrap_or(first)
+                .offset_ns
+        }
+    }
+
+    /// Guest time `g` on the host's clock.
+    pub fn map(&self, g: u64) -> u64 {
+        (g as i128 + self.offset_at(g) as i128).clamp(0, u64::MAX as i128) as u64
+    }
+
+    /// The per-guest figures of the summary.
+    pub fn summary(&self) -> Option<TsyncSummary> {
+        let first = self.points.first()?;
+        let last = self.points.last()?;
+        let span = last.guest_ns.saturating_sub(first.guest_ns);
+        let drift_ppm = if span > 0 && self.steps.is_empty() {
+            (last.offset_ns - first.offset_ns) as f64 * 1e6 / span as f64
+        } else {
+            0.0
+        };
+        Some(TsyncSummary {
+            rounds: self.points.len(),
+            offset_ns: first.offset_ns,
+            drift_ppm,
+            best_rtt_ns: self.points.iter().map(|p| p.rtt_ns).min().unwrap_or(0),
+            error_ns: self.points.iter().map(|p| p.error_ns).max().unwrap_or(0),
+            steps: self.steps.clone(),
+        })
+    }
+
+    /// The text stored in the file (option [`OPTION_GUEST_CLOCK`]), from which the
+    /// raw guest clock can be recovered: raw = shown − offset(raw), with offset
+    /// interpolated between the listed points as [`Correction::offset_at`] does.
+    pub fn option_text(&self, guest: &str, guest_clock: &str, host_clock: &str) -> String {
+        let mut s = format!(
+            "tracecmd-rs guest clock v1\nguest {guest}\nguest_clock {guest_clock}\nhost_clock {host_clock}\n"
+        );
+        for p in &self.points {
+            s.push_str(&format!(
+                "point {} {} {} {}\n",
+                p.guest_ns, p.offset_ns, p.rtt_ns, p.error_ns
+            ));
+        }
+        for st in &self.steps {
+            s.push_str(&format!(
+                "step {} {} {}\n",
+                st.from_guest_ns, st.to_guest_ns, st.jump_ns
+            ));
+        }
+        s
+    }
+}
+
+/// What the summary says about one guest's clock.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TsyncSummary {
+    /// Rounds done.
+    pub rounds: usize,
+    /// Host − guest at the first round.
+    pub offset_ns: i64,
+    /// Rate difference over the recording (0 when it stepped).
+    pub drift_ppm: f64,
+    /// Shortest round trip seen.
+    pub best_rtt_ns: u64,
+    /// Largest error bound of a round.
+    pub error_ns: u64,
+    /// Steps found.
+    pub steps: Vec<Step>,
+}
+
+impl std::fmt::Display for TsyncSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "offset {} ns, drift {:.3} ppm, best round trip {} ns, error bound ±{} ns ({} rounds)",
+            self.offset_ns, self.drift_ppm, self.best_rtt_ns, self.error_ns, self.rounds
+        )?;
+        for s in &self.steps {
+            write!(
+                f,
+                "; the guest clock stepped by {} ns between guest times {} and {} (events there keep the earlier offset)",
+                s.jump_ns, s.from_guest_ns, s.to_guest_ns
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// How `record -A` syncs guest clocks (`--tsync-interval`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TsyncConfig {
+    /// Time between rounds while recording; `None`: only before and at the end.
+    pub interval: Option<Duration>,
+    /// The host's trace clock (of the buffer it records).
+    pub host_clock: String,
+}
+
+/// One guest's clock sync while it records: the first round before the guest's
+/// data counts, then a thread that runs a round every interval.
+#[derive(Debug)]
+pub struct ClockSync {
+    guest_clock: String,
+    host_clock: String,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<SyncState>>,
+}
+
+#[derive(Debug)]
+struct SyncState {
+    host: TraceClock,
+    points: Vec<SyncPoint>,
+    failed: Option<TsyncError>,
+}
+
+/// What a guest's clock sync gives the file and the summary.
+#[derive(Debug)]
+pub struct GuestClock {
+    /// The guest's trace clock.
+    pub guest_clock: String,
+    /// The host's.
+    pub host_clock: String,
+    /// The mapping.
+    pub correction: Correction,
+    /// A round that failed (the rounds before it still count).
+    pub failed: Option<TsyncError>,
+}
+
+impl ClockSync {
+    /// Offers sync to the agent on `agent` and, when it accepts, runs the first
+    /// round and starts the periodic ones. `Ok(None)`: the agent did not answer
+    /// (a peer that does not know the exchange), nothing changes.
+    pub fn start(agent: &OwnedFd, cfg: &TsyncConfig) -> Result<Option<ClockSync>, TsyncError> {
+        // The host's clock first: an offer the host cannot follow is not made.
+        let mut host = TraceClock::open(&cfg.host_clock)?;
+        let ch = Channel::new(agent.as_fd());
+        let Some(guest_clock) = offer(&ch, OFFER_WAIT)? else {
+            return Ok(None);
+        };
+        let first = round(&ch, &mut host)?;
+        let fd = agent.try_clone().map_err(MsgError::Io)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        let interval = cfg.interval;
+        let thread = std::thread::Builder::new()
+            .name("tsync".into())
+            .spawn(move || {
+                let mut st = SyncState {
+                    host,
+                    points: vec![first],
+                    failed: None,
+                };
+                let Some(every) = interval else { return st };
+                let ch = Channel::new(fd.as_fd());
+                'rounds: loop {
+                    let next = Instant::now() + every;
+                    while Instant::now() < next {
+                        if stopped.load(Ordering::Relaxed) {
+                            break 'rounds;
+                        }
+                        std::thread::sleep(Duration::from_millis(20).min(every));
+                    }
+                    match round(&ch, &mut st.host) {
+                        Ok(p) => st.points.push(p),
+                        Err(e) => {
+                            st.failed = Some(e);
+                            break;
+                        }
+                    }
+                }
+                st
+            })
+            .map_err(MsgError::Io)?;
+        Ok(Some(ClockSync {
+            guest_clock,
+            host_clock: cfg.host_clock.clone(),
+            stop,
+            thread: Some(thread),
+        }))
+    }
+
+    /// Stops the periodic rounds and runs the last one (before the agent is
+    /// asked to stop).
+    pub fn finish(mut self, agent: &OwnedFd) -> GuestClock {
+        self.stop.store(true, Ordering::Relaxed);
+        let st = self.thread.take().and_then(|t| t.join().ok());
+        let (points, failed) = match st {
+            Some(mut st) => {
+                if st.failed.is_none() {
+                    match round(&Channel::new(agent.as_fd()), &mut st.host) {
+                        Ok(p) => st.points.push(p),
+                        Err(e) => st.failed = Some(e),
+                    }
+                }
+                (st.points, st.failed)
+            }
+            None => (Vec::new(), None),
+        };
+        GuestClock {
+            guest_clock: std::mem::take(&mut self.guest_clock),
+            host_clock: std::mem::take(&mut self.host_clock),
+            correction: Correction::new(points),
+            failed,
+        }
+    }
+}
+
+impl Drop for ClockSync {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn rd32(b: &[u8], o: usize) -> u32 {
+    u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]])
+}
+
+/// Rewrites one little-endian ring-buffer page onto the host's clock: the page
+/// timestamp, every delta (data, padding, TIME_EXTEND) and every absolute
+/// TIME_STAMP. The deltas are recomputed from the corrected running time, so a
+/// clamped delta is made up by the next one. A page that cannot be walked is left
+/// as it is (false).
+pub fn shift_page(page: &mut [u8], pl: &PageLayout, el: &EventLayout, c: &Correction) -> bool {
+    let (tso, tsl) = pl.timestamp;
+    let (co, cl) = pl.commit;
+    let hdr_end = pl.data.0.max(co + cl).max(tso + tsl);
+    if page.len() < hdr_end || tsl != 8 {
+        return false;
+    }
+    let mut raw = u64::from_le_bytes(page[tso..tso + 8].try_into().unwrap_or([0; 8]));
+    let mut commit = [0u8; 8];
+    commit[..cl.min(8)].copy_from_slice(&page[co..co + cl.min(8)]);
+    let commit = (u64::from_le_bytes(commit) & ((1 << 27) - 1)) as usize;
+    let end = pl.data.0 + commit;
+    if end > page.len() {
+        return false;
+    }
+    let mut written = c.map(raw);
+    page[tso..tso + 8].copy_from_slice(&written.to_le_bytes());
+    let tlb = el.type_len_bits;
+    let tdb = el.time_delta_bits;
+    let max_delta = (1u64 << tdb) - 1;
+    let mut off = pl.data.0;
+    // New delta for a record at raw time `raw`; updates `written`.
+    let step = |raw: u64, written: &mut u64, max: u64| {
+        let d = c.map(raw).saturating_sub(*written).min(max);
+        *written += d;
+        d
+    };
+    while off + 4 <= end {
+        let h = rd32(page, off);
+        let type_len = h & ((1 << tlb) - 1);
+        let delta = u64::from(h >> tlb);
+        let put_hdr = |page: &mut [u8], d: u64| {
+            let v = type_len | ((d as u32) << tlb);
+            page[off..off + 4].copy_from_slice(&v.to_le_bytes());
+        };
+        let next = if type_len == el.padding {
+            if delta == 0 || off + 8 > end {
+                break;
+            }
+            raw = raw.wrapping_add(delta);
+            let d = step(raw, &mut written, max_delta);
+            put_hdr(page, d);
+            off + 4 + rd32(page, off + 4) as usize
+        } else if type_len == el.time_extend || type_len == el.time_stamp {
+            if off + 8 > end {
+                return false;
+            }
+            let ext = (u64::from(rd32(page, off + 4)) << tdb) | delta;
+            let v = if type_len == el.time_extend {
+                raw = raw.wrapping_add(ext);
+                step(raw, &mut written, (1u64 << (tdb + 32)) - 1)
+            } else {
+                raw = ext;
+                written = c.map(raw);
+                written
+            };
+            put_hdr(page, v & max_delta);
+            page[off + 4..off + 8].copy_from_slice(&((v >> tdb) as u32).to_le_bytes());
+            off + 8
+        } else if type_len == 0 {
+            if off + 8 > end {
+                return false;
+            }
+            let len = rd32(page, off + 4) as usize;
+            if len < 4 {
+                return false;
+            }
+            raw = raw.wrapping_add(delta);
+            let d = step(raw, &mut written, max_delta);
+            put_hdr(page, d);
+            off + 8 + ((len - 4 + 3) & !3)
+        } else if type_len <= el.data_max {
+            raw = raw.wrapping_add(delta);
+            let d = step(raw, &mut written, max_delta);
+            put_hdr(page, d);
+            off + 4 + type_len as usize * 4
+        } else {
+            return false;
+        };
+        if next <= off || next > end {
+            return false;
+        }
+        off = next;
+    }
+    true
+}
+
+/// Rewrites every whole page of the recorded guest data in `path`; returns the
+/// number of pages that could not be walked (left unshifted).
+pub fn shift_file(
+    path: &Path,
+    page_size: usize,
+    header_page: &[u8],
+    header_event: &[u8],
+    c: &Correction,
+) -> std::io::Result<u64> {
+    let bad = |w: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, w.to_string());
+    let pl = PageLayout::parse(header_page).ok_or_else(|| bad("unreadable guest header_page"))?;
+    let el =
+        EventLayout::parse(header_event).ok_or_else(|| bad("unreadable guest header_event"))?;
+    if page_size == 0 || c.points.is_empty() {
+        return Ok(0);
+    }
+    let mut f = OpenOptions::new().read(true).write(true).open(path)?;
+    let mut buf = vec![0u8; page_size * 64];
+    let mut pos = 0u64;
+    let mut skipped = 0;
+    loop {
+        f.seek(SeekFrom::Start(pos))?;
+        let mut n = 0;
+        while n < buf.len() {
+            match f.read(&mut buf[n..])? {
+                0 => break,
+                k => n += k,
+            }
+        }
+        let whole = n - n % page_size;
+        if whole == 0 {
+            break;
+        }
+        for page in buf[..whole].chunks_mut(page_size) {
+            if !shift_page(page, &pl, &el, c) {
+                skipped += 1;
+            }
+        }
+        f.seek(SeekFrom::Start(pos))?;
+        f.write_all(&buf[..whole])?;
+        pos += whole as u64;
+        if n < buf.len() {
+            break;
+        }
+    }
+    Ok(skipped)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pt(g: u64, off: i64) -> SyncPoint {
+        SyncPoint {
+            guest_ns: g,
+            offset_ns: off,
+            rtt_ns: 1000,
+            error_ns: 500,
+        }
+    }
+
+    #[test]
+    fn best_point_takes_the_short_round_trips() {
+        // Guest = host − 1_000_000 at the midpoint of the fast probes; the slow
+        // ones answer late (their midpoint offset is wrong).
+        let s = vec![
+            (2_000_000, 1_000_500, 2_001_000),
+            (3_000_000, 2_070_000, 3_090_000),
+            (4_000_000, 3_000_400, 4_000_800),
+            (5_000_000, 4_150_000, 5_400_000),
+        ];
+        let p = best_point(&s, 5).unwrap();
+        assert_eq!(p.rtt_ns, 800);
+        assert_eq!(p.offset_ns, 1_000_000);
+        assert_eq!(p.error_ns, 405);
+        assert!(best_point(&[(5, 1, 4)], 0).is_none());
+    }
+
+    #[test]
+    fn correction_interpolates_and_holds_across_steps() {
+        let c = Correction::new(vec![
+            pt(1_000_000_000, 5_000),
+            pt(2_000_000_000, 6_000),
+            pt(3_000_000_000, 50_000_000),
+        ]);
+        assert_eq!(c.offset_at(0), 5_000);
+        assert_eq!(c.offset_at(1_500_000_000), 5_500);
+        assert_eq!(c.steps.len(), 1);
+        assert_eq!(c.steps[0].jump_ns, 50_000_000 - 6_000);
+        assert_eq!(c.offset_at(2_500_000_000), 6_000);
+        assert_eq!(c.offset_at(9_000_000_000), 50_000_000);
+        let s = c.summary().unwrap();
+        assert_eq!(s.drift_ppm, 0.0);
+        assert!(s.to_string().contains("stepped"));
+        let c = Correction::new(vec![pt(1_000_000_000, 0), pt(2_000_000_000, 10_000)]);
+        assert!(c.steps.is_empty());
+        assert!((c.summary().unwrap().drift_ppm - 10.0).abs() < 1e-9);
+        assert!(c
+            .option_text("vm", "mono", "local")
+            .contains("point 2000000000 10000"));
+    }
+
+    /// A page: ts 1000, an 8-byte event with delta 5, a TIME_EXTEND of 2^27,
+    /// an event with delta 3, an absolute stamp of 10^9, an event with delta 1.
+    fn page() -> (Vec<u8>, PageLayout, EventLayout) {
+        let pl = PageLayout {
+            timestamp: (0, 8),
+            commit: (8, 8),
+            data: (16, 4080),
+        };
+        let el = EventLayout::default();
+        let mut p = vec![0u8; 4096];
+        p[0..8].copy_from_slice(&1000u64.to_le_bytes());
+        let mut d = Vec::new();
+        let hdr = |t: u32, delta: u32| (t | (delta << 5)).to_le_bytes();
+        d.extend_from_slice(&hdr(2, 5));
+        d.extend_from_slice(&[1; 8]);
+        let ext = 1u64 << 27;
+        d.extend_from_slice(&hdr(30, (ext & ((1 << 27) - 1)) as u32));
+        d.extend_from_slice(&((ext >> 27) as u32).to_le_bytes());
+        d.extend_from_slice(&hdr(2, 3));
+        d.extend_from_slice(&[2; 8]);
+        let abs = 1_000_000_000u64;
+        d.extend_from_slice(&hdr(31, (abs & ((1 << 27) - 1)) as u32));
+        d.extend_from_slice(&((abs >> 27) as u32).to_le_bytes());
+        d.extend_from_slice(&hdr(2, 1));
+        d.extend_from_slice(&[3; 8]);
+        p[8..16].copy_from_slice(&(d.len() as u64).to_le_bytes());
+        p[16..16 + d.len()].copy_from_slice(&d);
+        (p, pl, el)
+    }
+
+    fn stamps(p: &[u8], pl: &PageLayout, el: &EventLayout) -> Vec<u64> {
+        let mut v = Vec::new();
+        crate::output::layout::walk_page(p, pl, el, false, |r| v.push(r.ts)).unwrap();
+        v
+    }
+
+    #[test]
+    fn shift_page_moves_every_stamp_and_keeps_the_payloads() {
+        let (mut p, pl, el) = page();
+        let before = stamps(&p, &pl, &el);
+        assert_eq!(before, vec![1005, 1008 + (1 << 27), 1_000_000_001]);
+        // Offset 7_000_000 everywhere, then a drift after 10^8.
+        let c = Correction::new(vec![
+            pt(0, 7_000_000),
+            pt(100_000_000, 7_000_000),
+            pt(2_000_000_000, 7_000_190),
+        ]);
+        assert!(shift_page(&mut p, &pl, &el, &c));
+        let after = stamps(&p, &pl, &el);
+        let want: Vec<u64> = before.iter().map(|&t| c.map(t)).collect();
+        assert_eq!(after, want);
+        assert_eq!(&p[16 + 4..16 + 12], &[1; 8]);
+        // A negative offset too.
+        let (mut p, pl, el) = page();
+        let c = Correction::new(vec![pt(0, -900)]);
+        assert!(shift_page(&mut p, &pl, &el, &c));
+        assert_eq!(
+            stamps(&p, &pl, &el),
+            vec![105, 108 + (1 << 27), 999_999_101]
+        );
+    }
+
+    /// Needs root and tracefs: the `mono` trace clock read through markers
+    /// agrees with CLOCK_MONOTONIC, and the private instance goes away.
+    #[test]
+    fn trace_clock_reads_the_trace_clock() {
+        let c = TraceClock::open("mono").expect("tracefs with a mono trace clock");
+        let dir = c.inst.path().to_path_buf();
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        let ours = c.now();
+        // SAFETY: valid timespec.
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+        let mono = ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64;
+        let diff = mono as i64 - ours as i64;
+        assert!(diff.abs() < 5_000_000, "mono via markers is {diff} ns off");
+        assert!(matches!(
+            TraceClock::open("x86-tsc"),
+            Err(TsyncError::UnsupportedClock(_))
+        ));
+        drop(c);
+        assert!(!dir.exists());
+    }
+}
