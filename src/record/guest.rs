@@ -25,9 +25,11 @@ pub const AGENT_WAIT: Duration = Duration::from_secs(15);
 
 /// Whether the listener lists an agent named `name`.
 fn agent_listed(paths: &VirtPaths, name: &str) -> Result<bool> {
-    Ok(crate::virt::guest::list(paths, crate::virt::guest::Listing::Agents)?
-        .iter()
-        .any(|(n, _)| n == name))
+    Ok(
+        crate::virt::guest::list(paths, crate::virt::guest::Listing::Agents)?
+            .iter()
+            .any(|(n, _)| n == name),
+    )
 }
 
 /// A guest being recorded.

@@ -69,7 +69,6 @@ fn listed(paths: &VirtPaths, what: Listing, name: &str) -> Result<Option<u32>> {
         .map(|(_, c)| c))
 }
 
-
 /// What came back on a `connect` socket after the strings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ConnectAnswer {
