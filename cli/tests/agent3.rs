@@ -196,6 +196,20 @@ fn hostile_hosts_do_not_stop_the_agent() {
         other => panic!("expected TRACE_RESP, got {other:?}"),
     }
     drop(s);
+    // A valid request, data ports opened, the metadata never read (the agent's
+    // sends time out), then leaving without CLOSE.
+    let s = send_raw(port, &req);
+    let ch = Channel::new(std::os::fd::AsFd::as_fd(&s)).with_timeout(Some(Duration::from_secs(10)));
+    let v3::Msg::TraceResp { ports, .. } = v3::recv(&ch, Wait::Timed).expect("TRACE_RESP") else {
+        panic!("expected TRACE_RESP");
+    };
+    let data: Vec<TcpStream> = ports
+        .iter()
+        .map(|&p| TcpStream::connect((Ipv4Addr::LOCALHOST, p as u16)).expect("data port"))
+        .collect();
+    std::thread::sleep(Duration::from_secs(6));
+    drop(s);
+    drop(data);
     // The agent still serves a normal host.
     let dir = TempDir::new("agent3-after-hostile");
     let guest = debian_host(port, dir.path());

@@ -116,6 +116,8 @@ pub fn serve_host(
     stop: &dyn Fn() -> bool,
 ) -> Result<(), AgentError> {
     let peer = control.peer_addr()?.ip();
+    // A host that stops reading must not hold the agent: sends time out too.
+    control.set_write_timeout(Some(params.timeout))?;
     let ch = Channel::new(control.as_fd()).with_timeout(Some(params.timeout));
     let merr = |source| AgentError::Msg { peer, source };
     let argv = match v3::recv(&ch, Wait::Timed).map_err(merr)? {
