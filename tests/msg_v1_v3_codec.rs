@@ -159,6 +159,52 @@ fn v3_golden() -> Vec<(Msg, Vec<u8>)> {
         (Msg::FinData, hex("0000000c 00000004 00000000")),
         (Msg::Close, hex("0000000c 00000000 00000000")),
         (Msg::NotSupp, hex("0000000c 00000005 00000000")),
+        (Msg::CloseResp, hex("0000000c 00000008 00000000")),
+        // Captured from Debian 3.1.6: `record --tsync-interval -1 -A 127.0.0.1:PORT -e sched_switch`.
+        (
+            Msg::TraceReq {
+                flags: 0,
+                trace_id: 0xc02d_e3ff_060d_5a05,
+                argv: ["-C", "local", "-e", "sched_switch"]
+                    .map(String::from)
+                    .to_vec(),
+                tsync_protos: vec![],
+            },
+            hex(
+                "00000041 00000006 00000010 00000000 00000000 c02de3ff 060d5a05 \
+                 00000000 0000001d 00000004 2d43006c 6f63616c 002d6500 73636865 \
+                 645f7377 69746368 00",
+            ),
+        ),
+        // The same host offering clock sync.
+        (
+            Msg::TraceReq {
+                flags: 1,
+                trace_id: 7,
+                argv: vec![],
+                tsync_protos: vec!["kvm".into(), "ptp".into()],
+            },
+            hex(
+                "00000039 00000006 00000010 00000001 00000000 00000000 00000007 \
+                 00000000 00000004 00000000 00000001 00000009 6b766d00 70747000 00",
+            ),
+        ),
+        // Captured from Debian 3.1.6's `agent -N 127.0.0.1` answering the request above.
+        (
+            Msg::TraceResp {
+                flags: 0,
+                cpus: 2,
+                page_size: 4096,
+                trace_id: 0x9c24_bd92_6093_d45c,
+                tsync_proto: String::new(),
+                tsync_port: 0,
+                ports: vec![1623, 1624],
+            },
+            hex(
+                "0000003e 00000007 00000028 00000000 00000002 00001000 9c24bd92 6093d45c \
+                 00000000 00000000 00000000 00000000 00000000 31363233 00313632 3400",
+            ),
+        ),
     ]
 }
 
@@ -186,9 +232,23 @@ fn v3_extra_body_bytes_are_skipped_and_other_commands_are_unsupported() {
             options: vec!["tcp".into()]
         }
     );
-    // TRACE_REQ (6) is known but not decoded here.
-    let b = hex("0000001c 00000006 00000010 00000000 00000000 00000000 00000001");
-    assert_eq!(v3::decode(&b).unwrap().0, Msg::Unsupported { cmd: 6 });
+    // TIME_SYNC (9) is known but not decoded here.
+    let b = hex("00000020 00000009 00000014 00000000 00000000 00000000 00000000 00000001");
+    assert_eq!(v3::decode(&b).unwrap().0, Msg::Unsupported { cmd: 9 });
+    // TRACE_REQ with an unknown parameter (id 9) after the arguments: skipped.
+    let b = hex(
+        "00000030 00000006 00000010 00000000 00000000 00000000 00000001 \
+                 00000000 00000004 00000000 00000009 00000000",
+    );
+    assert_eq!(
+        v3::decode(&b).unwrap().0,
+        Msg::TraceReq {
+            flags: 0,
+            trace_id: 1,
+            argv: vec![],
+            tsync_protos: vec![]
+        }
+    );
 }
 
 #[test]
@@ -208,6 +268,18 @@ fn v3_bad_input_is_refused() {
         "00000014 00000002 00000004 00000001 31353030",          // port without NUL
         "00000016 00000002 00000004 00000001 37303030 3000",     // port 70000
         "00000010 00000002 00000004 00001001",                   // RINIT 4097
+        // TRACE_REQ: body too short; argc 2^31; argc 4097; argc 2 with one string;
+        // parameter length beyond the message; a parameter header cut short.
+        "00000018 00000006 0000000c 00000000 00000000 00000000",
+        "0000002c 00000006 00000010 00000000 00000000 00000000 00000001 00000000 00000008 80000000 61006200",
+        "0000002c 00000006 00000010 00000000 00000000 00000000 00000001 00000000 00000008 00001001 61006200",
+        "0000002a 00000006 00000010 00000000 00000000 00000000 00000001 00000000 00000006 00000002 6100",
+        "00000024 00000006 00000010 00000000 00000000 00000000 00000001 00000000 ffffffff",
+        "00000020 00000006 00000010 00000000 00000000 00000000 00000001 00000000",
+        // TRACE_RESP: 2 cpus, 1 port; 4097 cpus; name not NUL-terminated.
+        "00000039 00000007 00000028 00000000 00000002 00001000 00000000 00000000 00000000 00000000 00000000 00000000 00000000 31363233 00",
+        "00000034 00000007 00000028 00000000 00001001 00001000 00000000 00000000 00000000 00000000 00000000 00000000 00000000",
+        "00000039 00000007 00000028 00000000 00000001 00001000 00000000 00000000 61616161 61616161 61616161 61616161 00000000 31363233 00",
     ] {
         assert!(v3::decode(&hex(s)).is_err(), "{s} decoded");
     }

@@ -6,14 +6,21 @@ use std::sync::Arc;
 
 use clap::Args;
 use nix::sys::signal::{SigSet, Signal};
+use tracecmd_rs::record::agent3;
 use tracecmd_rs::virt::{agent, DEFAULT_PORTS_DIR};
 
 /// Options of `trace-cmd agent`.
 #[derive(Args, Debug)]
 pub struct AgentArgs {
-    /// Talk to the host over virtio-serial ports (the only mode here).
+    /// Talk to the host over virtio-serial ports (a virt-server host).
     #[arg(long)]
     virt: bool,
+    /// Serve 3.x hosts over TCP, accepting only this client address.
+    #[arg(short = 'N', value_name = "CLIENT", conflicts_with = "virt")]
+    client: Option<std::net::IpAddr>,
+    /// Port to listen on (3.x hosts).
+    #[arg(short = 'p', value_name = "PORT", default_value_t = agent3::DEFAULT_AGENT_PORT)]
+    port: u16,
     /// Directory of the virtio ports (agent-ctl-path, trace-path-cpuN).
     #[arg(long, value_name = "DIR", default_value = DEFAULT_PORTS_DIR)]
     ports_dir: PathBuf,
@@ -25,10 +32,11 @@ pub struct AgentArgs {
 
 /// Runs the agent until SIGINT/SIGTERM or the control port fails.
 pub fn run(a: AgentArgs) -> Result<(), String> {
-    if !a.virt {
-        return Err("only `agent --virt` is implemented; give --virt".into());
+    if !a.virt && a.client.is_none() {
+        return Err(
+            "the vsock agent is not implemented yet; give -N CLIENT (TCP) or --virt".into(),
+        );
     }
-    let ports = agent::open_ports(&a.ports_dir).map_err(|e| e.to_string())?;
     let stopped = Arc::new(AtomicBool::new(false));
     let s2 = stopped.clone();
     // SIGINT/SIGTERM: a recording in progress is stopped and tracefs restored.
@@ -45,6 +53,13 @@ pub fn run(a: AgentArgs) -> Result<(), String> {
             s2.store(true, Ordering::SeqCst);
         }
     });
+    let stop = || stopped.load(Ordering::SeqCst);
+    if let Some(client) = a.client {
+        eprintln!("agent: listening on TCP port {} for {client}", a.port);
+        let params = agent3::AgentParams::default();
+        return agent3::run_tcp(client, a.port, &params, &stop).map_err(|e| e.to_string());
+    }
+    let ports = agent::open_ports(&a.ports_dir).map_err(|e| e.to_string())?;
     eprintln!("agent: ports in {}", a.ports_dir.display());
     agent::serve(&ports, &|| stopped.load(Ordering::SeqCst)).map_err(|e| e.to_string())
 }

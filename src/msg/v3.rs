@@ -4,9 +4,9 @@
 //! body that follows). The receiver keeps `min(cmd_size, known body)` bytes of the
 //! body and skips the rest, as upstream does; everything after the body is payload.
 //! Commands are the [`Cmd`] enum (one name table, [`Cmd::name`]). Bodies decoded
-//! here: CLOSE, TINIT, RINIT, SEND_DATA, FIN_DATA, NOT_SUPP; the other known
-//! commands (6..=11) decode to [`Msg::Unsupported`] so that a caller can answer
-//! NOT_SUPP. The TINIT/RINIT exchange itself is in [`super::negotiate`].
+//! here: CLOSE, TINIT, RINIT, SEND_DATA, FIN_DATA, NOT_SUPP, and the agent's
+//! TRACE_REQ, TRACE_RESP and CLOSE_RESP; the other known commands (time sync, proxy,
+//! CONT) decode to [`Msg::Unsupported`] so that a caller can answer NOT_SUPP. The TINIT/RINIT exchange itself is in [`super::negotiate`].
 
 use super::channel::{Channel, Wait};
 use super::{check_count, MsgError, Result, MAX_CPUS, MSG_MAX_LEN, MSG_META_MAX_LEN};
@@ -15,9 +15,8 @@ use super::{check_count, MsgError, Result, MAX_CPUS, MSG_MAX_LEN, MSG_META_MAX_L
 pub const HDR_LEN: usize = 12;
 
 commands! {
-    /// Command numbers (spec §6.2b); 12 and above are not commands. Only CLOSE …
-    /// NOT_SUPP have bodies decoded here; the agent, time-sync and proxy commands
-    /// decode to [`Msg::Unsupported`].
+    /// Command numbers (spec §6.2b); 12 and above are not commands. The time-sync,
+    /// proxy and CONT commands decode to [`Msg::Unsupported`].
     pub enum Cmd {
         Close = 0 => "CLOSE",
         TInit = 1 => "TINIT",
@@ -41,6 +40,8 @@ impl Cmd {
         match self {
             Cmd::TInit => 12,
             Cmd::RInit => 4,
+            Cmd::TraceReq => 16,
+            Cmd::TraceResp => 40,
             _ => 0,
         }
     }
@@ -62,6 +63,29 @@ pub enum Msg {
     SendData(Vec<u8>),
     FinData,
     NotSupp,
+    /// A host asks an agent to record (3.x `record -A`).
+    TraceReq {
+        /// Bit 0 is [`TRACE_REQ_USE_FIFOS`].
+        flags: u32,
+        trace_id: u64,
+        /// The recording options, as `record` takes them ("-C", "local", "-e", …).
+        argv: Vec<String>,
+        /// Clock-sync protocols the host offers ("kvm", "ptp"); empty: no sync.
+        tsync_protos: Vec<String>,
+    },
+    /// The agent's answer: its CPUs and the port of each CPU's data connection.
+    TraceResp {
+        flags: u32,
+        cpus: u32,
+        page_size: u32,
+        trace_id: u64,
+        /// The clock-sync protocol chosen; empty: none.
+        tsync_proto: String,
+        tsync_port: u32,
+        ports: Vec<u32>,
+    },
+    /// The agent has sent everything and stops.
+    CloseResp,
     /// A known command whose body this crate does not decode (yet); `cmd` is its
     /// number ([`Cmd::from_u32`] gives it back).
     Unsupported {
@@ -83,6 +107,9 @@ impl Msg {
             Msg::SendData(_) => Cmd::SendData.name(),
             Msg::FinData => Cmd::FinData.name(),
             Msg::NotSupp => Cmd::NotSupp.name(),
+            Msg::TraceReq { .. } => Cmd::TraceReq.name(),
+            Msg::TraceResp { .. } => Cmd::TraceResp.name(),
+            Msg::CloseResp => Cmd::CloseResp.name(),
             Msg::Unsupported { cmd } => Cmd::from_u32(*cmd).map_or("V3 command", Cmd::name),
         }
     }
@@ -93,6 +120,58 @@ impl Msg {
             Msg::Close => (Cmd::Close, vec![], vec![]),
             Msg::FinData => (Cmd::FinData, vec![], vec![]),
             Msg::NotSupp => (Cmd::NotSupp, vec![], vec![]),
+            Msg::CloseResp => (Cmd::CloseResp, vec![], vec![]),
+            Msg::TraceReq {
+                flags,
+                trace_id,
+                argv,
+                tsync_protos,
+            } => {
+                // argc in the body is always 0: the arguments travel as a parameter.
+                let mut body = Vec::with_capacity(16);
+                body.extend_from_slice(&flags.to_be_bytes());
+                body.extend_from_slice(&0u32.to_be_bytes());
+                body.extend_from_slice(&trace_id.to_be_bytes());
+                let mut args = (argv.len() as u32).to_be_bytes().to_vec();
+                args.extend(nul_strings(argv));
+                let mut p = param(PARAM_ARGS, &args);
+                if !tsync_protos.is_empty() {
+                    let mut names = nul_strings(tsync_protos);
+                    names.push(0);
+                    p.extend(param(PARAM_TSYNC_PROTOS, &names));
+                }
+                (Cmd::TraceReq, body, p)
+            }
+            Msg::TraceResp {
+                flags,
+                cpus,
+                page_size,
+                trace_id,
+                tsync_proto,
+                tsync_port,
+                ports,
+            } => {
+                if tsync_proto.len() >= TSYNC_NAME_LEN {
+                    return Err(MsgError::TooBig(
+                        "a clock-sync protocol name of 16 bytes or more",
+                    ));
+                }
+                if *cpus as usize != ports.len() {
+                    return Err(MsgError::InvalidArgument(
+                        "TRACE_RESP needs one port per CPU",
+                    ));
+                }
+                let mut body = Vec::with_capacity(40);
+                for v in [*flags, *cpus, *page_size] {
+                    body.extend_from_slice(&v.to_be_bytes());
+                }
+                body.extend_from_slice(&trace_id.to_be_bytes());
+                let mut name = [0u8; TSYNC_NAME_LEN];
+                name[..tsync_proto.len()].copy_from_slice(tsync_proto.as_bytes());
+                body.extend_from_slice(&name);
+                body.extend_from_slice(&tsync_port.to_be_bytes());
+                (Cmd::TraceResp, body, port_strings(ports))
+            }
             Msg::Unsupported { .. } => {
                 return Err(MsgError::InvalidArgument(
                     "cannot encode an undecoded V3 command",
@@ -122,12 +201,7 @@ impl Msg {
             }
             Msg::RInit { ports } => {
                 let body = (ports.len() as u32).to_be_bytes().to_vec();
-                let mut p = Vec::new();
-                for port in ports {
-                    p.extend_from_slice(port.to_string().as_bytes());
-                    p.push(0);
-                }
-                (Cmd::RInit, body, p)
+                (Cmd::RInit, body, port_strings(ports))
             }
         };
         let size = HDR_LEN + body.len() + payload.len();
@@ -143,6 +217,147 @@ impl Msg {
         Ok(out)
     }
 }
+
+/// TRACE_REQ flag: the agent is to use FIFOs (virtio-serial) for the data.
+pub const TRACE_REQ_USE_FIFOS: u32 = 1;
+/// TRACE_REQ parameter: the recording arguments.
+const PARAM_ARGS: u32 = 0;
+/// TRACE_REQ parameter: the clock-sync protocols offered.
+const PARAM_TSYNC_PROTOS: u32 = 1;
+/// Length of TRACE_RESP's NUL-padded protocol name.
+const TSYNC_NAME_LEN: usize = 16;
+
+fn nul_strings(list: &[String]) -> Vec<u8> {
+    let mut p = Vec::new();
+    for s in list {
+        p.extend_from_slice(s.as_bytes());
+        p.push(0);
+    }
+    p
+}
+
+fn port_strings(ports: &[u32]) -> Vec<u8> {
+    nul_strings(&ports.iter().map(u32::to_string).collect::<Vec<_>>())
+}
+
+fn param(id: u32, data: &[u8]) -> Vec<u8> {
+    let mut p = Vec::with_capacity(8 + data.len());
+    p.extend_from_slice(&id.to_be_bytes());
+    p.extend_from_slice(&(data.len() as u32).to_be_bytes());
+    p.extend_from_slice(data);
+    p
+}
+
+fn text(s: &[u8]) -> Result<String> {
+    String::from_utf8(s.to_vec()).map_err(|_| MsgError::BadText("a V3 string is not UTF-8".into()))
+}
+
+/// `count` decimal port strings, each 0..=65535.
+fn ports(cmd: Cmd, payload: &[u8], count: u32) -> Result<Vec<u32>> {
+    let mut out = Vec::with_capacity(count as usize);
+    for s in strings(cmd, payload, count as usize)? {
+        let p = super::v1::parse_decimal("port", s)?;
+        if !(0..=65535).contains(&p) {
+            return Err(MsgError::OutOfRange {
+                what: "port",
+                value: p,
+                max: 65535,
+            });
+        }
+        out.push(p as u32);
+    }
+    Ok(out)
+}
+
+/// TRACE_REQ's parameters: `{BE32 id, BE32 length, data}` records filling the
+/// payload; unknown ids are skipped, as upstream does.
+fn trace_req_params(payload: &[u8]) -> Result<(Vec<String>, Vec<String>)> {
+    let cmd = Cmd::TraceReq;
+    let mut argv = Vec::new();
+    let mut protos = Vec::new();
+    let mut rest = payload;
+    while !rest.is_empty() {
+        if rest.len() < 8 {
+            return Err(MsgError::SizeMismatch {
+                cmd: cmd.name(),
+                field: 8,
+                actual: rest.len(),
+            });
+        }
+        let id = get32(rest, 0);
+        let len = get32(rest, 4) as usize;
+        if len > rest.len() - 8 {
+            return Err(MsgError::SizeMismatch {
+                cmd: cmd.name(),
+                field: len as u32,
+                actual: rest.len() - 8,
+            });
+        }
+        let data = &rest[8..8 + len];
+        rest = &rest[8 + len..];
+        match id {
+            PARAM_ARGS => {
+                if data.len() < 4 {
+                    return Err(MsgError::TooShort {
+                        cmd: "TRACE_REQ argument list",
+                        size: data.len() as u32,
+                        min: 4,
+                    });
+                }
+                // Each argument takes at least its NUL, so the count is bounded by
+                // the bytes that came; `strings` checks that.
+                let argc = check_count(
+                    "TRACE_REQ argument count",
+                    i64::from(get32(data, 0) as i32),
+                    MAX_ARGS,
+                )?;
+                argv = strings(cmd, &data[4..], argc as usize)?
+                    .into_iter()
+                    .map(text)
+                    .collect::<Result<_>>()?;
+            }
+            PARAM_TSYNC_PROTOS => {
+                protos.clear();
+                let mut names = data;
+                loop {
+                    let Some(nul) = names.iter().position(|&b| b == 0) else {
+                        return Err(MsgError::BadText(
+                            "TRACE_REQ clock-sync protocol list is not NUL-terminated".into(),
+                        ));
+                    };
+                    if nul == 0 {
+                        break;
+                    }
+                    protos.push(text(&names[..nul])?);
+                    names = &names[nul + 1..];
+                }
+            }
+            other => log::debug!("TRACE_REQ: skipping unknown parameter {other}"),
+        }
+    }
+    Ok((argv, protos))
+}
+
+/// A CPU count and a page size from the wire, both checked.
+fn cpus_and_page_size(
+    cpus_what: &'static str,
+    cpus: u32,
+    page_what: &'static str,
+    page_size: u32,
+) -> Result<(u32, u32)> {
+    let cpus = check_count(cpus_what, i64::from(cpus as i32), MAX_CPUS)?;
+    if page_size as i32 <= 0 {
+        return Err(MsgError::OutOfRange {
+            what: page_what,
+            value: i64::from(page_size as i32),
+            max: i64::from(i32::MAX),
+        });
+    }
+    Ok((cpus, page_size))
+}
+
+/// Largest argument count a TRACE_REQ may carry.
+pub const MAX_ARGS: u32 = 4096;
 
 /// Checks a header; returns `(cmd, size, cmd_size)`.
 pub fn parse_header(hdr: &[u8; HDR_LEN]) -> Result<(Cmd, usize, usize)> {
@@ -224,19 +439,12 @@ pub fn decode_body(cmd: Cmd, body: &[u8], payload: &[u8]) -> Result<Msg> {
         Cmd::NotSupp => header_only(Msg::NotSupp),
         Cmd::SendData => Ok(Msg::SendData(payload.to_vec())),
         Cmd::TInit => {
-            let cpus = check_count(
+            let (cpus, page_size) = cpus_and_page_size(
                 "TINIT cpu count",
-                i64::from(get32(body, 0) as i32),
-                MAX_CPUS,
+                get32(body, 0),
+                "TINIT page size",
+                get32(body, 4),
             )?;
-            let page_size = get32(body, 4);
-            if page_size as i32 <= 0 {
-                return Err(MsgError::OutOfRange {
-                    what: "TINIT page size",
-                    value: i64::from(page_size as i32),
-                    max: i64::from(i32::MAX),
-                });
-            }
             let opt_num = get32(body, 8) as usize;
             let options = strings(cmd, payload, opt_num)?
                 .into_iter()
@@ -254,26 +462,45 @@ pub fn decode_body(cmd: Cmd, body: &[u8], payload: &[u8]) -> Result<Msg> {
                 i64::from(get32(body, 0) as i32),
                 MAX_CPUS,
             )?;
-            let mut ports = Vec::with_capacity(cpus as usize);
-            for s in strings(cmd, payload, cpus as usize)? {
-                let p = super::v1::parse_decimal("port", s)?;
-                if !(0..=65535).contains(&p) {
-                    return Err(MsgError::OutOfRange {
-                        what: "RINIT port",
-                        value: p,
-                        max: 65535,
-                    });
-                }
-                ports.push(p as u32);
-            }
-            Ok(Msg::RInit { ports })
+            Ok(Msg::RInit {
+                ports: ports(cmd, payload, cpus)?,
+            })
         }
-        Cmd::TraceReq
-        | Cmd::TraceResp
-        | Cmd::CloseResp
-        | Cmd::TimeSync
-        | Cmd::TraceProxy
-        | Cmd::Cont => Ok(Msg::Unsupported { cmd: cmd as u32 }),
+        Cmd::CloseResp => header_only(Msg::CloseResp),
+        Cmd::TraceReq => {
+            let (argv, tsync_protos) = trace_req_params(payload)?;
+            Ok(Msg::TraceReq {
+                flags: get32(body, 0),
+                trace_id: u64::from_be_bytes(body[8..16].try_into().expect("16-byte body")),
+                argv,
+                tsync_protos,
+            })
+        }
+        Cmd::TraceResp => {
+            let (cpus, page_size) = cpus_and_page_size(
+                "TRACE_RESP cpu count",
+                get32(body, 4),
+                "TRACE_RESP page size",
+                get32(body, 8),
+            )?;
+            let name = &body[20..20 + TSYNC_NAME_LEN];
+            let Some(nul) = name.iter().position(|&b| b == 0) else {
+                return Err(MsgError::BadText(
+                    "TRACE_RESP clock-sync protocol name is not NUL-terminated".into(),
+                ));
+            };
+            let name = &name[..nul];
+            Ok(Msg::TraceResp {
+                flags: get32(body, 0),
+                cpus,
+                page_size,
+                trace_id: u64::from_be_bytes(body[12..20].try_into().expect("40-byte body")),
+                tsync_proto: text(name)?,
+                tsync_port: get32(body, 36),
+                ports: ports(cmd, payload, cpus)?,
+            })
+        }
+        Cmd::TimeSync | Cmd::TraceProxy | Cmd::Cont => Ok(Msg::Unsupported { cmd: cmd as u32 }),
     }
 }
 

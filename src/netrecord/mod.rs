@@ -337,7 +337,7 @@ impl NetSession {
 }
 
 /// SEND_DATA chunks of at most 8180 bytes, then FIN_DATA.
-fn send_v3_data(ch: &Channel<'_>, data: &[u8]) -> msg::Result<()> {
+pub(crate) fn send_v3_data(ch: &Channel<'_>, data: &[u8]) -> msg::Result<()> {
     for chunk in data.chunks(msg::MSG_META_MAX_LEN) {
         v3::send(ch, &v3::Msg::SendData(chunk.to_vec()))?;
     }

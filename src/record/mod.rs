@@ -20,6 +20,7 @@
 //! restores tracefs and removes the temporary per-CPU data, and no output file that
 //! looks complete is left behind.
 
+pub mod agent3;
 mod cpus;
 pub mod guest;
 mod session;

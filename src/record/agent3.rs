@@ -1,0 +1,318 @@
+//! The 3.x guest agent (issue 14 item 1): `trace-cmd agent` without `--virt`.
+//!
+//! One host at a time: it sends TRACE_REQ with the recording options; the agent
+//! prepares tracefs, opens one TCP data port per CPU, answers TRACE_RESP with those
+//! ports, sends the metadata on the control connection (a v6 file through the
+//! options block, as SEND_DATA chunks and FIN_DATA, the form a 3.x host's
+//! `record -A` reads as it reads a listener's), records each CPU into its data
+//! connection, and on CLOSE stops, puts tracefs back and answers CLOSE_RESP.
+//! No clock synchronisation: TRACE_RESP names no protocol, which a 3.x host
+//! accepts as "no sync" (as with `--tsync-interval -1`).
+//!
+//! Everything from the host is bounded: messages by [`crate::msg`]'s codec and
+//! timeout, the argument list by [`parse_request`], the data connections by a
+//! deadline and by the host's address.
+
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::{AsFd, OwnedFd};
+use std::time::{Duration, Instant, SystemTime};
+
+use super::{CpuRecorderSet, RecordError};
+use crate::msg::{v3, Channel, MsgError, Wait};
+use crate::netrecord::send_v3_data;
+use crate::output::{standard_options, write_options_block, Metadata};
+use crate::recorder::{CpuRecorder, Input, Output, RecordFlags};
+use crate::tracefs::{self, Instance, RecordingSetup, TracefsError, TracefsState};
+
+/// What went wrong serving one host.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("host {peer}: {source}")]
+    Msg { peer: IpAddr, source: MsgError },
+    #[error("host {peer} sent {got} where TRACE_REQ was expected")]
+    NotTraceReq { peer: IpAddr, got: &'static str },
+    #[error("host {peer} asked for a recording this agent cannot make: {reason}")]
+    BadRequest { peer: IpAddr, reason: String },
+    #[error("host {peer} did not open every data connection within {secs} s")]
+    DataTimeout { peer: IpAddr, secs: u64 },
+    #[error("cannot open a data port: {0}")]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Tracefs(#[from] TracefsError),
+    #[error(transparent)]
+    Record(#[from] RecordError),
+    #[error(transparent)]
+    Output(#[from] crate::output::OutputError),
+}
+
+/// The recording a host asked for, from TRACE_REQ's arguments.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AgentRequest {
+    /// `-e` selectors, in order.
+    pub events: Vec<String>,
+    /// `-C`.
+    pub clock: Option<String>,
+    /// `-b`, KiB per CPU.
+    pub buffer_kb: Option<u64>,
+    /// `-B`: record this instance instead of the top-level buffer.
+    pub instance: Option<String>,
+}
+
+/// Reads the options a 3.x host sends (`-e EV`, `-C CLOCK`, `-b KB`, `-B NAME`,
+/// each with its value as the next argument, as `record` takes them). Anything
+/// else is refused with its name, so the host's user learns what did not apply.
+pub fn parse_request(argv: &[String]) -> Result<AgentRequest, String> {
+    let mut req = AgentRequest::default();
+    let mut it = argv.iter();
+    while let Some(opt) = it.next() {
+        let mut value = || {
+            it.next()
+                .cloned()
+                .ok_or_else(|| format!("option {opt:?} has no value"))
+        };
+        match opt.as_str() {
+            "-e" => req.events.push(value()?),
+            "-C" => req.clock = Some(value()?),
+            "-b" => {
+                let v = value()?;
+                req.buffer_kb = Some(
+                    v.parse()
+                        .map_err(|_| format!("-b {v:?} is not a size in KiB"))?,
+                )
+            }
+            "-B" => req.instance = Some(value()?),
+            other => return Err(format!("option {other:?} is not supported by this agent")),
+        }
+    }
+    if req.events.is_empty() {
+        return Err("no events asked for (-e)".into());
+    }
+    Ok(req)
+}
+
+/// How the agent waits for a host.
+#[derive(Debug, Clone, Copy)]
+pub struct AgentParams {
+    /// Longest wait for a message inside a step and for the data connections.
+    pub timeout: Duration,
+    /// Recorder poll interval.
+    pub sleep: Duration,
+}
+
+impl Default for AgentParams {
+    fn default() -> Self {
+        AgentParams {
+            timeout: Duration::from_secs(5),
+            sleep: Duration::from_millis(100),
+        }
+    }
+}
+
+/// Serves one connected host, from TRACE_REQ to CLOSE_RESP. tracefs is put back
+/// whatever happens.
+pub fn serve_host(
+    control: &TcpStream,
+    params: &AgentParams,
+    stop: &dyn Fn() -> bool,
+) -> Result<(), AgentError> {
+    let peer = control.peer_addr()?.ip();
+    // A host that stops reading must not hold the agent: sends time out too.
+    control.set_write_timeout(Some(params.timeout))?;
+    let ch = Channel::new(control.as_fd()).with_timeout(Some(params.timeout));
+    let merr = |source| AgentError::Msg { peer, source };
+    let argv = match v3::recv(&ch, Wait::Timed).map_err(merr)? {
+        v3::Msg::TraceReq { argv, .. } => argv,
+        other => {
+            let _ = v3::send(&ch, &v3::Msg::NotSupp);
+            return Err(AgentError::NotTraceReq {
+                peer,
+                got: other.name(),
+            });
+        }
+    };
+    let bad = |reason| AgentError::BadRequest { peer, reason };
+    let req = parse_request(&argv).map_err(bad)?;
+    log::info!("host {peer} asks for {req:?}");
+    let inst = match &req.instance {
+        None => Instance::top().map_err(|e| bad(e.to_string()))?,
+        Some(n) => Instance::open(n).or_else(|_| Instance::create(n))?,
+    };
+    let selectors: Vec<&str> = req.events.iter().map(String::as_str).collect();
+    let events = inst.resolve_events(&selectors)?;
+    let cpus = tracefs::cpu_count(&inst)?;
+    let mut guard = TracefsState::new(&inst);
+    guard.prepare_recording(
+        &RecordingSetup {
+            tracer: None,
+            buffer_kb: req.buffer_kb,
+            clock: req.clock.as_deref(),
+        },
+        &events,
+    )?;
+    let meta = Metadata::from_tracefs(&inst, &events)?;
+    let mut bytes = meta.to_bytes()?;
+    write_options_block(
+        &mut bytes,
+        cpus as u32,
+        &standard_options(&inst.trace_clock_text()?, &[]),
+    )?;
+    // Data ports on the address the host reached us on.
+    let local = control.local_addr()?.ip();
+    let listeners = (0..cpus)
+        .map(|_| TcpListener::bind(SocketAddr::new(local, 0)))
+        .collect::<std::io::Result<Vec<_>>>()?;
+    let ports = listeners
+        .iter()
+        .map(|l| l.local_addr().map(|a| u32::from(a.port())))
+        .collect::<std::io::Result<Vec<_>>>()?;
+    let trace_id = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(1, |d| d.as_nanos() as u64 ^ u64::from(std::process::id()));
+    v3::send(
+        &ch,
+        &v3::Msg::TraceResp {
+            flags: 0,
+            cpus: cpus as u32,
+            page_size: meta.page_size,
+            trace_id,
+            tsync_proto: String::new(),
+            tsync_port: 0,
+            ports,
+        },
+    )
+    .map_err(merr)?;
+    // The host may connect before or after reading the metadata: accept in a
+    // thread while the metadata goes out.
+    let timeout = params.timeout;
+    let acceptor = std::thread::spawn(move || accept_all(listeners, peer, timeout));
+    let sent = send_v3_data(&ch, &bytes).map_err(merr);
+    let socks = acceptor.join().unwrap_or(Err(AgentError::DataTimeout {
+        peer,
+        secs: timeout.as_secs(),
+    }))?;
+    sent?;
+    let mut recorders = CpuRecorderSet::new("agent");
+    for (cpu, sock) in socks.into_iter().enumerate() {
+        let input = Input::Buffer {
+            dir: inst.path().to_path_buf(),
+            cpu,
+        };
+        let rec = CpuRecorder::new(input, Output::Stream(sock), RecordFlags::default())
+            .map_err(|source| RecordError::StartRecorder { cpu, source })?;
+        recorders.start(cpu, rec, params.sleep)?;
+    }
+    guard.set_tracing_on(true)?;
+    log::info!(
+        "recording {} events on {cpus} CPUs for host {peer}",
+        events.len()
+    );
+    let ended = wait_close(&ch, &recorders, stop);
+    inst.set_tracing_on(false)?;
+    let flushed = recorders.finish();
+    guard.restore()?;
+    flushed.map_err(RecordError::from)?;
+    ended.map_err(merr)?;
+    v3::send(&ch, &v3::Msg::CloseResp).map_err(merr)?;
+    log::info!("host {peer}: recording sent and closed");
+    Ok(())
+}
+
+/// Waits for the host's CLOSE, answering NOT_SUPP to anything else; stops early if
+/// a recorder fails.
+fn wait_close(
+    ch: &Channel<'_>,
+    recorders: &CpuRecorderSet,
+    stop: &dyn Fn() -> bool,
+) -> Result<(), MsgError> {
+    loop {
+        match v3::recv(ch, Wait::Timed) {
+            Ok(v3::Msg::Close) => return Ok(()),
+            Ok(v3::Msg::NotSupp) => {}
+            Ok(m) => {
+                log::info!("{} while recording; answered NOT_SUPP", m.name());
+                v3::send(ch, &v3::Msg::NotSupp)?;
+            }
+            Err(MsgError::TimedOut(_)) | Err(MsgError::Interrupted) => {
+                if recorders.finished_early() || stop() {
+                    return Err(MsgError::Aborted);
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// One connection per listener, from `peer` only, all within `timeout`.
+fn accept_all(
+    listeners: Vec<TcpListener>,
+    peer: IpAddr,
+    timeout: Duration,
+) -> Result<Vec<OwnedFd>, AgentError> {
+    let deadline = Instant::now() + timeout;
+    let mut out = Vec::with_capacity(listeners.len());
+    for l in listeners {
+        l.set_nonblocking(true)?;
+        loop {
+            match l.accept() {
+                Ok((s, from)) if from.ip() == peer => {
+                    s.set_nonblocking(false)?;
+                    out.push(OwnedFd::from(s));
+                    break;
+                }
+                Ok((_, from)) => log::warn!("refused a data connection from {from}"),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if Instant::now() >= deadline {
+                        return Err(AgentError::DataTimeout {
+                            peer,
+                            secs: timeout.as_secs(),
+                        });
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// trace-cmd's default agent port (vsock and TCP).
+pub const DEFAULT_AGENT_PORT: u16 = 823;
+
+/// Listens on TCP `port` and serves hosts from `client` one after the other,
+/// refusing every other address; returns only when `stop` says so.
+pub fn run_tcp(
+    client: IpAddr,
+    port: u16,
+    params: &AgentParams,
+    stop: &dyn Fn() -> bool,
+) -> std::io::Result<()> {
+    let bind: IpAddr = if client.is_ipv4() {
+        std::net::Ipv4Addr::UNSPECIFIED.into()
+    } else {
+        std::net::Ipv6Addr::UNSPECIFIED.into()
+    };
+    let l = TcpListener::bind(SocketAddr::new(bind, port))?;
+    l.set_nonblocking(true)?;
+    log::info!("agent listening on TCP port {port} for {client}");
+    while !stop() {
+        match l.accept() {
+            Ok((s, from)) if from.ip() == client => {
+                s.set_nonblocking(false)?;
+                match serve_host(&s, params, stop) {
+                    Ok(()) => {}
+                    Err(e) => log::error!("{e}"),
+                }
+            }
+            Ok((_, from)) => {
+                log::warn!("refused a connection from {from}: only {client} may connect")
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(50))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
