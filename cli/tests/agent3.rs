@@ -6,41 +6,18 @@
 //! vsock is not tested: the agent has no vsock socket yet (and this machine has no
 //! /dev/vhost-vsock nor vsock loopback).
 
-#[path = "../../tests/dat_common/mod.rs"]
-mod dat_common;
-#[path = "../../tests/listen_common/mod.rs"]
-mod listen_common;
-
 use std::io::Write;
-use std::net::{Ipv4Addr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::net::{Ipv4Addr, TcpStream};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use dat_common::TempDir;
+use testkit::debian::{sandbox, try_report};
+use testkit::{free_port, lock_top_buffer, TempDir};
 use tracecmd_rs::msg::{v3, Channel, Wait};
 use tracecmd_rs::tracefs::Instance;
 
 const BIN: &str = env!("CARGO_BIN_EXE_trace-cmd");
-const DEBIAN: &str = "/usr/bin/trace-cmd";
-
-fn sandbox() -> PathBuf {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/tools/ftrace-sandbox");
-    assert!(
-        p.exists(),
-        "{} is missing: it runs Debian's trace-cmd record here",
-        p.display()
-    );
-    p
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 struct Agent(Child);
 
@@ -84,18 +61,9 @@ impl Drop for Agent {
 }
 
 fn report(dat: &Path) -> String {
-    let out = Command::new(DEBIAN)
-        .args(["report", "-i"])
-        .arg(dat)
-        .output()
-        .expect("run trace-cmd report");
-    assert!(
-        out.status.success(),
-        "report {} failed: {}",
-        dat.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    try_report(dat)
+        .unwrap_or_else(|e| panic!("report {} failed: {e}", dat.display()))
+        .stdout
 }
 
 /// Debian's record -A against the agent; returns the guest file's report.
@@ -133,7 +101,7 @@ fn top_state(top: &Instance) -> (bool, String, u64) {
 
 #[test]
 fn debian_record_a_reaches_our_agent_and_reads_its_file() {
-    let _lock = listen_common::lock_top_buffer();
+    let _lock = lock_top_buffer();
     let top = Instance::top().expect("tracefs");
     let before = top_state(&top);
     let port = free_port();
@@ -171,7 +139,7 @@ fn trace_req(argv: &[&str]) -> Vec<u8> {
 
 #[test]
 fn hostile_hosts_do_not_stop_the_agent() {
-    let _lock = listen_common::lock_top_buffer();
+    let _lock = lock_top_buffer();
     let top = Instance::top().expect("tracefs");
     let before = top_state(&top);
     let port = free_port();
