@@ -78,6 +78,7 @@ pub fn run(args: ListenArgs) -> Result<(), String> {
         max_clients: args.max_clients as usize,
         ..ListenConfig::default()
     };
+    raise_fd_limit(cfg.max_clients);
     // Bind before detaching, so that a busy port is reported to the caller.
     let listener = Listener::bind(cfg).map_err(|e| e.to_string())?;
     let log = match &args.logfile {
@@ -127,4 +128,25 @@ pub fn run(args: ListenArgs) -> Result<(), String> {
     listener.serve().map_err(|e| e.to_string())?;
     log::info!("all sessions ended; listener stopped");
     Ok(())
+}
+
+/// Every session holds a dozen descriptors; the usual soft limit of 1024 would
+/// stop a fleet at about 80 clients. Raise it to the hard limit, and say so when
+/// even that is short of `max_clients` sessions of clients like this machine.
+fn raise_fd_limit(max_clients: usize) {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_err() {
+        log::debug!("cannot raise the open-file limit from {soft} to {hard}");
+    }
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
+    let need = max_clients as u64 * tracecmd_rs::listen::fds_per_session(cpus) + 64;
+    let have = getrlimit(Resource::RLIMIT_NOFILE).map_or(soft, |l| l.0);
+    if have < need {
+        log::warn!(
+            "the open-file limit ({have}) is short of the {need} that {max_clients} sessions of {cpus}-CPU clients need; raise it (ulimit -n) or lower --max-clients"
+        );
+    }
 }

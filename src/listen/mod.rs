@@ -188,8 +188,18 @@ struct Shared {
 #[derive(Default)]
 struct Sessions {
     next_id: u64,
-    /// Control socket of every running session, and whether a stop ended it.
-    live: HashMap<u64, (RawFd, bool)>,
+    live: HashMap<u64, Live>,
+}
+
+/// A running session as a stop sees it.
+struct Live {
+    /// Its control connection.
+    fd: RawFd,
+    /// In its last phase, where only the end of the session is awaited: a stop
+    /// may shut the connection there without cutting a message in two.
+    waiting: bool,
+    /// A stop ended it.
+    stopped: bool,
 }
 
 impl Shared {
@@ -228,9 +238,28 @@ pub(crate) struct Ticket {
 }
 
 impl Ticket {
-    /// Whether the listener's stop ended this session's control connection.
+    /// Whether the listener's stop ended this session.
     pub(crate) fn stopped(&self) -> bool {
-        self.shared.lock().live.get(&self.id).is_some_and(|e| e.1)
+        self.shared
+            .lock()
+            .live
+            .get(&self.id)
+            .is_some_and(|e| e.stopped)
+    }
+
+    /// The session now only waits for its end (CLOSE, or EOF for V1). Returns
+    /// true when the listener is already stopping: the session ends at once.
+    pub(crate) fn enter_wait(&self) -> bool {
+        let mut s = self.shared.lock();
+        let stopping = self.shared.stopping.load(Ordering::SeqCst);
+        match s.live.get_mut(&self.id) {
+            Some(e) => {
+                e.waiting = true;
+                e.stopped |= stopping;
+                e.stopped
+            }
+            None => stopping,
+        }
     }
 }
 
@@ -239,6 +268,14 @@ impl Drop for Ticket {
         self.shared.lock().live.remove(&self.id);
         self.shared.wake();
     }
+}
+
+/// File descriptors one session holds at most for a client with `cpus` CPUs:
+/// the control connection, the file being built and the data thread's stop
+/// pipe (3), and per CPU its data socket, its temporary file and, for TCP, the
+/// two ends of the splice pipe.
+pub fn fds_per_session(cpus: u32) -> u64 {
+    5 + 4 * u64::from(cpus)
 }
 
 /// The kernel's limit on accept queues (`net.core.somaxconn`).
@@ -412,18 +449,34 @@ impl Listener {
         let sh = &*self.shared;
         // On Linux this also resets the connections still in the accept queue.
         let _ = socket::shutdown(self.sock.as_raw_fd(), socket::Shutdown::Read);
+        // Sessions still in their handshake or metadata go on (each message is
+        // bounded by the timeout) and end as soon as they reach their wait
+        // ([`Ticket::enter_wait`]); the waiting ones end now.
         let n = {
             let mut s = sh.lock();
-            for (fd, stopped) in s.live.values_mut() {
-                *stopped = true;
-                let _ = socket::shutdown(*fd, socket::Shutdown::Read);
+            for e in s.live.values_mut().filter(|e| e.waiting) {
+                e.stopped = true;
+                let _ = socket::shutdown(e.fd, socket::Shutdown::Read);
             }
             s.live.len()
         };
         if n > 0 {
             log::info!("stopping: ending {n} session(s) in progress with what has arrived");
         }
+        // A session that does not reach its wait (a client silent in the
+        // handshake under `--timeout 0`) is shut down after a grace period.
+        let grace = std::time::Instant::now()
+            + sh.cfg.timeout.unwrap_or(Duration::ZERO)
+            + Duration::from_secs(5);
+        let mut forced = false;
         while sh.running() > 0 {
+            if !forced && std::time::Instant::now() >= grace {
+                forced = true;
+                for e in sh.lock().live.values_mut() {
+                    e.stopped = true;
+                    let _ = socket::shutdown(e.fd, socket::Shutdown::Read);
+                }
+            }
             let mut fds = [PollFd::new(sh.wake_r.as_fd(), PollFlags::POLLIN)];
             let _ = nix::poll::poll(&mut fds, PollTimeout::from(200u16));
             self.drain_wake();
@@ -442,7 +495,14 @@ impl Listener {
             let mut s = self.shared.lock();
             let id = s.next_id;
             s.next_id += 1;
-            s.live.insert(id, (stream.as_raw_fd(), false));
+            s.live.insert(
+                id,
+                Live {
+                    fd: stream.as_raw_fd(),
+                    waiting: false,
+                    stopped: false,
+                },
+            );
             Ticket {
                 id,
                 shared: Arc::clone(&self.shared),

@@ -184,7 +184,7 @@ fn session(
         }
     };
 
-    let ended = receive_metadata(&ch, proto, &mut dat, cfg, &label);
+    let ended = receive_metadata(&ch, proto, &mut dat, cfg, ticket, &label);
     // Data still in flight matters only when a file will be built.
     let quiet = if ended.is_ok() {
         cfg.drain_quiet
@@ -281,9 +281,17 @@ fn receive_metadata(
     proto: Protocol,
     dat: &mut File,
     cfg: &ListenConfig,
+    ticket: &Ticket,
     label: &str,
 ) -> Result<Outcome, ListenError> {
     let mut total = 0u64;
+    // Entering the wait for the end; a stopping listener ends the session here.
+    let stopping = || {
+        ticket
+            .enter_wait()
+            .then(|| log::info!("{label}: the listener is stopping"))
+            .is_some()
+    };
     let incomplete = |e: MsgError, total: u64| match e {
         MsgError::Closed | MsgError::TimedOut(_) | MsgError::Io(_) => {
             ListenError::MetadataIncomplete(format!("{e}, after {total} bytes"))
@@ -294,6 +302,9 @@ fn receive_metadata(
         // V1: raw metadata until the client closes (spec §3.1); there is no CLOSE.
         Protocol::V1 => {
             let mut buf = vec![0u8; 64 * 1024];
+            if stopping() {
+                return Ok(Outcome::Partial);
+            }
             loop {
                 match ch.recv_some(&mut buf, Wait::Blocking) {
                     Ok(0) => return Ok(Outcome::Complete),
@@ -316,6 +327,9 @@ fn receive_metadata(
                     }
                     Err(e) => return Err(incomplete(e, total)),
                 }
+            }
+            if stopping() {
+                return Ok(Outcome::Partial);
             }
             loop {
                 match v2::recv(ch, Wait::Blocking) {
@@ -349,6 +363,9 @@ fn receive_metadata(
                     }
                     Err(e) => return Err(incomplete(e, total)),
                 }
+            }
+            if stopping() {
+                return Ok(Outcome::Partial);
             }
             loop {
                 match v3::recv(ch, Wait::Blocking) {
