@@ -5,17 +5,16 @@
 mod dat_common;
 #[path = "../../tests/listen_common/mod.rs"]
 mod listen_common;
+#[path = "../../tests/listen_common/replay.rs"]
+mod replay;
 
-use std::net::{Ipv6Addr, TcpListener, TcpStream, UdpSocket};
-use std::os::fd::AsFd;
+use std::net::{Ipv6Addr, TcpListener, TcpStream};
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use dat_common::TempDir;
-use listen_common::{metadata, PAGE};
-use tracecmd_rs::msg::handshake::{self, Negotiated};
-use tracecmd_rs::msg::{session as msess, Channel};
+use listen_common::PAGE;
 use tracecmd_rs::output::reader::TraceDat;
 
 const BIN: &str = env!("CARGO_BIN_EXE_trace-cmd");
@@ -82,16 +81,7 @@ fn daemon_serves_a_v2_client_and_logs_to_the_file() {
         "daemon {pid} is not running"
     );
 
-    let s = TcpStream::connect(("127.0.0.1", port)).expect("connect to the daemon");
-    let ch = Channel::new(s.as_fd()).with_timeout(Some(Duration::from_secs(10)));
-    assert_eq!(handshake::client_negotiate(&ch).unwrap(), Negotiated::V2);
-    let r = msess::send_init(&ch, 1, PAGE as u32, false).unwrap();
-    msess::send_metadata(&ch, &metadata()).unwrap();
-    msess::finish_metadata(&ch).unwrap();
-    let u = UdpSocket::bind("127.0.0.1:0").unwrap();
-    u.connect(("127.0.0.1", r.ports[0] as u16)).unwrap();
-    u.send(&vec![7u8; PAGE]).unwrap();
-    msess::send_close(&ch).unwrap();
+    let (s, _) = listen_common::v2_client(port, 1, true);
     drop(s);
 
     wait_for("the session's log line", Duration::from_secs(10), || {
@@ -262,4 +252,124 @@ fn sigint_ignored_at_start_still_stops_listen_and_keeps_our_clients_data() {
 #[test]
 fn sigterm_stops_listen_and_keeps_debians_clients_data() {
     stop_with_session_in_progress(nix::sys::signal::Signal::SIGTERM, Client::Debian);
+}
+
+/// Captures one real session: our `record -N --proto 1 -t` against an
+/// in-process listener; returns the finished file's bytes.
+fn capture_session(dir: &Path) -> Vec<u8> {
+    use dat_common::TopState;
+    use tracecmd_rs::listen::{ListenConfig, Outcome};
+    let top = tracecmd_rs::tracefs::Instance::top().expect("tracefs is mounted");
+    let _lock = listen_common::lock_top_buffer();
+    let before = TopState::read(&top);
+    let l = listen_common::Running::start(ListenConfig {
+        dir: dir.to_path_buf(),
+        ..ListenConfig::default()
+    });
+    let out = Command::new(BIN)
+        .args([
+            "record",
+            "-N",
+            &format!("127.0.0.1:{}", l.port),
+            "--proto",
+            "1",
+        ])
+        .args(["-t", "-q", "-e", "sched:sched_switch", "sleep", "0.5"])
+        .output()
+        .expect("run record -N");
+    before.restore(&top);
+    assert!(
+        out.status.success(),
+        "record -N failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = l.any_report(Duration::from_secs(30));
+    assert!(matches!(r.result, Ok(Outcome::Complete)), "{:?}", r.result);
+    std::fs::read(r.output.unwrap()).unwrap()
+}
+
+/// Issue 18: 256 clients replaying a captured real session (half V1, half V3)
+/// released at once against one listener. Every client completes, every file
+/// reads back in Debian's report with the captured event count, and the
+/// listener then serves one more real client.
+#[test]
+fn a_fleet_of_256_replayed_clients_all_get_complete_files() {
+    use std::sync::Arc;
+    use tracecmd_rs::listen::{ListenConfig, Outcome};
+    use tracecmd_rs::netrecord::Proto;
+    const CLIENTS: usize = 256;
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test records on tracefs and needs root"
+    );
+    let cap_dir = TempDir::new("listen-capture");
+    let captured = cap_dir.path().join("capture.dat");
+    std::fs::write(&captured, capture_session(cap_dir.path())).unwrap();
+    let cap = replay::Capture::from_dat(&std::fs::read(&captured).unwrap()).unwrap();
+    let cpus = cap.cpu_data.len();
+    // Debian's count of the captured file is the reference.
+    let want = dat_common::per_cpu(&dat_common::report(&captured), "", cpus);
+    assert!(
+        want.iter().sum::<u64>() > 0,
+        "the captured session has no events"
+    );
+    let cap = Arc::new(cap);
+
+    let dir = TempDir::new("listen-fleet");
+    let l = listen_common::Running::start(ListenConfig {
+        dir: dir.path().to_path_buf(),
+        ..ListenConfig::default()
+    });
+    let protos: Vec<Proto> = (0..CLIENTS)
+        .map(|i| if i % 2 == 0 { Proto::V1 } else { Proto::V3 })
+        .collect();
+    let target = format!("127.0.0.1:{}", l.port);
+    let results = replay::replay_many(Arc::clone(&cap), &target, &protos, Duration::from_secs(30));
+    let failed: Vec<_> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    if !failed.is_empty() {
+        let mut errs = std::collections::BTreeMap::new();
+        for _ in 0..CLIENTS {
+            let r = l.any_report(Duration::from_secs(30));
+            if let Err(e) = &r.result {
+                *errs.entry(e.to_string()).or_insert(0) += 1;
+            }
+        }
+        eprintln!("listener errors: {errs:#?}");
+    }
+    assert!(
+        failed.is_empty(),
+        "{} clients failed: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+    let files: Vec<std::path::PathBuf> = results
+        .iter()
+        .map(|r| {
+            let port = r.as_ref().unwrap().local_port;
+            let rep = l.report_for(port, Duration::from_secs(60));
+            assert!(
+                matches!(rep.result, Ok(Outcome::Complete)),
+                "client {port}: {:?}",
+                rep.result
+            );
+            rep.output.expect("a file")
+        })
+        .collect();
+    // Debian's report on every file, on two threads.
+    std::thread::scope(|s| {
+        for half in files.chunks(CLIENTS / 2) {
+            let want = &want;
+            s.spawn(move || {
+                for f in half {
+                    let got = dat_common::per_cpu(&dat_common::report(f), "", cpus);
+                    assert_eq!(&got, want, "{} is short of events", f.display());
+                    std::fs::remove_file(f).unwrap();
+                }
+            });
+        }
+    });
+    // One more real client after the fleet.
+    let after = capture_session(dir.path());
+    let parsed = TraceDat::parse(&after).unwrap();
+    assert!(parsed.count_events(&after, 0).unwrap().iter().sum::<u64>() > 0);
 }

@@ -6,7 +6,12 @@ use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+use std::net::{TcpStream, UdpSocket};
+use std::os::fd::AsFd;
+
 use tracecmd_rs::listen::{ListenConfig, Listener, SessionReport};
+use tracecmd_rs::msg::handshake::{self, Negotiated};
+use tracecmd_rs::msg::{session as msess, Channel};
 use tracecmd_rs::output::Metadata;
 
 /// Page size of the scripted clients.
@@ -112,4 +117,25 @@ pub fn metadata() -> Vec<u8> {
     }
     .to_bytes()
     .unwrap()
+}
+
+/// A V2 client up to its metadata and `pages` pages of CPU 0 over UDP; CLOSE
+/// only when `close`.
+pub fn v2_client(port: u16, pages: usize, close: bool) -> (TcpStream, u16) {
+    let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let local = s.local_addr().unwrap().port();
+    let ch = Channel::new(s.as_fd()).with_timeout(Some(Duration::from_secs(20)));
+    assert_eq!(handshake::client_negotiate(&ch).unwrap(), Negotiated::V2);
+    let r = msess::send_init(&ch, 1, PAGE as u32, false).unwrap();
+    msess::send_metadata(&ch, &metadata()).unwrap();
+    msess::finish_metadata(&ch).unwrap();
+    let u = UdpSocket::bind("127.0.0.1:0").unwrap();
+    u.connect(("127.0.0.1", r.ports[0] as u16)).unwrap();
+    for i in 0..pages {
+        u.send(&vec![i as u8 + 1; PAGE]).unwrap();
+    }
+    if close {
+        msess::send_close(&ch).unwrap();
+    }
+    (s, local)
 }
