@@ -202,3 +202,27 @@ fn our_client_times_out_on_a_listener_that_never_speaks() {
         );
     }
 }
+
+/// The drain after a session reads everything already queued in the data
+/// sockets, even with no quiet period at all: quiet is what `poll` sees, not
+/// time on the clock (a data thread kept waiting for a CPU under load once
+/// called its sockets quiet with pages still in them, and the file was short).
+#[test]
+fn the_drain_takes_every_queued_page_even_with_no_quiet_period() {
+    let dir = TempDir::new("listen-drain");
+    let (port, stop, rx, h) = serve(ListenConfig {
+        dir: dir.path().to_path_buf(),
+        drain_quiet: Duration::ZERO,
+        ..ListenConfig::default()
+    });
+    for _ in 0..3 {
+        let (s, local) = v2_client(port, 400, true);
+        drop(s);
+        let r = rx.recv_timeout(Duration::from_secs(20)).unwrap();
+        assert_eq!(r.peer.port(), local);
+        assert!(matches!(r.result, Ok(Outcome::Complete)), "{:?}", r.result);
+        assert_eq!(pages_in(&r), 400);
+    }
+    stop.stop();
+    h.join().unwrap();
+}

@@ -316,8 +316,12 @@ fn a_fleet_of_256_replayed_clients_all_get_complete_files() {
     let cap = Arc::new(cap);
 
     let dir = TempDir::new("listen-fleet");
+    // The clients share this machine's 2 CPUs with the listener (and with the
+    // other tests): a client thread can wait longer for a CPU than the 5 s
+    // message timeout meant for clients on their own machines.
     let l = listen_common::Running::start(ListenConfig {
         dir: dir.path().to_path_buf(),
+        timeout: Some(Duration::from_secs(60)),
         ..ListenConfig::default()
     });
     let protos: Vec<Proto> = (0..CLIENTS)
