@@ -1,16 +1,15 @@
 //! `trace-cmd listen` as a program: daemon mode with a pid file and a log file
 //! serving a client, and clear errors for a busy port or a missing directory.
 
-use std::net::{Ipv6Addr, TcpListener, TcpStream, UdpSocket};
-use std::os::fd::AsFd;
+use std::net::{Ipv6Addr, TcpListener, TcpStream};
 use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use testkit::dat::{metadata_bytes, PAGE};
-use testkit::{free_port, wait_until, TempDir};
-use tracecmd_rs::msg::handshake::{self, Negotiated};
-use tracecmd_rs::msg::{session as msess, Channel};
+use testkit::dat::PAGE;
+use testkit::listen::v2_client;
+use testkit::replay;
+use testkit::{free_port, lock_top_buffer, wait_until, TempDir};
 use tracecmd_rs::output::reader::TraceDat;
 
 const BIN: &str = env!("CARGO_BIN_EXE_trace-cmd");
@@ -58,16 +57,7 @@ fn daemon_serves_a_v2_client_and_logs_to_the_file() {
         "daemon {pid} is not running"
     );
 
-    let s = TcpStream::connect(("127.0.0.1", port)).expect("connect to the daemon");
-    let ch = Channel::new(s.as_fd()).with_timeout(Some(Duration::from_secs(10)));
-    assert_eq!(handshake::client_negotiate(&ch).unwrap(), Negotiated::V2);
-    let r = msess::send_init(&ch, 1, PAGE as u32, false).unwrap();
-    msess::send_metadata(&ch, &metadata_bytes()).unwrap();
-    msess::finish_metadata(&ch).unwrap();
-    let u = UdpSocket::bind("127.0.0.1:0").unwrap();
-    u.connect(("127.0.0.1", r.ports[0] as u16)).unwrap();
-    u.send(&vec![7u8; PAGE]).unwrap();
-    msess::send_close(&ch).unwrap();
+    let (s, _) = v2_client(port, 1, true);
     drop(s);
 
     wait_until("the session's log line", Duration::from_secs(10), || {
@@ -106,4 +96,248 @@ fn busy_port_and_missing_directory_are_reported() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("/nonexistent/tcrs-dir"), "{err}");
+}
+
+enum Client {
+    Ours,
+    Debian,
+}
+
+fn names_in(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+/// A `listen -p` with SIGINT ignored from the start (as in a script's background
+/// job) gets `sig` while a TCP session is sending data: it must exit 0 and leave
+/// one finished `.dat` that Debian's report reads, with the events that arrived,
+/// and say that it is partial.
+fn stop_with_session_in_progress(sig: nix::sys::signal::Signal, client: Client) {
+    use std::process::Stdio;
+    use testkit::debian::{report, TRACE_CMD};
+    use testkit::Settings as TopState;
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test records on tracefs and needs root"
+    );
+    let top = tracecmd_rs::tracefs::Instance::top().expect("tracefs is mounted");
+    let _lock = lock_top_buffer();
+    let before = TopState::read(&top);
+    let dir = TempDir::new("listen-stop");
+    let port = free_port();
+    let log = dir.path().join("listen.log");
+    let mut listener = Command::new("sh")
+        .arg("-c")
+        .arg("trap '' INT; exec \"$0\" \"$@\"")
+        .arg(BIN)
+        .args(["listen", "-p", &port.to_string(), "-d"])
+        .arg(dir.path())
+        .arg("-l")
+        .arg(&log)
+        .spawn()
+        .expect("start trace-cmd listen");
+    wait_until("the listener's port", Duration::from_secs(10), || {
+        TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    // A stray connection from the readiness probe ends as a failed handshake.
+    let busy = "end=$(($(date +%s)+5)); while [ $(date +%s) -lt $end ]; do /bin/true; done";
+    let target = format!("localhost:{port}");
+    let mut cmd = match client {
+        Client::Ours => Command::new(BIN),
+        Client::Debian => {
+            let mut c = Command::new(testkit::debian::sandbox());
+            c.arg(TRACE_CMD);
+            c
+        }
+    };
+    let mut rec = cmd
+        .args(["record", "-N", &target, "-t", "-b", "64", "-e", "sched"])
+        .args(["/bin/sh", "-c", busy])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start record -N");
+    let cpu_bytes = || -> u64 {
+        std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap())
+            .filter(|e| e.file_name().to_string_lossy().contains(".cpu"))
+            .map(|e| e.metadata().map(|m| m.len()).unwrap_or(0))
+            .sum()
+    };
+    wait_until(
+        "per-CPU data at the listener",
+        Duration::from_secs(20),
+        || cpu_bytes() > 0,
+    );
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(listener.id() as i32), sig).unwrap();
+    let end = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(s) = listener.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > end {
+            let _ = listener.kill();
+            panic!("the listener did not stop within 60 s of {sig}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // The client's fate is not the point (its data sockets met a closed port);
+    // it ends with its command and restores tracefs itself, checked below.
+    let _ = rec.wait();
+    before.restore(&top);
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(status.success(), "listen ended with {status}; log:\n{text}");
+    let names = names_in(dir.path());
+    let dats: Vec<&String> = names.iter().filter(|n| n.ends_with(".dat")).collect();
+    assert_eq!(dats.len(), 1, "files: {names:?}; log:\n{text}");
+    assert!(
+        !names
+            .iter()
+            .any(|n| n.contains(".cpu") || n.ends_with(".partial")),
+        "temporary files left: {names:?}"
+    );
+    assert!(
+        text.contains("is partial"),
+        "not logged as partial:\n{text}\nfiles {names:?}"
+    );
+    let rep = report(&dir.path().join(dats[0]));
+    let events = rep.stdout.lines().filter(|l| l.contains(" sched_")).count();
+    assert!(events > 0, "no sched events in the file; log:\n{text}");
+}
+
+#[test]
+fn sigint_ignored_at_start_still_stops_listen_and_keeps_our_clients_data() {
+    stop_with_session_in_progress(nix::sys::signal::Signal::SIGINT, Client::Ours);
+}
+
+#[test]
+fn sigterm_stops_listen_and_keeps_debians_clients_data() {
+    stop_with_session_in_progress(nix::sys::signal::Signal::SIGTERM, Client::Debian);
+}
+
+/// Captures one real session: our `record -N --proto 1 -t` against an
+/// in-process listener; returns the finished file's bytes.
+fn capture_session(dir: &Path) -> Vec<u8> {
+    use testkit::Settings as TopState;
+    use tracecmd_rs::listen::{ListenConfig, Outcome};
+    let top = tracecmd_rs::tracefs::Instance::top().expect("tracefs is mounted");
+    let _lock = lock_top_buffer();
+    let before = TopState::read(&top);
+    let l = testkit::listen::Running::start(ListenConfig {
+        dir: dir.to_path_buf(),
+        ..ListenConfig::default()
+    });
+    let out = Command::new(BIN)
+        .args([
+            "record",
+            "-N",
+            &format!("127.0.0.1:{}", l.port),
+            "--proto",
+            "1",
+        ])
+        .args(["-t", "-q", "-e", "sched:sched_switch", "sleep", "0.5"])
+        .output()
+        .expect("run record -N");
+    before.restore(&top);
+    assert!(
+        out.status.success(),
+        "record -N failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = l.any_report(Duration::from_secs(30));
+    assert!(matches!(r.result, Ok(Outcome::Complete)), "{:?}", r.result);
+    std::fs::read(r.output.unwrap()).unwrap()
+}
+
+/// Issue 18: 256 clients replaying a captured real session (half V1, half V3)
+/// released at once against one listener. Every client completes, every file
+/// reads back in Debian's report with the captured event count, and the
+/// listener then serves one more real client.
+#[test]
+fn a_fleet_of_256_replayed_clients_all_get_complete_files() {
+    use std::sync::Arc;
+    use tracecmd_rs::listen::{ListenConfig, Outcome};
+    use tracecmd_rs::netrecord::Proto;
+    const CLIENTS: usize = 256;
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test records on tracefs and needs root"
+    );
+    let cap_dir = TempDir::new("listen-capture");
+    let captured = cap_dir.path().join("capture.dat");
+    std::fs::write(&captured, capture_session(cap_dir.path())).unwrap();
+    let cap = replay::Capture::from_dat(&std::fs::read(&captured).unwrap()).unwrap();
+    let cpus = cap.cpu_data.len();
+    // Debian's count of the captured file is the reference.
+    let want = testkit::debian::report(&captured).per_cpu("", cpus);
+    assert!(
+        want.iter().sum::<u64>() > 0,
+        "the captured session has no events"
+    );
+    let cap = Arc::new(cap);
+
+    let dir = TempDir::new("listen-fleet");
+    // The clients share this machine's 2 CPUs with the listener (and with the
+    // other tests): a client thread can wait longer for a CPU than the 5 s
+    // message timeout meant for clients on their own machines.
+    let l = testkit::listen::Running::start(ListenConfig {
+        dir: dir.path().to_path_buf(),
+        timeout: Some(Duration::from_secs(60)),
+        ..ListenConfig::default()
+    });
+    let protos: Vec<Proto> = (0..CLIENTS)
+        .map(|i| if i % 2 == 0 { Proto::V1 } else { Proto::V3 })
+        .collect();
+    let target = format!("127.0.0.1:{}", l.port);
+    let results = replay::replay_many(Arc::clone(&cap), &target, &protos, Duration::from_secs(30));
+    let failed: Vec<_> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    if !failed.is_empty() {
+        let mut errs = std::collections::BTreeMap::new();
+        for _ in 0..CLIENTS {
+            let r = l.any_report(Duration::from_secs(30));
+            if let Err(e) = &r.result {
+                *errs.entry(e.to_string()).or_insert(0) += 1;
+            }
+        }
+        eprintln!("listener errors: {errs:#?}");
+    }
+    assert!(
+        failed.is_empty(),
+        "{} clients failed: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+    let files: Vec<std::path::PathBuf> = results
+        .iter()
+        .map(|r| {
+            let port = r.as_ref().unwrap().local_port;
+            let rep = l.report_for(port, Duration::from_secs(60));
+            assert!(
+                matches!(rep.result, Ok(Outcome::Complete)),
+                "client {port}: {:?}",
+                rep.result
+            );
+            rep.output.expect("a file")
+        })
+        .collect();
+    // Debian's report on every file, on two threads.
+    std::thread::scope(|s| {
+        for half in files.chunks(CLIENTS / 2) {
+            let want = &want;
+            s.spawn(move || {
+                for f in half {
+                    let got = testkit::debian::report(f).per_cpu("", cpus);
+                    assert_eq!(&got, want, "{} is short of events", f.display());
+                    std::fs::remove_file(f).unwrap();
+                }
+            });
+        }
+    });
+    // One more real client after the fleet.
+    let after = capture_session(dir.path());
+    let parsed = TraceDat::parse(&after).unwrap();
+    assert!(parsed.count_events(&after, 0).unwrap().iter().sum::<u64>() > 0);
 }

@@ -170,6 +170,7 @@ impl DataPorts {
         })?;
         let handle = std::thread::Builder::new()
             .name(format!("data {label}"))
+            .stack_size(super::SESSION_STACK)
             .spawn(move || serve(self.cpus, self.page_size, thread_stop, &label))
             .map_err(|e| ListenError::Io {
                 what: "starting the data thread".into(),
@@ -185,44 +186,62 @@ impl DataPorts {
 
 /// A running data thread.
 pub(crate) struct DataThread {
-    handle: JoinHandle<Vec<u64>>,
+    handle: JoinHandle<Drained>,
     stop: OwnedFd,
     _stop_r: OwnedFd,
 }
 
+/// What the data thread received.
+pub(crate) struct Drained {
+    /// Bytes received per CPU.
+    pub bytes: Vec<u64>,
+    /// False when data was still coming at [`MAX_DRAIN`] and the rest was left
+    /// unread.
+    pub complete: bool,
+}
+
 /// How long data may keep trickling in after the session ended, in all.
-pub(crate) const MAX_DRAIN: Duration = Duration::from_secs(10);
+pub(crate) const MAX_DRAIN: Duration = Duration::from_secs(30);
 
 impl DataThread {
-    /// Tells the thread the session is over: it keeps reading until every socket
-    /// was quiet for `quiet` (or reached its end), at most [`MAX_DRAIN`]; returns
-    /// the bytes received per CPU.
-    pub(crate) fn finish(self, quiet: Duration) -> Vec<u64> {
+    /// Tells the thread the session is over: it keeps reading until no socket had
+    /// anything for `quiet` (or every one reached its end), at most
+    /// [`MAX_DRAIN`]; returns the bytes received per CPU.
+    pub(crate) fn finish(self, quiet: Duration) -> Drained {
         let ms = quiet.as_millis().min(u128::from(u32::MAX)) as u32;
         let _ = nix::unistd::write(&self.stop, &ms.to_ne_bytes());
-        self.handle.join().unwrap_or_default()
+        self.handle.join().unwrap_or(Drained {
+            bytes: vec![],
+            complete: false,
+        })
     }
 }
 
-fn serve(mut cpus: Vec<Cpu>, page_size: usize, stop: OwnedFd, label: &str) -> Vec<u64> {
+fn serve(mut cpus: Vec<Cpu>, page_size: usize, stop: OwnedFd, label: &str) -> Drained {
     let mut buf = vec![0u8; page_size + 1];
     let mut quiet: Option<Duration> = None;
-    let mut drain_end = None;
-    let mut last_data = Instant::now();
+    let mut drain_end = Instant::now();
+    let mut complete = true;
     loop {
         if cpus.iter().all(|c| matches!(c.sock, Sock::Done)) {
             break;
         }
-        let timeout = match (quiet, drain_end) {
-            (Some(q), Some(end)) => {
+        // Quiet is what poll saw, not time on the clock: a thread that the
+        // scheduler kept waiting (hundreds of sessions on two CPUs) still takes
+        // everything that is queued in its sockets before it calls them quiet.
+        let timeout = match quiet {
+            Some(q) => {
                 let now = Instant::now();
-                let until = (last_data + q).min(end);
-                if now >= until {
+                if now >= drain_end {
+                    complete = false;
+                    log::warn!(
+                        "{label}: data still arriving {MAX_DRAIN:?} after the session ended; the rest is dropped"
+                    );
                     break;
                 }
-                PollTimeout::try_from(until - now).unwrap_or(PollTimeout::MAX)
+                PollTimeout::try_from(q.min(drain_end - now)).unwrap_or(PollTimeout::MAX)
             }
-            _ => PollTimeout::NONE,
+            None => PollTimeout::NONE,
         };
         let mut fds = Vec::with_capacity(cpus.len() + 1);
         let mut idx = Vec::with_capacity(cpus.len());
@@ -239,13 +258,17 @@ fn serve(mut cpus: Vec<Cpu>, page_size: usize, stop: OwnedFd, label: &str) -> Ve
             fds.push(PollFd::new(fd, PollFlags::POLLIN));
             idx.push(i);
         }
-        match nix::poll::poll(&mut fds, timeout) {
-            Ok(_) => {}
+        let n = match nix::poll::poll(&mut fds, timeout) {
+            Ok(n) => n,
             Err(Errno::EINTR) => continue,
             Err(e) => {
                 log::error!("{label}: poll on the data sockets failed: {e}; data reception ends");
+                complete = false;
                 break;
             }
+        };
+        if n == 0 && quiet.is_some() {
+            break;
         }
         let ready: Vec<bool> = fds
             .iter()
@@ -257,30 +280,25 @@ fn serve(mut cpus: Vec<Cpu>, page_size: usize, stop: OwnedFd, label: &str) -> Ve
                 let mut ms = [0u8; 4];
                 let _ = nix::unistd::read(stop.as_raw_fd(), &mut ms);
                 quiet = Some(Duration::from_millis(u64::from(u32::from_ne_bytes(ms))));
-                drain_end = Some(Instant::now() + MAX_DRAIN);
-                last_data = Instant::now();
-                // A data connection still in the accept queue is taken; one that
-                // never came will not come now.
-                for (i, c) in cpus.iter_mut().enumerate() {
-                    if matches!(c.sock, Sock::Listening(_)) {
-                        service(c, i, &mut buf, page_size, label);
-                        if matches!(c.sock, Sock::Listening(_)) {
-                            c.sock = Sock::Done;
-                        }
-                    }
-                }
+                // A data port nobody connected to yet stays open through the
+                // drain: under load a client's data connection can come after
+                // its control connection ended, and its data is as good.
+                drain_end = Instant::now() + MAX_DRAIN;
             }
             &ready[1..]
         } else {
             &ready[..]
         };
         for (&i, &r) in idx.iter().zip(ready) {
-            if r && service(&mut cpus[i], i, &mut buf, page_size, label) {
-                last_data = Instant::now();
+            if r {
+                service(&mut cpus[i], i, &mut buf, page_size, label);
             }
         }
     }
-    cpus.iter().map(|c| c.bytes).collect()
+    Drained {
+        bytes: cpus.iter().map(|c| c.bytes).collect(),
+        complete,
+    }
 }
 
 /// Moves what is ready on one CPU's socket; true if data arrived.

@@ -8,12 +8,17 @@ use std::os::fd::AsFd;
 use std::path::PathBuf;
 
 use super::data::DataPorts;
-use super::{name, ListenConfig, ListenError, Outcome, Protocol, SessionReport};
+use super::{name, ListenConfig, ListenError, Outcome, Protocol, SessionReport, Ticket};
 use crate::msg::negotiate::{self, Hello};
 use crate::msg::{v2, v3, Channel, MsgError, Wait};
 use crate::output::{self, v7, BufferData};
 
-pub(crate) fn run(stream: TcpStream, peer: SocketAddr, cfg: &ListenConfig) -> SessionReport {
+pub(crate) fn run(
+    stream: &TcpStream,
+    peer: SocketAddr,
+    cfg: &ListenConfig,
+    ticket: &Ticket,
+) -> SessionReport {
     let mut report = SessionReport {
         peer: name::unmapped(peer),
         protocol: None,
@@ -21,13 +26,14 @@ pub(crate) fn run(stream: TcpStream, peer: SocketAddr, cfg: &ListenConfig) -> Se
         cpu_bytes: vec![],
         result: Ok(Outcome::Complete),
     };
-    report.result = session(&stream, cfg, &mut report);
+    report.result = session(stream, cfg, ticket, &mut report);
     report
 }
 
 fn session(
     stream: &TcpStream,
     cfg: &ListenConfig,
+    ticket: &Ticket,
     report: &mut SessionReport,
 ) -> Result<Outcome, ListenError> {
     let peer = report.peer;
@@ -76,7 +82,11 @@ fn session(
 
     let host = name::sanitise_host(&name::peer_host(peer));
     let base = format!("{}.{host}:{}", cfg.prefix, peer.port());
+    // The file is built under a name that says it is not finished, and gets its
+    // final name only once it is complete: a listener that dies mid-session (or
+    // an assembly that fails) never leaves a `.dat` that looks finished.
     let dat_path = cfg.dir.join(format!("{base}.dat"));
+    let work_path = cfg.dir.join(format!("{base}.dat.partial"));
     let cpu_paths: Vec<PathBuf> = (0..init.cpus)
         .map(|i| cfg.dir.join(format!("{base}.cpu{i}")))
         .collect();
@@ -85,12 +95,12 @@ fn session(
         .write(true)
         .create(true)
         .truncate(true)
-        .open(&dat_path)
+        .open(&work_path)
         .map_err(|source| ListenError::Io {
-            what: format!("creating {}", dat_path.display()),
+            what: format!("creating {}", work_path.display()),
             source,
         })?;
-    report.output = Some(dat_path.clone());
+    report.output = Some(work_path.clone());
     let ports = match DataPorts::bind(
         init.use_tcp,
         init.page_size,
@@ -116,35 +126,52 @@ fn session(
         }
     };
 
-    let ended = receive_metadata(&ch, proto, &mut dat, cfg, &label);
+    let ended = receive_metadata(&ch, proto, &mut dat, cfg, ticket, &label);
     // Data still in flight matters only when a file will be built.
     let quiet = if ended.is_ok() {
         cfg.drain_quiet
     } else {
         std::time::Duration::ZERO
     };
-    report.cpu_bytes = data.finish(quiet);
-    let outcome = match ended {
+    let drained = data.finish(quiet);
+    report.cpu_bytes = drained.bytes;
+    let mut outcome = match ended {
         Ok(o) => o,
         Err(e) => {
             remove_files(&cpu_paths);
             return Err(e);
         }
     };
+    if ticket.stopped() {
+        log::warn!(
+            "{label}: the listener is stopping; the trace file holds what arrived until now"
+        );
+        outcome = Outcome::Partial;
+    }
+    if !drained.complete && outcome == Outcome::Complete {
+        outcome = Outcome::Partial;
+    }
     let files: Vec<Option<PathBuf>> = cpu_paths
         .iter()
         .zip(&report.cpu_bytes)
         .map(|(p, &n)| (n > 0).then(|| p.clone()))
         .collect();
-    match assemble(&mut dat, proto, init.cpus, &files) {
+    let built = assemble(&mut dat, proto, init.cpus, &files).and_then(|()| {
+        std::fs::rename(&work_path, &dat_path).map_err(|source| ListenError::Io {
+            what: format!("renaming {} to {}", work_path.display(), dat_path.display()),
+            source,
+        })
+    });
+    match built {
         Ok(()) => {
+            report.output = Some(dat_path);
             remove_files(&cpu_paths);
             Ok(outcome)
         }
         Err(e) => {
             log::error!(
                 "{label}: {e}; keeping the metadata in {} and the raw per-CPU data in {}.cpuN",
-                dat_path.display(),
+                work_path.display(),
                 cfg.dir.join(&base).display()
             );
             Err(e)
@@ -184,9 +211,17 @@ fn receive_metadata(
     proto: Protocol,
     dat: &mut File,
     cfg: &ListenConfig,
+    ticket: &Ticket,
     label: &str,
 ) -> Result<Outcome, ListenError> {
     let mut total = 0u64;
+    // Entering the wait for the end; a stopping listener ends the session here.
+    let stopping = || {
+        ticket
+            .enter_wait()
+            .then(|| log::info!("{label}: the listener is stopping"))
+            .is_some()
+    };
     let incomplete = |e: MsgError, total: u64| match e {
         MsgError::Closed | MsgError::TimedOut(_) | MsgError::Io(_) => {
             ListenError::MetadataIncomplete(format!("{e}, after {total} bytes"))
@@ -197,6 +232,9 @@ fn receive_metadata(
         // V1: raw metadata until the client closes (spec §3.1); there is no CLOSE.
         Protocol::V1 => {
             let mut buf = vec![0u8; 64 * 1024];
+            if stopping() {
+                return Ok(Outcome::Partial);
+            }
             loop {
                 match ch.recv_some(&mut buf, Wait::Blocking) {
                     Ok(0) => return Ok(Outcome::Complete),
@@ -219,6 +257,9 @@ fn receive_metadata(
                     }
                     Err(e) => return Err(incomplete(e, total)),
                 }
+            }
+            if stopping() {
+                return Ok(Outcome::Partial);
             }
             loop {
                 match v2::recv(ch, Wait::Blocking) {
@@ -253,6 +294,9 @@ fn receive_metadata(
                     Err(e) => return Err(incomplete(e, total)),
                 }
             }
+            if stopping() {
+                return Ok(Outcome::Partial);
+            }
             loop {
                 match v3::recv(ch, Wait::Blocking) {
                     Ok(v3::Msg::Close) => return Ok(Outcome::Complete),
@@ -275,7 +319,7 @@ fn receive_metadata(
 }
 
 fn partial(label: &str, e: MsgError) -> Result<Outcome, ListenError> {
-    log::warn!("{label}: the session ended without CLOSE ({e}); the trace file will be partial");
+    log::info!("{label}: the control connection ended without CLOSE ({e})");
     Ok(Outcome::Partial)
 }
 

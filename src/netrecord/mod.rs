@@ -247,6 +247,11 @@ impl NetSession {
         &self.label
     }
 
+    /// The local port of the control connection (listeners name files after it).
+    pub fn local_port(&self) -> io::Result<u16> {
+        self.control.local_addr().map(|a| a.port())
+    }
+
     fn channel(&self) -> Channel<'_> {
         Channel::new(self.control.as_fd()).with_timeout(Some(self.timeout))
     }

@@ -9,6 +9,7 @@ pub mod debian;
 pub mod kernel;
 pub mod listen;
 pub mod msg;
+pub mod replay;
 pub mod ring;
 mod rng;
 mod tmp;

@@ -58,3 +58,30 @@ impl Running {
         self.take(within, |_| true)
     }
 }
+
+/// A V2 client up to its metadata and `pages` pages of CPU 0 over UDP; CLOSE
+/// only when `close`. Returns the control connection and its local port.
+pub fn v2_client(port: u16, pages: usize, close: bool) -> (std::net::TcpStream, u16) {
+    use std::os::fd::AsFd;
+    use tracecmd_rs::msg::negotiate::{self, Negotiated};
+    use tracecmd_rs::msg::{session as msess, Channel};
+
+    use crate::dat::{metadata_bytes, PAGE};
+
+    let s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let local = s.local_addr().unwrap().port();
+    let ch = Channel::new(s.as_fd()).with_timeout(Some(Duration::from_secs(20)));
+    assert_eq!(negotiate::client_negotiate(&ch).unwrap(), Negotiated::V2);
+    let r = msess::send_init(&ch, 1, PAGE as u32, false).unwrap();
+    msess::send_metadata(&ch, &metadata_bytes()).unwrap();
+    msess::finish_metadata(&ch).unwrap();
+    let u = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    u.connect(("127.0.0.1", r.ports[0] as u16)).unwrap();
+    for i in 0..pages {
+        u.send(&vec![i as u8 + 1; PAGE]).unwrap();
+    }
+    if close {
+        msess::send_close(&ch).unwrap();
+    }
+    (s, local)
+}
