@@ -16,7 +16,7 @@ VERSION := 0.1.0
 # static library so that both definitions link.
 WEAK_SYMS := tracecmd_connect_to_socket receive_fd
 
-.PHONY: fuzz miri record deps all lib check rust-check c-check qemu-check install clean
+.PHONY: fuzz fuzz-cmin miri record deps all lib check rust-check c-check qemu-check install clean
 
 all: lib
 
@@ -69,11 +69,15 @@ clean:
 	rm -rf $(BUILD)
 	$(MAKE) -C c-tests clean
 
-# Coverage-guided fuzzing (fuzz/README section in README.md). Needs nightly;
+# Coverage-guided fuzzing ("Fuzzing" in README.md). Needs nightly;
 # installs cargo-fuzz if missing. Not part of `make check`.
 FUZZ_SECONDS ?= 60
 fuzz:
 	FUZZ_SECONDS=$(FUZZ_SECONDS) ./fuzz/run.sh
+
+# Folds what `make fuzz` found into fuzz/corpus/, minimised.
+fuzz-cmin:
+	./fuzz/cmin.sh
 
 # The codec tests that make no system calls, under Miri (undefined behaviour).
 MIRI_TESTS := msg_v2_codec msg_v1_v3_codec
