@@ -388,7 +388,6 @@ fn agent_handshake_fails_on_a_wrong_answer_instead_of_retrying() {
         "{r:?}"
     );
     assert_eq!(tconnects.load(Ordering::SeqCst), 1);
-    drop(ch);
     drop(agent_end);
     host.join().unwrap();
 }
