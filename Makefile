@@ -3,6 +3,8 @@
 #   make check      all Rust tests, then the C suites in c-tests/, then the QEMU guest tests
 #   make qemu-check only the real-guest tests in tests/qemu/ (QEMU + Debian's kernel)
 #   make install    PREFIX=/usr/local (DESTDIR honoured)
+#   make fuzz       every cargo-fuzz target for FUZZ_SECONDS each (not part of check)
+#   make miri       the pure codec tests under Miri (nightly)
 
 CARGO   ?= cargo
 PREFIX  ?= /usr/local
@@ -14,7 +16,7 @@ VERSION := 0.1.0
 # static library so that both definitions link.
 WEAK_SYMS := tracecmd_connect_to_socket receive_fd
 
-.PHONY: record deps all lib check rust-check c-check qemu-check install clean
+.PHONY: fuzz fuzz-cmin miri record deps all lib check rust-check c-check qemu-check install clean
 
 all: lib
 
@@ -66,3 +68,19 @@ clean:
 	$(CARGO) clean
 	rm -rf $(BUILD)
 	$(MAKE) -C c-tests clean
+
+# Coverage-guided fuzzing ("Fuzzing" in README.md). Needs nightly;
+# installs cargo-fuzz if missing. Not part of `make check`.
+FUZZ_SECONDS ?= 60
+fuzz:
+	FUZZ_SECONDS=$(FUZZ_SECONDS) ./fuzz/run.sh
+
+# Folds what `make fuzz` found into fuzz/corpus/, minimised.
+fuzz-cmin:
+	./fuzz/cmin.sh
+
+# The codec tests that make no system calls, under Miri (undefined behaviour).
+MIRI_TESTS := msg_v2_codec msg_v1_v3_codec
+miri:
+	rustup +nightly component list --installed | grep -q '^miri' || rustup +nightly component add miri rust-src
+	$(CARGO) +nightly miri test --no-fail-fast $(foreach t,$(MIRI_TESTS),--test $(t))

@@ -346,3 +346,38 @@ fn a_manager_never_reads_the_agent_channel_with_the_idle_listener() {
     agent.send(&Msg::Ack);
     assert_eq!(v2::recv(&ach, Wait::Timed).unwrap(), Msg::Ack);
 }
+
+/// Found by the `agent` fuzz target: a host that answers TCONNECT with the
+/// wrong bytes made the agent's handshake retry forever (every 500 ms) instead
+/// of reporting the broken host. Only an absent host is waited for.
+#[test]
+fn agent_handshake_fails_on_a_wrong_answer_instead_of_retrying() {
+    let (agent_end, host_end) = UnixStream::pair().unwrap();
+    let tconnects = std::sync::Arc::new(AtomicUsize::new(0));
+    let seen = tconnects.clone();
+    let host = std::thread::spawn(move || {
+        let ch = Channel::new(host_end.as_fd());
+        // The fuzzer's input: an RCONNECT that is not "tracecmd".
+        while let Ok(m) = v2::recv(&ch, Wait::Timed) {
+            if m == Msg::TConnect {
+                seen.fetch_add(1, Ordering::SeqCst);
+                ch.send_all(&Msg::RConnect(b"tracecmX\0".to_vec()).encode().unwrap())
+                    .unwrap();
+            }
+        }
+    });
+    let ch = Channel::new(agent_end.as_fd());
+    // A second TCONNECT means the agent retried: stop it there.
+    let stopped = || tconnects.load(Ordering::SeqCst) > 1;
+    let r = tracecmd_rs::virt::agent::handshake(&ch, 2, &stopped);
+    assert!(
+        matches!(
+            r,
+            Err(tracecmd_rs::virt::VirtError::Msg(MsgError::NotTraceCmd(_)))
+        ),
+        "{r:?}"
+    );
+    assert_eq!(tconnects.load(Ordering::SeqCst), 1);
+    drop(agent_end);
+    host.join().unwrap();
+}

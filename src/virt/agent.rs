@@ -145,12 +145,26 @@ pub fn handshake(ch: &Channel<'_>, cpus: u32, stopped: &dyn Fn() -> bool) -> Res
             Ok(Some(())) => return Ok(true),
             Ok(None) => return Ok(false),
             Err(_) if stopped() => return Ok(false),
+            // Only a host that is not there yet is worth waiting for; a host that
+            // answers with the wrong bytes would answer so forever.
+            Err(e) if !host_absent(&e) => return Err(e),
             Err(e) => {
                 log::info!("no answer from the host listener yet ({e}); retrying");
                 std::thread::sleep(Duration::from_millis(500));
             }
         }
     }
+}
+
+/// Whether a failed handshake means no listener is on the other end yet
+/// (nothing read, the port closed, or an I/O error), rather than a bad answer.
+fn host_absent(e: &VirtError) -> bool {
+    matches!(
+        e,
+        VirtError::Msg(
+            MsgError::TimedOut(_) | MsgError::Closed | MsgError::Io(_) | MsgError::Send(_)
+        )
+    )
 }
 
 fn unexpected(expected: &'static str, m: &Msg) -> VirtError {
