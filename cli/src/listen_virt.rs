@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use nix::sys::signal::{SigSet, Signal};
 use nix::unistd::Gid;
-use tracecmd_rs::listen::{ListenConfig, Listener};
+use tracecmd_rs::listen::{ListenConfig, Listener, StopHandle};
 use tracecmd_rs::virt::listener::{DomainSetup, VirtListener};
 use tracecmd_rs::virt::{group_or_own, VirtPaths};
 
@@ -131,9 +131,10 @@ pub fn run(o: ListenOptions) -> Result<(), String> {
     set.thread_block()
         .map_err(|e| format!("cannot block SIGINT: {e}"))?;
     let listener = VirtListener::bind(&paths, Some(group), &domains).map_err(|e| e.to_string())?;
-    if let Some(port) = o.port {
-        spawn_network_listener(port, &o)?;
-    }
+    let net = match o.port {
+        Some(port) => Some(spawn_network_listener(port, &o)?),
+        None => None,
+    };
     let stopped = Arc::new(AtomicBool::new(false));
     let s2 = stopped.clone();
     std::thread::spawn(move || {
@@ -147,14 +148,23 @@ pub fn run(o: ListenOptions) -> Result<(), String> {
         paths.agent_socket().display(),
         paths.manager_socket().display()
     );
-    listener
+    let served = listener
         .run(&|| stopped.load(Ordering::SeqCst))
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string());
+    // Network sessions in progress end into finished files, as with `listen -p`.
+    if let Some((stop, thread)) = net {
+        stop.stop();
+        let _ = thread.join();
+    }
+    served
 }
 
 /// `listen --virt -p PORT`: the network listener of `listen -p` runs beside the
 /// virt sockets in the same process, on its own threads.
-fn spawn_network_listener(port: u16, o: &ListenOptions) -> Result<(), String> {
+fn spawn_network_listener(
+    port: u16,
+    o: &ListenOptions,
+) -> Result<(StopHandle, std::thread::JoinHandle<()>), String> {
     let dir = o.out_dir.clone().unwrap_or_else(|| PathBuf::from("."));
     let dir = dir
         .canonicalize()
@@ -167,7 +177,8 @@ fn spawn_network_listener(port: u16, o: &ListenOptions) -> Result<(), String> {
     };
     let net = Listener::bind(cfg).map_err(|e| e.to_string())?;
     eprintln!("listening on port {} (network clients)", net.port());
-    std::thread::Builder::new()
+    let stop = net.stop_handle();
+    let thread = std::thread::Builder::new()
         .name("net-listener".into())
         .spawn(move || {
             if let Err(e) = net.serve() {
@@ -175,7 +186,7 @@ fn spawn_network_listener(port: u16, o: &ListenOptions) -> Result<(), String> {
             }
         })
         .map_err(|e| format!("cannot start the network listener: {e}"))?;
-    Ok(())
+    Ok((stop, thread))
 }
 
 #[cfg(test)]

@@ -110,11 +110,11 @@ fn names_in(dir: &Path) -> Vec<String> {
         .collect()
 }
 
-/// A `listen -p` with SIGINT ignored from the start (as in a script's background
-/// job) gets `sig` while a TCP session is sending data: it must exit 0 and leave
-/// one finished `.dat` that Debian's report reads, with the events that arrived,
-/// and say that it is partial.
-fn stop_with_session_in_progress(sig: nix::sys::signal::Signal, client: Client) {
+/// A `listen -p` (or, with `virt`, `listen --virt -p`) with SIGINT ignored from
+/// the start (as in a script's background job) gets `sig` while a TCP session is
+/// sending data: it must exit 0 and leave one finished `.dat` that Debian's report
+/// reads, with the events that arrived, and say that it is partial.
+fn stop_with_session_in_progress(sig: nix::sys::signal::Signal, client: Client, virt: bool) {
     use std::process::Stdio;
     use testkit::debian::{report, TRACE_CMD};
     use testkit::Settings as TopState;
@@ -128,14 +128,27 @@ fn stop_with_session_in_progress(sig: nix::sys::signal::Signal, client: Client) 
     let dir = TempDir::new("listen-stop");
     let port = free_port();
     let log = dir.path().join("listen.log");
-    let mut listener = Command::new("sh")
+    let virt_dirs = TempDir::new("listen-stop-virt");
+    let mut listener = Command::new("sh");
+    listener
         .arg("-c")
         .arg("trap '' INT; exec \"$0\" \"$@\"")
         .arg(BIN)
-        .args(["listen", "-p", &port.to_string(), "-d"])
+        .arg("listen");
+    if virt {
+        // The virt listener logs to stderr: the log file is its stderr.
+        listener
+            .args(["--virt", "-v", "--run-dir"])
+            .arg(virt_dirs.path())
+            .arg("--virt-dir")
+            .arg(virt_dirs.path())
+            .stderr(std::fs::File::create(&log).unwrap());
+    } else {
+        listener.arg("-l").arg(&log);
+    }
+    let mut listener = listener
+        .args(["-p", &port.to_string(), "-d"])
         .arg(dir.path())
-        .arg("-l")
-        .arg(&log)
         .spawn()
         .expect("start trace-cmd listen");
     wait_until("the listener's port", Duration::from_secs(10), || {
@@ -210,12 +223,17 @@ fn stop_with_session_in_progress(sig: nix::sys::signal::Signal, client: Client) 
 
 #[test]
 fn sigint_ignored_at_start_still_stops_listen_and_keeps_our_clients_data() {
-    stop_with_session_in_progress(nix::sys::signal::Signal::SIGINT, Client::Ours);
+    stop_with_session_in_progress(nix::sys::signal::Signal::SIGINT, Client::Ours, false);
+}
+
+#[test]
+fn sigterm_stops_listen_virt_p_and_keeps_our_clients_data() {
+    stop_with_session_in_progress(nix::sys::signal::Signal::SIGTERM, Client::Ours, true);
 }
 
 #[test]
 fn sigterm_stops_listen_and_keeps_debians_clients_data() {
-    stop_with_session_in_progress(nix::sys::signal::Signal::SIGTERM, Client::Debian);
+    stop_with_session_in_progress(nix::sys::signal::Signal::SIGTERM, Client::Debian, false);
 }
 
 /// Captures one real session: our `record -N --proto 1 -t` against an
