@@ -25,9 +25,11 @@ pub const AGENT_WAIT: Duration = Duration::from_secs(15);
 
 /// Whether the listener lists an agent named `name`.
 fn agent_listed(paths: &VirtPaths, name: &str) -> Result<bool> {
-    Ok(crate::virt::guest::list(paths, crate::virt::guest::Listing::Agents)?
-        .iter()
-        .any(|(n, _)| n == name))
+    Ok(
+        crate::virt::guest::list(paths, crate::virt::guest::Listing::Agents)?
+            .iter()
+            .any(|(n, _)| n == name),
+    )
 }
 
 /// A guest being recorded.
@@ -261,11 +263,31 @@ pub struct GuestSpec {
 
 /// Options of `record` that take a value (so the value is not the command).
 const VALUE_OPTS: &[&str] = &[
-    "-e", "-o", "-b", "-m", "-s", "-C", "-p", "-B", "-f", "-P", "-O",
+    "-e",
+    "-o",
+    "-b",
+    "-m",
+    "-s",
+    "-C",
+    "-p",
+    "-B",
+    "-f",
+    "-P",
+    "-O",
+    "--file-version",
+    "--compression",
 ];
 
 /// Options that concern the whole run, wherever they stand.
-const HOST_OPTS: &[&str] = &["-o", "-q", "-v", "--verbose", "--debug"];
+const HOST_OPTS: &[&str] = &[
+    "-o",
+    "-q",
+    "-v",
+    "--verbose",
+    "--debug",
+    "--file-version",
+    "--compression",
+];
 
 /// Why a `record -A` command line cannot be split.
 #[derive(Debug, thiserror::Error)]
@@ -283,7 +305,8 @@ pub enum GuestArgsError {
 
 /// Splits `trace-cmd record ...` into the host's arguments and the guests': the
 /// options after `-A GUEST` (up to the next `-A` or the command) go to that guest,
-/// except the run-wide `-o`, `-q`, `-v` and `--debug`.
+/// except the run-wide `-o`, `-q`, `-v`, `--debug`, `--file-version` and
+/// `--compression`.
 pub fn split_guest_args(
     args: Vec<String>,
 ) -> std::result::Result<(Vec<String>, Vec<GuestSpec>), GuestArgsError> {
@@ -479,6 +502,33 @@ mod tests {
         assert_eq!(g.len(), 2);
         assert_eq!(g[0].pid, 7);
         assert_eq!(g[1].argv, s(&["-e", "y"]));
+        let (host, g) = split_guest_args(s(&[
+            "tc",
+            "record",
+            "-A",
+            "a",
+            "--file-version",
+            "6",
+            "-e",
+            "x",
+            "--compression",
+            "none",
+            "ls",
+        ]))
+        .unwrap();
+        assert_eq!(
+            host,
+            s(&[
+                "tc",
+                "record",
+                "--file-version",
+                "6",
+                "--compression",
+                "none",
+                "ls"
+            ])
+        );
+        assert_eq!(g[0].argv, s(&["-e", "x"]));
         assert!(split_guest_args(s(&["tc", "record", "-A"])).is_err());
         assert!(split_guest_args(s(&["tc", "record", "-A", "a/b", "-e", "x"])).is_err());
         assert!(split_guest_args(s(&["tc", "record", "-A", "a", "ls"])).is_err());
