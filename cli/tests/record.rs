@@ -188,6 +188,54 @@ fn record_sched_with_a_command() {
     assert_eq!(left.len(), 1, "leftover files: {left:?}");
 }
 
+/// The version and compression the header of `file` names.
+fn format_of(file: &Path) -> (u32, String) {
+    let bytes = std::fs::read(file).unwrap();
+    let dat = TraceDat::parse(&bytes).unwrap();
+    let comp = dat.compression.map(|(n, _)| n).unwrap_or_default();
+    (dat.version, comp)
+}
+
+#[test]
+fn file_version_and_compression() {
+    // (options, version and compression the file must have)
+    let cases: [(&[&str], u32, &str); 4] = [
+        (&[], 7, "zstd"),
+        (&["--compression", "none"], 7, "none"),
+        (&["--compression", "any"], 7, "zstd"),
+        (&["--file-version", "6"], 6, ""),
+    ];
+    for (i, (opts, version, comp)) in cases.into_iter().enumerate() {
+        let inst = fresh(&format!("ver{i}"));
+        let dir = TempDir::new("ver");
+        let file = dir.path().join("t.dat");
+        let script = format!(
+            "i=0; while [ $i -lt 3000 ]; do echo tcrs-ver-$i > {}; i=$((i+1)); done",
+            inst.path().join("trace_marker").display()
+        );
+        let mut args = opts.to_vec();
+        let f = file.to_str().unwrap();
+        args.extend(["-q", "-e", "sched", "-o", f, "/bin/sh", "-c", &script]);
+        let out = record(&inst, &args);
+        assert!(out.status.success(), "{opts:?}: {}", stderr(&out));
+        assert_eq!(format_of(&file), (version, comp.to_string()), "{opts:?}");
+        check(&file, &name_of(&inst), &kernel_recorded(&inst));
+        assert!(report(&file).stdout.contains("tcrs-ver-2999"), "{opts:?}");
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(left.len(), 1, "{opts:?}: leftover files: {left:?}");
+    }
+    let inst = fresh("verbad");
+    for bad in [&["--file-version", "5"][..], &["--compression", "lz4"]] {
+        let out = record(&inst, &[bad, &["-e", "sched", "true"]].concat());
+        assert!(!out.status.success(), "{bad:?} accepted");
+        assert!(
+            stderr(&out).contains(bad[0]) || stderr(&out).contains(bad[1]),
+            "{bad:?}: {}",
+            stderr(&out)
+        );
+    }
+}
+
 #[test]
 fn record_does_not_poll_for_the_command() {
     // record's own main thread: each check for the command's end is a waitid(), which
@@ -499,10 +547,19 @@ fn record_all_events() {
     assert_eq!(settings(&inst), before, "tracefs not restored");
     let bytes = std::fs::read(&file).unwrap();
     let dat = TraceDat::parse(&bytes).unwrap();
-    assert!(
-        dat.systems.len() > 20,
-        "formats of all systems must be saved"
-    );
+    // v7 keeps the formats in a compressed section: ask report's dump.
+    let dump = Command::new("trace-cmd")
+        .args(["dump", "--summary", "-i"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let dump = String::from_utf8_lossy(&dump.stdout);
+    let systems: usize = dump
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("[Events format, "))
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no event formats in the dump: {dump}"));
+    assert!(systems > 20, "formats of all systems must be saved");
     let idx = dat
         .buffers
         .iter()
