@@ -105,11 +105,14 @@ impl TraceWriter for V7FileWriter {
             .host_page_size
             .unwrap_or_else(|| crate::output::page_size_of(b""));
         let name = self.host_name().to_string();
-        let invalid = |e: crate::output::OutputError| RecorderError::Invalid(e.to_string());
+        let output_err = |e: crate::output::OutputError| {
+            let kind = std::io::Error::from_raw_os_error(e.errno()).kind();
+            RecorderError::Output(std::io::Error::new(kind, e.to_string()))
+        };
         let fd = self
             .v7(page)
             .and_then(|w| w.cpu_sink(&name, cpu))
-            .map_err(invalid)?;
+            .map_err(output_err)?;
         Ok(Output::Stream(fd))
     }
 
@@ -170,5 +173,80 @@ impl TraceWriter for V7FileWriter {
                 found.unwrap_or_default()
             })
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::output::reader::TraceDat;
+    use crate::output::v7read;
+    use std::io::Write;
+
+    fn write(out: Output, bytes: &[u8]) {
+        let Output::Stream(fd) = out else {
+            panic!("a plain file was asked for")
+        };
+        std::fs::File::from(fd).write_all(bytes).unwrap();
+    }
+
+    fn buffer(name: &str, data: Option<BufferKey>) -> FileBuffer {
+        FileBuffer {
+            name: name.into(),
+            trailing_clock: Some(b"[local]".to_vec()),
+            data,
+        }
+    }
+
+    #[test]
+    fn host_streamed_and_guest_from_files_in_one_file() {
+        let dir = std::env::temp_dir().join(format!("tcrs-v7w-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("t.dat");
+        let mut w = V7FileWriter::new(&file, Compression::parse("zstd").unwrap());
+        let vm = BufferKey::Guest("vm".into());
+        w.host_buffer("inst", 4096);
+        write(w.cpu_output(&BufferKey::Host, 0, 0).unwrap(), &[1; 8192]);
+        write(w.cpu_output(&BufferKey::Host, 1, 0).unwrap(), &[]);
+        write(w.cpu_output(&vm, 0, 0).unwrap(), &[2; 4096]);
+        write(w.cpu_output(&vm, 1, 0).unwrap(), &[3; 12288]);
+        assert_eq!(w.recorded_bytes(&BufferKey::Host), 8192);
+        assert_eq!(w.recorded_bytes(&vm), 16384);
+        let meta = Metadata {
+            page_size: 4096,
+            long_size: 8,
+            ..Metadata::default()
+        };
+        let map: IdMap = Default::default();
+        assert!(
+            w.remap_event_ids(&BufferKey::Host, &meta, &map).is_err(),
+            "compressed pages cannot be rewritten"
+        );
+        let a = Assembly {
+            meta,
+            cpus: 2,
+            options: vec![],
+            top: buffer("", None),
+            named: vec![
+                buffer("inst", Some(BufferKey::Host)),
+                buffer("vm", Some(vm)),
+            ],
+        };
+        let ranges = Box::new(w).finish(&a).unwrap();
+        assert_eq!(ranges.len(), 3);
+        assert!(ranges[0].is_empty(), "the top buffer has no data");
+        let left: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
+        assert_eq!(left.len(), 1, "temporary files left: {left:?}");
+        let bytes = std::fs::read(&file).unwrap();
+        let dat = TraceDat::parse(&bytes).unwrap();
+        assert_eq!(dat.version, 7);
+        let names: Vec<&str> = dat.buffers.iter().map(|b| b.name.as_str()).collect();
+        assert_eq!(names, ["inst", "vm"]);
+        let host = v7read::cpu_data(&bytes, &dat, 0).unwrap();
+        assert_eq!(host[0], vec![1; 8192]);
+        assert!(host.get(1).is_none_or(Vec::is_empty));
+        let guest = v7read::cpu_data(&bytes, &dat, 1).unwrap();
+        assert_eq!(guest, vec![vec![2; 4096], vec![3; 12288]]);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
