@@ -210,6 +210,11 @@ mod tests {
         write(w.cpu_output(&BufferKey::Host, 1, 0).unwrap(), &[]);
         write(w.cpu_output(&vm, 0, 0).unwrap(), &[2; 4096]);
         write(w.cpu_output(&vm, 1, 0).unwrap(), &[3; 12288]);
+        // The compressing thread counts what it has taken from the pipe.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while w.recorded_bytes(&BufferKey::Host) < 8192 && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
         assert_eq!(w.recorded_bytes(&BufferKey::Host), 8192);
         assert_eq!(w.recorded_bytes(&vm), 16384);
         let meta = Metadata {
