@@ -20,7 +20,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
-    /// Record trace events into a trace.dat file (version 6).
+    /// Record trace events into a trace.dat file (version 7 with zstd by default;
+    /// `--file-version 6` for the older format).
     Record(record::RecordArgs),
     /// Receive traces: from `record -N` clients (protocols V1, V2 and V3) with
     /// `listen -p PORT`, and from guests with `listen --virt` (both at once with --virt -p).

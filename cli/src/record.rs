@@ -15,10 +15,11 @@ use clap::Args;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{SigSet, Signal};
 use tracecmd_rs::netrecord::Proto;
-use tracecmd_rs::output::CpuRange;
+use tracecmd_rs::output::{Compression, CpuRange};
 use tracecmd_rs::record::tsync::TsyncConfig;
 use tracecmd_rs::record::{
-    GuestSpec, HostSetup, NetTarget, RecordError, RecordSession, V6FileWriter,
+    GuestSpec, HostSetup, NetTarget, RecordError, RecordSession, TraceWriter, V6FileWriter,
+    V7FileWriter,
 };
 use tracecmd_rs::tracefs::{CpuStats, Instance, NotMounted};
 use tracecmd_rs::virt::VirtPaths;
@@ -54,6 +55,19 @@ pub struct RecordArgs {
     /// if it does not exist); it is stored as a named buffer.
     #[arg(short = 'B', value_name = "NAME")]
     instance: Option<String>,
+    /// trace.dat version to write: 7 (sections, compressed) or 6. Ignored with -N:
+    /// the listener builds the file.
+    #[arg(long = "file-version", value_name = "6|7", default_value_t = 7,
+          value_parser = clap::value_parser!(u8).range(6..=7))]
+    file_version: u8,
+    /// How version 7 stores the data: `zstd`, `none`, or `any` (the best there is,
+    /// zstd).
+    #[arg(
+        long = "compression",
+        value_name = "zstd|none|any",
+        default_value = "zstd"
+    )]
+    compression: String,
     /// Quiet: no live line and no summary.
     #[arg(short = 'q')]
     quiet: bool,
@@ -190,6 +204,12 @@ pub fn run(args: RecordArgs) -> Result<(), String> {
     if interrupted() {
         return Err(RecordError::Interrupted.to_string());
     }
+    let compression = Compression::parse(&args.compression).map_err(|e| e.to_string())?;
+    if args.net.is_some() && (args.file_version != 7 || args.compression != "zstd") {
+        log::warn!(
+            "--file-version and --compression are ignored with -N: the listener writes the file"
+        );
+    }
     let sleep = Duration::from_micros(args.sleep_us);
     let mut session = match &args.net {
         Some(target) => RecordSession::to_listener(
@@ -203,7 +223,11 @@ pub fn run(args: RecordArgs) -> Result<(), String> {
             interrupted,
         ),
         None => {
-            let writer = Box::new(V6FileWriter::new(&args.output));
+            let writer: Box<dyn TraceWriter> = if args.file_version == 6 {
+                Box::new(V6FileWriter::new(&args.output))
+            } else {
+                Box::new(V7FileWriter::new(&args.output, compression))
+            };
             let mut s = RecordSession::to_file(writer, sleep, interrupted);
             s.set_clock_sync(tsync_config(&args, &inst));
             s.start_guests(&args.guests, &VirtPaths::new(None, None))

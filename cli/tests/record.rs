@@ -159,6 +159,54 @@ fn record_sched_with_a_command() {
     assert_eq!(left.len(), 1, "leftover files: {left:?}");
 }
 
+/// The version and compression the header of `file` names.
+fn format_of(file: &Path) -> (u32, String) {
+    let bytes = std::fs::read(file).unwrap();
+    let dat = TraceDat::parse(&bytes).unwrap();
+    let comp = dat.compression.map(|(n, _)| n).unwrap_or_default();
+    (dat.version, comp)
+}
+
+#[test]
+fn file_version_and_compression() {
+    // (options, version and compression the file must have)
+    let cases: [(&[&str], u32, &str); 4] = [
+        (&[], 7, "zstd"),
+        (&["--compression", "none"], 7, "none"),
+        (&["--compression", "any"], 7, "zstd"),
+        (&["--file-version", "6"], 6, ""),
+    ];
+    for (i, (opts, version, comp)) in cases.into_iter().enumerate() {
+        let inst = fresh(&format!("ver{i}"));
+        let dir = TempDir::new("ver");
+        let file = dir.path().join("t.dat");
+        let script = format!(
+            "i=0; while [ $i -lt 3000 ]; do echo tcrs-ver-$i > {}; i=$((i+1)); done",
+            inst.path().join("trace_marker").display()
+        );
+        let mut args = opts.to_vec();
+        let f = file.to_str().unwrap();
+        args.extend(["-q", "-e", "sched", "-o", f, "/bin/sh", "-c", &script]);
+        let out = record(&inst, &args);
+        assert!(out.status.success(), "{opts:?}: {}", stderr(&out));
+        assert_eq!(format_of(&file), (version, comp.to_string()), "{opts:?}");
+        check(&file, &instance_name(&inst), &kernel_recorded(&inst));
+        assert!(report(&file).stdout.contains("tcrs-ver-2999"), "{opts:?}");
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(left.len(), 1, "{opts:?}: leftover files: {left:?}");
+    }
+    let inst = fresh("verbad");
+    for bad in [&["--file-version", "5"][..], &["--compression", "lz4"]] {
+        let out = record(&inst, &[bad, &["-e", "sched", "true"]].concat());
+        assert!(!out.status.success(), "{bad:?} accepted");
+        assert!(
+            stderr(&out).contains(bad[0]) || stderr(&out).contains(bad[1]),
+            "{bad:?}: {}",
+            stderr(&out)
+        );
+    }
+}
+
 #[test]
 fn record_does_not_poll_for_the_command() {
     // record's own main thread: each check for the command's end is a waitid(), which
@@ -305,7 +353,7 @@ impl Drop for SmallFs {
     }
 }
 
-fn check_disk_full(size: &str, markers: usize) {
+fn check_disk_full(size: &str, markers: usize, extra: &[&str]) {
     let inst = fresh("full");
     let before = Settings::read(&inst);
     let fs = SmallFs::new("full", size);
@@ -319,19 +367,13 @@ fn check_disk_full(size: &str, markers: usize) {
             "true"
         }
     );
-    let out = record(
-        &inst,
-        &[
-            "-q",
-            "-e",
-            "sched",
-            "-o",
-            file.to_str().unwrap(),
-            "/bin/sh",
-            "-c",
-            &script,
-        ],
-    );
+    let f = file.to_str().unwrap();
+    let args = [
+        extra,
+        &["-q", "-e", "sched", "-o", f, "/bin/sh", "-c", &script],
+    ]
+    .concat();
+    let out = record(&inst, &args);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let err = stderr(&out);
     assert!(err.contains("No space left on device"), "{err}");
@@ -360,7 +402,8 @@ fn disk_full_while_recording() {
     // The command writes markers, then would sleep for a minute: record must end
     // it when the recording fails instead of waiting for it.
     let start = Instant::now();
-    check_disk_full("32k", 20000);
+    check_disk_full("32k", 20000, &[]);
+    check_disk_full("32k", 20000, &["--file-version", "6"]);
     assert!(
         start.elapsed() < Duration::from_secs(30),
         "record waited for the command"
@@ -369,8 +412,10 @@ fn disk_full_while_recording() {
 
 #[test]
 fn disk_full_while_writing_trace_dat() {
-    // The per-CPU data fits; the 5 MB of kallsyms in the metadata does not.
-    check_disk_full("1m", 50);
+    // The per-CPU data fits; the 5 MB of kallsyms in the metadata does not, nor
+    // (v7) about 1 MB of it compressed.
+    check_disk_full("1m", 50, &["--file-version", "6"]);
+    check_disk_full("256k", 50, &[]);
 }
 
 #[test]
@@ -478,10 +523,19 @@ fn record_all_events() {
     assert_eq!(Settings::read(&inst), before, "tracefs not restored");
     let bytes = std::fs::read(&file).unwrap();
     let dat = TraceDat::parse(&bytes).unwrap();
-    assert!(
-        dat.systems.len() > 20,
-        "formats of all systems must be saved"
-    );
+    // v7 keeps the formats in a compressed section: ask report's dump.
+    let dump = Command::new("trace-cmd")
+        .args(["dump", "--summary", "-i"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let dump = String::from_utf8_lossy(&dump.stdout);
+    let systems: usize = dump
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("[Events format, "))
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no event formats in the dump: {dump}"));
+    assert!(systems > 20, "formats of all systems must be saved");
     let idx = dat
         .buffers
         .iter()

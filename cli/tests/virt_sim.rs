@@ -212,7 +212,28 @@ fn record_a_simulated_guest_with_the_host() {
     .output()
     .unwrap();
     assert!(out.status.success(), "record -A: {}", stderr(&out));
-    let rep = report(&file).stdout;
+    // The default file is v7 with zstd, the guest a buffer of it; report's counts
+    // per buffer and CPU equal ours.
+    let bytes = std::fs::read(&file).unwrap();
+    let dat = tracecmd_rs::output::reader::TraceDat::parse(&bytes).unwrap();
+    assert_eq!(dat.version, 7);
+    assert_eq!(dat.compression.as_ref().map(|c| c.0.as_str()), Some("zstd"));
+    let full = report(&file);
+    for (i, b) in dat.buffers.iter().enumerate() {
+        let ours = dat.count_events(&bytes, i).unwrap();
+        assert_eq!(
+            full.per_cpu(&b.name, ours.len()),
+            ours,
+            "{}: {:?}",
+            b.name,
+            full.stdout.lines().find(|l| l.contains("GUEST-MARK"))
+        );
+    }
+    assert!(
+        dat.buffers.iter().any(|b| b.name == "vm"),
+        "no guest buffer"
+    );
+    let rep = full.stdout;
     assert_eq!(
         buffer_of(&rep, "tcrs-HOST-MARK").as_deref(),
         Some(instance_name(host).as_str()),

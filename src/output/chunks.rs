@@ -11,6 +11,8 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use super::v7::PAGES_IN_CHUNK;
@@ -344,6 +346,22 @@ pub(crate) fn anonymous_file(dir: &Path) -> Result<File, OutputError> {
 pub struct CpuStream {
     thread: JoinHandle<Result<(File, CpuChunks), OutputError>>,
     label: String,
+    /// Raw bytes read from the pipe so far (the live line's count).
+    bytes_in: Arc<AtomicU64>,
+}
+
+/// A reader that counts what passes through it, for a count other threads read.
+struct Counted<R> {
+    inner: R,
+    count: Arc<AtomicU64>,
+}
+
+impl<R: Read> Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
 }
 
 impl CpuStream {
@@ -366,10 +384,15 @@ impl CpuStream {
             nix::fcntl::FcntlArg::F_SETPIPE_SZ(SINK_PIPE_BYTES as libc::c_int),
         );
         let thread_label = label.clone();
+        let bytes_in = Arc::new(AtomicU64::new(0));
+        let count = Arc::clone(&bytes_in);
         let thread = std::thread::Builder::new()
             .name(format!("v7 {label}"))
             .spawn(move || {
-                let mut src = File::from(r);
+                let mut src = Counted {
+                    inner: File::from(r),
+                    count,
+                };
                 writer
                     .fill_from(&mut src)
                     .map_err(|e| in_cpu(&thread_label, e))?;
@@ -379,7 +402,19 @@ impl CpuStream {
                 Ok((file, stats))
             })
             .map_err(werr(format!("the compressing thread for {label}")))?;
-        Ok((w, CpuStream { thread, label }))
+        Ok((
+            w,
+            CpuStream {
+                thread,
+                label,
+                bytes_in,
+            },
+        ))
+    }
+
+    /// Raw bytes the recorder has written into the pipe and the thread has taken.
+    pub fn bytes_in(&self) -> u64 {
+        self.bytes_in.load(Ordering::Relaxed)
     }
 
     /// Waits for the recorder to have closed its end and for the last chunk; returns

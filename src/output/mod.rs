@@ -37,7 +37,7 @@ mod writer;
 
 pub use chunks::{ChunkWriter, Compression, CpuChunks, CpuStream, SINK_PIPE_BYTES};
 pub use read_at::ReadAt;
-pub use v7writer::{write_trace_dat_v7, V7Writer};
+pub use v7writer::{clock_of_trailing, write_trace_dat_v7, V7Writer};
 pub use writer::*;
 
 /// The first ten bytes of every trace.dat file (doc §2.1 rows 1–2).

@@ -336,8 +336,12 @@ impl TraceDat {
         Ok((pl, el))
     }
 
-    /// Counts the events of each CPU of buffer `buffer` (index into `buffers`).
+    /// Counts the events of each CPU of buffer `buffer` (index into `buffers`), in
+    /// a file of either version.
     pub fn count_events(&self, b: &[u8], buffer: usize) -> Result<Vec<u64>, DatError> {
+        if self.version >= 7 {
+            return super::v7read::count_events(b, self, buffer);
+        }
         let (pl, el) = self.layouts(b)?;
         let Some(buf) = self.buffers.get(buffer) else {
             return Err(bad(0, format!("no buffer number {buffer}")));

@@ -414,6 +414,35 @@ impl V7Writer {
         Ok(())
     }
 
+    /// Raw bytes recorded so far into `buffer` through its sinks (files given with
+    /// [`V7Writer::cpu_file`] are not counted).
+    pub fn streamed_bytes(&self, buffer: &str) -> u64 {
+        self.buffers
+            .iter()
+            .filter(|b| b.name == buffer)
+            .flat_map(|b| &b.cpus)
+            .map(|s| match s {
+                Slot::Stream(st) => st.bytes_in(),
+                _ => 0,
+            })
+            .sum()
+    }
+
+    /// Gives up the file: waits for every compressing thread (all sink fds must be
+    /// closed) and returns the first error one of them met, e.g. a full disk that
+    /// made it close its pipe (the recorder then saw only EPIPE). Nothing is left.
+    pub fn abandon(self) -> Option<OutputError> {
+        let mut first = None;
+        for slot in self.buffers.into_iter().flat_map(|b| b.cpus) {
+            if let Slot::Stream(s) = slot {
+                if let Err(e) = s.finish() {
+                    first.get_or_insert(e);
+                }
+            }
+        }
+        first
+    }
+
     /// Waits for every CPU's data (all sink fds must be closed), then writes the file
     /// under a temporary name and renames it to its path. Returns the CPU ranges per
     /// buffer, the top buffer (`""`) first, then the others in the order they were
@@ -665,6 +694,14 @@ fn assemble(
     Ok(all)
 }
 
+/// The clock a v6 trailing clock field names (`"[local]"` → `local`), if any.
+pub fn clock_of_trailing(field: &[u8]) -> Option<String> {
+    let c = String::from_utf8_lossy(field);
+    let name = c.trim().trim_start_matches('[');
+    let name = name.split(']').next().unwrap_or("");
+    (!name.is_empty()).then(|| name.to_string())
+}
+
 /// Writes a complete v7 trace.dat at `path` from the inputs of the v6
 /// [`super::write_trace_dat`], with the buffers in one list: the top buffer (`""`)
 /// if it was recorded, and named buffers. Their per-CPU files of raw pages are
@@ -683,13 +720,8 @@ pub fn write_trace_dat_v7(
     for b in buffers {
         // Registers the buffer even when it has no CPU data.
         w.buffer(&b.name);
-        if let Some(c) = &b.trailing_clock {
-            let c = String::from_utf8_lossy(c);
-            let name = c.trim().trim_start_matches('[');
-            let name = name.split(']').next().unwrap_or("");
-            if !name.is_empty() {
-                w.set_buffer_clock(&b.name, name);
-            }
+        if let Some(name) = b.trailing_clock.as_deref().and_then(clock_of_trailing) {
+            w.set_buffer_clock(&b.name, &name);
         }
         for (cpu, f) in b.cpu_files.iter().enumerate() {
             if let Some(f) = f {

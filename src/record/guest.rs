@@ -276,10 +276,21 @@ const VALUE_OPTS: &[&str] = &[
     "-P",
     "-O",
     "--tsync-interval",
+    "--file-version",
+    "--compression",
 ];
 
 /// Options that concern the whole run, wherever they stand.
-const HOST_OPTS: &[&str] = &["-o", "-q", "-v", "--verbose", "--debug", "--tsync-interval"];
+const HOST_OPTS: &[&str] = &[
+    "-o",
+    "-q",
+    "-v",
+    "--verbose",
+    "--debug",
+    "--tsync-interval",
+    "--file-version",
+    "--compression",
+];
 
 /// Why a `record -A` command line cannot be split.
 #[derive(Debug, thiserror::Error)]
@@ -297,7 +308,8 @@ pub enum GuestArgsError {
 
 /// Splits `trace-cmd record ...` into the host's arguments and the guests': the
 /// options after `-A GUEST` (up to the next `-A` or the command) go to that guest,
-/// except the run-wide `-o`, `-q`, `-v`, `--debug` and `--tsync-interval`.
+/// except the run-wide `-o`, `-q`, `-v`, `--debug`, `--tsync-interval`,
+/// `--file-version` and `--compression`.
 pub fn split_guest_args(
     args: Vec<String>,
 ) -> std::result::Result<(Vec<String>, Vec<GuestSpec>), GuestArgsError> {
@@ -525,6 +537,33 @@ mod tests {
         assert_eq!(g.len(), 2);
         assert_eq!(g[0].pid, 7);
         assert_eq!(g[1].argv, s(&["-e", "y"]));
+        let (host, g) = split_guest_args(s(&[
+            "tc",
+            "record",
+            "-A",
+            "a",
+            "--file-version",
+            "6",
+            "-e",
+            "x",
+            "--compression",
+            "none",
+            "ls",
+        ]))
+        .unwrap();
+        assert_eq!(
+            host,
+            s(&[
+                "tc",
+                "record",
+                "--file-version",
+                "6",
+                "--compression",
+                "none",
+                "ls"
+            ])
+        );
+        assert_eq!(g[0].argv, s(&["-e", "x"]));
         assert!(split_guest_args(s(&["tc", "record", "-A"])).is_err());
         assert!(split_guest_args(s(&["tc", "record", "-A", "a/b", "-e", "x"])).is_err());
         assert!(split_guest_args(s(&["tc", "record", "-A", "a", "ls"])).is_err());

@@ -8,7 +8,7 @@
 //!   ([`TracefsState`](crate::tracefs::TracefsState), put back at the end or on drop);
 //! * each guest's session with its agent and the recorders of its CPU FIFOs
 //!   ([`GuestRecording`]), stopped with CLOSE and drained until their data is quiet;
-//! * the sink: a [`TraceWriter`] (today [`V6FileWriter`]) that hands out the per-CPU
+//! * the sink: a [`TraceWriter`] ([`V7FileWriter`] or [`V6FileWriter`]) that hands out the per-CPU
 //!   outputs and assembles the trace.dat at the end, or a listener
 //!   ([`NetSession`](crate::netrecord::NetSession)) for `record -N`.
 //!
@@ -26,6 +26,7 @@ pub mod guest;
 mod session;
 pub mod tsync;
 mod writer;
+mod writer_v7;
 
 pub use cpus::{CpuFailure, CpuRecorderSet};
 pub use guest::{
@@ -33,6 +34,7 @@ pub use guest::{
 };
 pub use session::{HostSetup, NetTarget, RecordSession, Recorded};
 pub use writer::{Assembly, BufferKey, FileBuffer, TraceWriter, V6FileWriter};
+pub use writer_v7::V7FileWriter;
 
 use std::path::PathBuf;
 

@@ -10,7 +10,9 @@ use super::{
     GuestRecording, GuestSpec, RecordError, TraceWriter,
 };
 use crate::netrecord::{NetParams, NetSession, Proto};
-use crate::output::{bracketed_clock, standard_options, CpuRange, DatOption, Metadata};
+use crate::output::{
+    bracketed_clock, page_size_of, standard_options, CpuRange, DatOption, Metadata,
+};
 use crate::recorder::{CpuRecorder, Input, Output, RecordFlags};
 use crate::tracefs::{self, CpuStats, EventName, Instance, RecordingSetup, TracefsState};
 use crate::virt::meta::merge_remapped;
@@ -239,6 +241,7 @@ impl RecordSession {
         let start_err = |cpu| move |source| RecordError::StartRecorder { cpu, source };
         match &mut self.sink {
             Sink::File(writer) => {
+                writer.host_buffer(&s.buffer_name, page_size_of(&host.inst.header_page()?));
                 for cpu in 0..cpus {
                     let out = writer
                         .cpu_output(&BufferKey::Host, cpu, s.max_kb)
@@ -323,10 +326,11 @@ impl RecordSession {
                 let host = match host.map(finish_host) {
                     Some(Err(e @ RecordError::Restore(_))) => return Err(e),
                     Some(Err(e)) => {
+                        let output = writer.path().to_path_buf();
                         return Err(RecordError::NotRecorded {
-                            cause: Box::new(e),
-                            output: writer.path().to_path_buf(),
-                        })
+                            cause: Box::new(writer.abandon(e)),
+                            output,
+                        });
                     }
                     Some(Ok(h)) => Some(h),
                     None => None,

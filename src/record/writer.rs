@@ -7,12 +7,9 @@
 //! writer puts the file together. Dropping a writer without [`TraceWriter::finish`]
 //! is the abort path: it removes whatever it created.
 //!
-//! A version 7 writer that compresses while recording fits the same calls: its
-//! `cpu_output` returns the write end of a pipe (or a socket pair) read by its own
-//! compressing thread per CPU, so the recorders stay as they are; `finish` stops
-//! those threads and writes the sections; `remap_event_ids` must be applied before
-//! the pages are compressed (e.g. by keeping guest buffers uncompressed until
-//! `finish`, since the map is only known once the guest has stopped).
+//! The version 7 writer, [`V7FileWriter`](super::V7FileWriter), fits the same
+//! calls: its `cpu_output` returns the write end of a pipe read by a compressing
+//! thread per CPU, so the recorders stay as they are.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -80,6 +77,11 @@ pub trait TraceWriter: Send + std::fmt::Debug {
         max_kb: u32,
     ) -> Result<Output, RecorderError>;
 
+    /// The host buffer's name in the file (`""` for the top buffer) and its page
+    /// (sub-buffer) size, told before its first [`TraceWriter::cpu_output`]. A
+    /// writer that compresses page by page while recording needs both then.
+    fn host_buffer(&mut self, _name: &str, _page_size: u32) {}
+
     /// Bytes recorded so far into `buffer` (all CPUs): the live line, and the
     /// engine's test whether a guest's data has stopped coming.
     fn recorded_bytes(&self, buffer: &BufferKey) -> u64;
@@ -107,6 +109,15 @@ pub trait TraceWriter: Send + std::fmt::Debug {
     ) -> Result<u64, BoxError> {
         let _ = (buffer, layout, c);
         Err("this trace.dat writer cannot move guest timestamps".into())
+    }
+
+    /// Gives up the file because the recording failed with `cause` before
+    /// [`TraceWriter::finish`]; removes everything, as dropping does, and returns the
+    /// error to tell: the writer's own if it explains the failure better (a v7 writer
+    /// whose compressing thread found the disk full closed the recorder's pipe, so
+    /// the recorder saw only EPIPE). Called once every recorder has finished.
+    fn abandon(self: Box<Self>, cause: RecordError) -> RecordError {
+        cause
     }
 
     /// Writes the file and removes the temporary data. Returns where each CPU's data
@@ -163,7 +174,7 @@ impl V6FileWriter {
         PathBuf::from(p)
     }
 
-    fn files_of(&self, buffer: &BufferKey) -> &[PathBuf] {
+    pub(super) fn files_of(&self, buffer: &BufferKey) -> &[PathBuf] {
         self.files.get(buffer).map_or(&[], Vec::as_slice)
     }
 

@@ -109,8 +109,9 @@ fn parse_event_line(line: &str) -> Option<(String, usize)> {
         let is_ts = !ts.is_empty() && ts.chars().all(|c| c.is_ascii_digit() || c == '.');
         is_ts.then_some((open, cpu))
     })?;
-    let head = &line[..open];
-    // Named-buffer lines start with "name: "; top-buffer lines with spaces.
+    // Named-buffer lines start with "name: ", the names right-aligned to the
+    // longest; top-buffer lines with the comm.
+    let head = line[..open].trim_start();
     let buffer = match head.split_once(": ") {
         Some((name, _)) if !name.starts_with(' ') && !name.contains(' ') => name.to_string(),
         _ => String::new(),
@@ -124,6 +125,8 @@ fn event_lines_with_brackets_in_the_comm() {
     assert_eq!(parse_event_line(l), Some((String::new(), 1)));
     let l = "guest:            <...>-28013 [001]  7259.921787: print: tracing_mark_write: x";
     assert_eq!(parse_event_line(l), Some(("guest".into(), 1)));
+    let l = "      vm:     sh-20456 [001] 10077.403641: print: tracing_mark_write: x";
+    assert_eq!(parse_event_line(l), Some(("vm".into(), 1)));
     assert_eq!(parse_event_line("CPU 1 is empty"), None);
     assert_eq!(parse_event_line("cpus=2"), None);
 }
