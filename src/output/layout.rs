@@ -314,3 +314,44 @@ pub fn count_events(
     }
     Ok(n)
 }
+
+/// Rewrites, in place, every whole ring-buffer page of the file at `path` (a
+/// recorded per-CPU file): `rewrite` gets each page in turn, 64 pages read and
+/// written back at a time. A trailing partial page is left as it is.
+pub fn rewrite_file_pages(
+    path: &std::path::Path,
+    page_size: usize,
+    mut rewrite: impl FnMut(&mut [u8]),
+) -> std::io::Result<()> {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    if page_size == 0 {
+        return Ok(());
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)?;
+    let mut buf = vec![0u8; page_size * 64];
+    let mut pos = 0u64;
+    loop {
+        f.seek(SeekFrom::Start(pos))?;
+        let mut n = 0;
+        while n < buf.len() {
+            match f.read(&mut buf[n..])? {
+                0 => break,
+                k => n += k,
+            }
+        }
+        let whole = n - n % page_size;
+        if whole == 0 {
+            return Ok(());
+        }
+        buf[..whole].chunks_mut(page_size).for_each(&mut rewrite);
+        f.seek(SeekFrom::Start(pos))?;
+        f.write_all(&buf[..whole])?;
+        pos += whole as u64;
+        if n < buf.len() {
+            return Ok(());
+        }
+    }
+}

@@ -7,11 +7,9 @@
 //! in the guest's recorded pages, so `report` decodes both.
 
 use std::collections::HashMap;
-use std::fs::OpenOptions;
-use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
 
-use super::layout::{walk_page, EventLayout, PageLayout};
+use super::layout::{rewrite_file_pages, walk_page, EventLayout, PageLayout};
 use super::{Metadata, OutputError};
 
 /// `name` and `ID` of an event format text.
@@ -140,52 +138,26 @@ pub fn remap_file_ids(
         path: path.to_path_buf(),
         source,
     };
-    let mut f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .map_err(io)?;
-    let mut buf = vec![0u8; page_size * 64];
-    let mut pos = 0u64;
     let mut changed = 0u64;
-    loop {
-        f.seek(SeekFrom::Start(pos)).map_err(io)?;
-        let mut n = 0;
-        while n < buf.len() {
-            match f.read(&mut buf[n..]).map_err(io)? {
-                0 => break,
-                k => n += k,
+    rewrite_file_pages(path, page_size, |page| {
+        let mut at = Vec::new();
+        let base = page.as_ptr() as usize;
+        // A page that cannot be walked is left as it is (report names it).
+        let _ = walk_page(page, &pl, &el, false, |r| {
+            at.push(r.payload.as_ptr() as usize - base)
+        });
+        for o in at {
+            if o + 2 > page.len() {
+                continue;
+            }
+            let id = u16::from_le_bytes([page[o], page[o + 1]]);
+            if let Some(new) = map.get(&id) {
+                page[o..o + 2].copy_from_slice(&new.to_le_bytes());
+                changed += 1;
             }
         }
-        let whole = n - n % page_size;
-        if whole == 0 {
-            break;
-        }
-        for page in buf[..whole].chunks_mut(page_size) {
-            let mut at = Vec::new();
-            let base = page.as_ptr() as usize;
-            // A page that cannot be walked is left as it is (report names it).
-            let _ = walk_page(page, &pl, &el, false, |r| {
-                at.push(r.payload.as_ptr() as usize - base)
-            });
-            for o in at {
-                if o + 2 > page.len() {
-                    continue;
-                }
-                let id = u16::from_le_bytes([page[o], page[o + 1]]);
-                if let Some(new) = map.get(&id) {
-                    page[o..o + 2].copy_from_slice(&new.to_le_bytes());
-                    changed += 1;
-                }
-            }
-        }
-        f.seek(SeekFrom::Start(pos)).map_err(io)?;
-        f.write_all(&buf[..whole]).map_err(io)?;
-        pos += whole as u64;
-        if n < buf.len() {
-            break;
-        }
-    }
+    })
+    .map_err(io)?;
     Ok(changed)
 }
 

@@ -16,7 +16,7 @@
 //! `counter` count something else).
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use crate::msg::tsync::{self as wire, TsyncMsg};
 use crate::msg::{Channel, MsgError, Wait};
-use crate::output::layout::{EventLayout, PageLayout};
+use crate::output::layout::{rewrite_file_pages, EventLayout, PageLayout};
 use crate::tracefs::Instance;
 
 /// Probes per round; the shortest round trips of them are kept.
@@ -824,35 +824,12 @@ pub fn shift_file(
     if page_size == 0 || c.points.is_empty() {
         return Ok(0);
     }
-    let mut f = OpenOptions::new().read(true).write(true).open(path)?;
-    let mut buf = vec![0u8; page_size * 64];
-    let mut pos = 0u64;
     let mut skipped = 0;
-    loop {
-        f.seek(SeekFrom::Start(pos))?;
-        let mut n = 0;
-        while n < buf.len() {
-            match f.read(&mut buf[n..])? {
-                0 => break,
-                k => n += k,
-            }
+    rewrite_file_pages(path, page_size, |page| {
+        if !shift_page(page, &pl, &el, c) {
+            skipped += 1;
         }
-        let whole = n - n % page_size;
-        if whole == 0 {
-            break;
-        }
-        for page in buf[..whole].chunks_mut(page_size) {
-            if !shift_page(page, &pl, &el, c) {
-                skipped += 1;
-            }
-        }
-        f.seek(SeekFrom::Start(pos))?;
-        f.write_all(&buf[..whole])?;
-        pos += whole as u64;
-        if n < buf.len() {
-            break;
-        }
-    }
+    })?;
     Ok(skipped)
 }
 
