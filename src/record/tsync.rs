@@ -82,13 +82,14 @@ pub fn is_ns_clock(clock: &str) -> bool {
 }
 
 fn raw_now() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: ts is a valid timespec; CLOCK_MONOTONIC_RAW exists on Linux.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_RAW, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    clock_ns(nix::time::ClockId::CLOCK_MONOTONIC_RAW)
+}
+
+/// `clock`'s time in ns (CLOCK_MONOTONIC_RAW and CLOCK_MONOTONIC always exist on Linux).
+fn clock_ns(clock: nix::time::ClockId) -> u64 {
+    nix::time::clock_gettime(clock).map_or(0, |ts| {
+        ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64
+    })
 }
 
 /// Reads one trace clock (see the module documentation).
@@ -955,14 +956,8 @@ mod tests {
     fn trace_clock_reads_the_trace_clock() {
         let c = TraceClock::open("mono").expect("tracefs with a mono trace clock");
         let dir = c.inst.path().to_path_buf();
-        let mut ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
         let ours = c.now();
-        // SAFETY: valid timespec.
-        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-        let mono = ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64;
+        let mono = clock_ns(nix::time::ClockId::CLOCK_MONOTONIC);
         let diff = mono as i64 - ours as i64;
         assert!(diff.abs() < 5_000_000, "mono via markers is {diff} ns off");
         assert!(matches!(
