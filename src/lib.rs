@@ -14,6 +14,9 @@ pub mod tracefs;
 pub mod transport;
 pub mod virt;
 
+#[cfg(test)]
+mod testutil;
+
 #[doc(hidden)]
 #[allow(non_camel_case_types, non_upper_case_globals)]
 #[path = "../capi/mod.rs"]

@@ -1,9 +1,10 @@
-//! Helpers of the recorder's unit tests.
+//! Helpers of the library's unit tests (the integration tests have `testkit`,
+//! which the unit tests cannot use: it depends on this crate).
 
 use std::path::{Path, PathBuf};
 
 /// A path in a per-test temporary directory, removed with the directory on drop.
-pub(super) struct TmpPath(PathBuf);
+pub(crate) struct TmpPath(PathBuf);
 
 impl std::ops::Deref for TmpPath {
     type Target = Path;
@@ -27,8 +28,43 @@ impl Drop for TmpPath {
 }
 
 /// `name` in a fresh directory of its own (per process and name).
-pub(super) fn tmp(name: &str) -> TmpPath {
-    let dir = std::env::temp_dir().join(format!("tcrs-rec-unit-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    TmpPath(dir.join(name))
+pub(crate) fn tmp(name: &str) -> TmpPath {
+    TmpPath(TempDir::new(name).keep().join(name))
+}
+
+/// A fresh directory (per process and tag), removed with its contents on drop.
+pub(crate) struct TempDir(PathBuf);
+
+impl TempDir {
+    pub(crate) fn new(tag: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!("tcrs-unit-{}-{tag}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    /// The path, no longer removed on drop.
+    fn keep(self) -> PathBuf {
+        let p = self.0.clone();
+        std::mem::forget(self);
+        p
+    }
+}
+
+impl std::ops::Deref for TempDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<Path> for TempDir {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }

@@ -769,17 +769,10 @@ mod tests {
         v
     }
 
-    struct Tmp(PathBuf);
-    impl Drop for Tmp {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
+    use crate::testutil::TempDir;
 
-    fn tmp(tag: &str) -> Tmp {
-        let p = std::env::temp_dir().join(format!("tcrs-v7w-{tag}-{}", std::process::id()));
-        std::fs::create_dir_all(&p).unwrap();
-        Tmp(p)
+    fn tmp(tag: &str) -> TempDir {
+        TempDir::new(&format!("v7w-{tag}"))
     }
 
     /// A file with a top buffer (CPU 0 streamed, CPU 1 from a file, CPU 2 empty)
@@ -813,7 +806,7 @@ mod tests {
     fn header_and_gap_free_section_chain() {
         let t = tmp("chain");
         for c in [Compression::Zstd, Compression::None] {
-            let b = sample(&t.0, c);
+            let b = sample(&t, c);
             let (name, ver) = c.header_strings();
             let mut head = b"\x17\x08\x44tracing7\0\0\x08\x00\x10\x00\x00".to_vec();
             head.extend_from_slice(name.as_bytes());
@@ -861,19 +854,19 @@ mod tests {
     fn prepared_metadata_gives_the_same_file() {
         let t = tmp("prep");
         for c in [Compression::Zstd, Compression::None] {
-            let plain = sample(&t.0, c);
-            assert_eq!(sample_prepared(&t.0, c, Some(&meta())), plain);
+            let plain = sample(&t, c);
+            assert_eq!(sample_prepared(&t, c, Some(&meta())), plain);
             // Prepared from other cmdlines: the final ones are written.
             let mut early = meta();
             early.cmdlines = b"2 other\n".to_vec();
-            assert_eq!(sample_prepared(&t.0, c, Some(&early)), plain);
+            assert_eq!(sample_prepared(&t, c, Some(&early)), plain);
         }
     }
 
     #[test]
     fn v7read_never_panics_on_truncated_or_mutated_files() {
         let t = tmp("fuzz");
-        let good = sample(&t.0, Compression::Zstd);
+        let good = sample(&t, Compression::Zstd);
         let mut x = 0x9e37_79b9_7f4a_7c15u64;
         let mut next = || {
             x ^= x << 13;
@@ -908,14 +901,14 @@ mod tests {
     #[test]
     fn a_failed_finish_leaves_nothing_and_joins_every_thread() {
         let t = tmp("fail");
-        let path = t.0.join("out.dat");
+        let path = t.join("out.dat");
         let mut w = V7Writer::new(&path, 4096, Compression::Zstd).unwrap();
         let fd = w.cpu_sink("", 0).unwrap();
         std::fs::File::from(fd).write_all(&pages(2)).unwrap();
-        w.cpu_file("", 1, &t.0.join("missing")).unwrap();
+        w.cpu_file("", 1, &t.join("missing")).unwrap();
         let e = w.finish(&meta(), 2, &[]).unwrap_err();
         assert!(e.to_string().contains("missing"), "{e}");
-        let left: Vec<_> = std::fs::read_dir(&t.0).unwrap().collect();
+        let left: Vec<_> = std::fs::read_dir(&t).unwrap().collect();
         assert!(left.is_empty(), "{left:?}");
         // The same CPU twice is refused.
         let mut w = V7Writer::new(&path, 4096, Compression::None).unwrap();

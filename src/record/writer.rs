@@ -274,11 +274,7 @@ mod tests {
     use super::*;
     use std::io::Write;
 
-    fn temp_dir(tag: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("tcrs-v6w-{tag}-{}", std::process::id()));
-        std::fs::create_dir_all(&d).unwrap();
-        d
-    }
+    use crate::testutil::TempDir;
 
     fn names(dir: &Path) -> Vec<String> {
         let mut v: Vec<String> = std::fs::read_dir(dir)
@@ -316,7 +312,7 @@ mod tests {
 
     #[test]
     fn temporary_files_per_buffer_and_cpu_go_with_the_writer() {
-        let dir = temp_dir("files");
+        let dir = TempDir::new("v6w-files");
         let mut w = V6FileWriter::new(&dir.join("t.dat"));
         let vm = BufferKey::Guest("vm".into());
         for cpu in 0..2 {
@@ -329,12 +325,11 @@ mod tests {
         assert_eq!(names(&dir), ["t.dat.cpu0", "t.dat.cpu1", "t.dat.vm.cpu0"]);
         drop(w);
         assert!(names(&dir).is_empty(), "an abandoned writer leaves nothing");
-        std::fs::remove_dir(&dir).unwrap();
     }
 
     #[test]
     fn finish_writes_the_file_and_removes_the_temporary_ones() {
-        let dir = temp_dir("finish");
+        let dir = TempDir::new("v6w-finish");
         let file = dir.join("t.dat");
         let mut w = V6FileWriter::new(&file);
         let vm = BufferKey::Guest("vm".into());
@@ -357,12 +352,11 @@ mod tests {
         assert!(bytes.starts_with(crate::output::MAGIC));
         let at = ranges[1][0].offset as usize;
         assert_eq!(&bytes[at..at + 8192], &[2; 8192][..]);
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn a_failed_finish_leaves_no_file() {
-        let dir = temp_dir("fail");
+        let dir = TempDir::new("v6w-fail");
         let file = dir.join("t.dat");
         let mut w = V6FileWriter::new(&file);
         write(w.cpu_output(&BufferKey::Host, 0, 0).unwrap(), &[1; 4096]);
@@ -376,6 +370,5 @@ mod tests {
         assert!(matches!(e, RecordError::Incomplete { .. }), "{e}");
         assert!(e.to_string().contains("removed the incomplete"), "{e}");
         assert!(names(&dir).is_empty(), "{:?}", names(&dir));
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

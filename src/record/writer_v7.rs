@@ -218,8 +218,7 @@ mod tests {
 
     #[test]
     fn host_streamed_and_guest_from_files_in_one_file() {
-        let dir = std::env::temp_dir().join(format!("tcrs-v7w-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::testutil::TempDir::new("v7fw");
         let file = dir.join("t.dat");
         let mut w = V7FileWriter::new(&file, Compression::parse("zstd").unwrap());
         let vm = BufferKey::Guest("vm".into());
@@ -270,6 +269,5 @@ mod tests {
         assert!(host.get(1).is_none_or(Vec::is_empty));
         let guest = v7read::cpu_data(&bytes, &dat, 1).unwrap();
         assert_eq!(guest, vec![vec![2; 4096], vec![3; 12288]]);
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

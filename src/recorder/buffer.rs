@@ -62,7 +62,7 @@ fn recording_bytes(text: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::recorder::testutil::tmp;
+    use crate::testutil::tmp;
 
     #[test]
     fn buffer_size_is_read_in_both_kernel_formats() {

@@ -38,8 +38,6 @@ mod sched;
 mod sink;
 mod step;
 mod stop;
-#[cfg(test)]
-mod testutil;
 mod uncached;
 mod wake;
 

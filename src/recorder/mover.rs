@@ -647,7 +647,7 @@ impl Drop for CpuRecorder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::recorder::testutil::tmp;
+    use crate::testutil::tmp;
     use std::io::Write;
     use std::path::PathBuf;
 

@@ -82,7 +82,7 @@ impl WakeWatch {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::recorder::testutil::tmp;
+    use crate::testutil::tmp;
 
     #[test]
     fn wake_watch_drains_at_a_third_of_the_buffer_at_the_measured_rate() {
