@@ -7,7 +7,6 @@ use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use std::collections::HashMap;
 use tracecmd_rs::output::layout::{walk_page, EventLayout, PageLayout};
-use tracecmd_rs::virt::meta;
 
 const HEADER_PAGE: &[u8] = b"\tfield: u64 timestamp;\toffset:0;\tsize:8;\tsigned:0;\n\
 \tfield: local_t commit;\toffset:8;\tsize:8;\tsigned:1;\n\
@@ -48,7 +47,7 @@ fuzz_target!(|inp: Input| {
     let path = dir.join("cpu0");
     std::fs::write(&path, inp.pages).expect("write the page file");
     let before = inp.pages.len();
-    if meta::remap_file_ids(&path, page_size, hp, he, &map).is_ok() {
+    if tracecmd_rs::output::merge::remap_file_ids(&path, page_size, hp, he, &map).is_ok() {
         // Rewriting IDs never changes the size of the data.
         assert_eq!(std::fs::metadata(&path).unwrap().len() as usize, before);
     }

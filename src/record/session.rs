@@ -10,12 +10,12 @@ use super::{
     GuestRecording, GuestSpec, RecordError, TraceWriter,
 };
 use crate::netrecord::{NetParams, NetSession, Proto};
+use crate::output::merge::merge_remapped;
 use crate::output::{
     bracketed_clock, page_size_of, standard_options, CpuRange, DatOption, Metadata,
 };
 use crate::recorder::{CpuRecorder, Input, Output, RecordFlags};
 use crate::tracefs::{self, CpuStats, EventName, Instance, RecordingSetup, TracefsState};
-use crate::virt::meta::merge_remapped;
 use crate::virt::VirtPaths;
 
 /// Largest sub-buffer one UDP datagram carries (trace-cmd's `UDP_MAX_PACKET` bound).

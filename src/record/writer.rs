@@ -16,9 +16,9 @@ use std::path::{Path, PathBuf};
 
 use super::tsync::{shift_file, Correction};
 use super::{BoxError, RecordError};
+use crate::output::merge::{remap_file_ids, IdMap};
 use crate::output::{write_trace_dat, BufferData, CpuRange, DatOption, Metadata};
 use crate::recorder::{Output, RecorderError};
-use crate::virt::meta::{remap_file_ids, IdMap};
 
 /// Which recorded buffer a per-CPU stream belongs to.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -87,7 +87,7 @@ pub trait TraceWriter: Send + std::fmt::Debug {
     fn recorded_bytes(&self, buffer: &BufferKey) -> u64;
 
     /// Rewrites event IDs in `buffer`'s recorded pages (a guest's events moved to
-    /// free IDs, see `virt::meta::merge_remapped`); `layout` is that buffer's own
+    /// free IDs, see `output::merge::merge_remapped`); `layout` is that buffer's own
     /// metadata (page size and headers). Called after its recorders finished.
     /// Returns the records changed.
     fn remap_event_ids(

@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 use super::tsync::Correction;
 use super::writer::{Assembly, BufferKey, FileBuffer, TraceWriter, V6FileWriter};
 use super::{BoxError, RecordError};
+use crate::output::merge::IdMap;
 use crate::output::{clock_of_trailing, Compression, CpuRange, Metadata, V7Writer};
 use crate::recorder::{Output, RecorderError};
-use crate::virt::meta::IdMap;
 
 /// trace.dat version 7 (zstd or uncompressed).
 ///

@@ -2,38 +2,16 @@
 //! back into an [`output::Metadata`](crate::output::Metadata), and merged with the
 //! host's for one trace.dat. The trace.dat knowledge lives in
 //! [`crate::output::metadata`] and [`crate::output::merge`]; this module gives
-//! it the guest's errors.
-
-use std::path::Path;
+//! it the guest's errors. Rewriting a guest's pages is
+//! [`crate::output::merge::remap_file_ids`].
 
 use super::{Result, VirtError};
 pub use crate::output::merge::{format_name_id, merge_remapped, IdMap};
-use crate::output::{Metadata, OutputError};
+use crate::output::Metadata;
 
 /// Parses the v6 metadata (magic through saved cmdlines, little endian only).
 pub fn parse_metadata(b: &[u8]) -> Result<Metadata> {
     Metadata::parse(b).map_err(|e| VirtError::BadMetadata(e.to_string()))
-}
-
-/// Rewrites the event IDs of every data record in a file of whole ring-buffer
-/// pages (a guest's per-CPU data) as `map` says. Returns the records changed.
-pub fn remap_file_ids(
-    path: &Path,
-    page_size: usize,
-    header_page: &[u8],
-    header_event: &[u8],
-    map: &IdMap,
-) -> Result<u64> {
-    crate::output::merge::remap_file_ids(path, page_size, header_page, header_event, map).map_err(
-        |e| match e {
-            OutputError::Invalid(what) => VirtError::BadMetadata(what),
-            OutputError::Rewrite { path, source } => VirtError::Io {
-                what: format!("rewriting event IDs in {}", path.display()),
-                source,
-            },
-            e => VirtError::Invalid(e.to_string()),
-        },
-    )
 }
 
 #[cfg(test)]
