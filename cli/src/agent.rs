@@ -5,7 +5,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use clap::Args;
-use nix::sys::signal::{SigSet, Signal};
 use tracecmd_rs::record::agent3;
 use tracecmd_rs::virt::{agent, DEFAULT_PORTS_DIR};
 
@@ -40,19 +39,7 @@ pub fn run(a: AgentArgs) -> Result<(), String> {
     let stopped = Arc::new(AtomicBool::new(false));
     let s2 = stopped.clone();
     // SIGINT/SIGTERM: a recording in progress is stopped and tracefs restored.
-    // Blocked in every thread and taken with sigwait: the kernel queues a blocked
-    // signal even when its disposition is "ignore", so this works also when
-    // SIGINT starts out ignored (a background job of a script).
-    let mut set = SigSet::empty();
-    set.add(Signal::SIGINT);
-    set.add(Signal::SIGTERM);
-    set.thread_block()
-        .map_err(|e| format!("cannot block SIGINT: {e}"))?;
-    std::thread::spawn(move || {
-        if set.wait().is_ok() {
-            s2.store(true, Ordering::SeqCst);
-        }
-    });
+    crate::signals::on_stop(move || s2.store(true, Ordering::SeqCst))?;
     let stop = || stopped.load(Ordering::SeqCst);
     if let Some(client) = a.client {
         eprintln!("agent: listening on TCP port {} for {client}", a.port);

@@ -8,7 +8,6 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser};
-use nix::sys::signal::{SigSet, Signal};
 use tracecmd_rs::listen::{ListenConfig, Listener, DEFAULT_MAX_CLIENTS};
 
 /// `trace-cmd listen` without `--virt`: the network listener alone.
@@ -78,7 +77,7 @@ pub fn run(args: ListenArgs) -> Result<(), String> {
         max_clients: args.max_clients as usize,
         ..ListenConfig::default()
     };
-    raise_fd_limit(cfg.max_clients);
+    warn_if_fd_limit_short(cfg.max_clients);
     // Bind before detaching, so that a busy port is reported to the caller.
     let listener = Listener::bind(cfg).map_err(|e| e.to_string())?;
     let log = match &args.logfile {
@@ -106,24 +105,8 @@ pub fn run(args: ListenArgs) -> Result<(), String> {
         // The logger writes to stderr: point stderr at the log file.
         nix::unistd::dup2(f.as_raw_fd(), 2).map_err(|e| format!("log file: {e}"))?;
     }
-    // Blocked in every thread and taken by one thread with sigwait. A blocked
-    // signal is queued even where it started out ignored (a background job of a
-    // script ignores SIGINT), so both stop the listener there too.
-    let mut set = SigSet::empty();
-    set.add(Signal::SIGINT);
-    set.add(Signal::SIGTERM);
-    set.thread_block()
-        .map_err(|e| format!("cannot block SIGINT/SIGTERM: {e}"))?;
     let stop = listener.stop_handle();
-    std::thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || {
-            if let Ok(sig) = set.wait() {
-                log::info!("{sig} received: stopping");
-            }
-            stop.stop();
-        })
-        .map_err(|e| format!("cannot start the signal thread: {e}"))?;
+    crate::signals::on_stop(move || stop.stop())?;
     log::info!("listening on port {}", listener.port());
     listener.serve().map_err(|e| e.to_string())?;
     log::info!("all sessions ended; listener stopped");
@@ -131,19 +114,16 @@ pub fn run(args: ListenArgs) -> Result<(), String> {
 }
 
 /// Every session holds a dozen descriptors; the usual soft limit of 1024 would
-/// stop a fleet at about 80 clients. Raise it to the hard limit, and say so when
-/// even that is short of `max_clients` sessions of clients like this machine.
-fn raise_fd_limit(max_clients: usize) {
-    use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+/// stop a fleet at about 80 clients. main() has raised it to the hard limit
+/// (for every command); say so when even that is short of `max_clients`
+/// sessions of clients like this machine.
+fn warn_if_fd_limit_short(max_clients: usize) {
+    use nix::sys::resource::{getrlimit, Resource};
+    let Ok((have, _)) = getrlimit(Resource::RLIMIT_NOFILE) else {
         return;
     };
-    if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_err() {
-        log::debug!("cannot raise the open-file limit from {soft} to {hard}");
-    }
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
     let need = max_clients as u64 * tracecmd_rs::listen::fds_per_session(cpus) + 64;
-    let have = getrlimit(Resource::RLIMIT_NOFILE).map_or(soft, |l| l.0);
     if have < need {
         log::warn!(
             "the open-file limit ({have}) is short of the {need} that {max_clients} sessions of {cpus}-CPU clients need; raise it (ulimit -n) or lower --max-clients"

@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use nix::sys::signal::{SigSet, Signal};
 use nix::unistd::Gid;
 use tracecmd_rs::listen::{ListenConfig, Listener, StopHandle};
 use tracecmd_rs::virt::listener::{DomainSetup, VirtListener};
@@ -125,24 +124,15 @@ pub fn run(o: ListenOptions) -> Result<(), String> {
             cpus: *cpus,
         })
         .collect();
-    let mut set = SigSet::empty();
-    set.add(Signal::SIGINT);
-    set.add(Signal::SIGTERM);
-    set.thread_block()
-        .map_err(|e| format!("cannot block SIGINT: {e}"))?;
+    // Before any thread starts, so that every thread has the signals blocked.
+    let stopped = Arc::new(AtomicBool::new(false));
+    let s2 = stopped.clone();
+    crate::signals::on_stop(move || s2.store(true, Ordering::SeqCst))?;
     let listener = VirtListener::bind(&paths, Some(group), &domains).map_err(|e| e.to_string())?;
     let net = match o.port {
         Some(port) => Some(spawn_network_listener(port, &o)?),
         None => None,
     };
-    let stopped = Arc::new(AtomicBool::new(false));
-    let s2 = stopped.clone();
-    std::thread::spawn(move || {
-        if let Ok(sig) = set.wait() {
-            log::info!("{sig} received: stopping");
-        }
-        s2.store(true, Ordering::SeqCst);
-    });
     eprintln!(
         "listening on {} (agents) and {} (managers)",
         paths.agent_socket().display(),

@@ -7,6 +7,7 @@ mod listen;
 mod listen_virt;
 mod logger;
 mod record;
+mod signals;
 
 use clap::{Parser, Subcommand};
 

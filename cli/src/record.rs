@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use clap::Args;
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signal::Signal;
 use tracecmd_rs::netrecord::Proto;
 use tracecmd_rs::output::{Compression, CpuRange};
 use tracecmd_rs::record::tsync::TsyncConfig;
@@ -111,38 +111,19 @@ fn interrupted() -> bool {
     INTERRUPTED.load(Ordering::SeqCst)
 }
 
-fn stop_signals() -> SigSet {
-    let mut set = SigSet::empty();
-    set.add(Signal::SIGINT);
-    set.add(Signal::SIGTERM);
-    set
-}
-
 /// Blocks SIGINT/SIGTERM in this and every later thread and turns them into a flag
 /// from a dedicated thread, so no work is cut short inside a signal handler.
 /// A blocked mask survives exec, so the traced command is started through
 /// `trace-cmd __exec` ([`exec_unblocked`]), which unblocks them first.
 fn watch_signals() -> Result<(), String> {
-    let set = stop_signals();
-    set.thread_block()
-        .map_err(|e| format!("cannot block SIGINT: {e}"))?;
-    std::thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || {
-            while let Ok(sig) = set.wait() {
-                log::info!("{sig} received: stopping");
-                INTERRUPTED.store(true, Ordering::SeqCst);
-            }
-        })
-        .map_err(|e| format!("cannot start the signal thread: {e}"))?;
-    Ok(())
+    crate::signals::on_stop(|| INTERRUPTED.store(true, Ordering::SeqCst))
 }
 
 /// `trace-cmd __exec COMMAND...`: unblocks SIGINT/SIGTERM and replaces itself with
 /// the command, so the command sees Ctrl-C as usual. Returns only on failure.
 pub fn exec_unblocked(command: &[String]) -> Result<(), String> {
     use std::os::unix::process::CommandExt;
-    stop_signals()
+    crate::signals::stop_signals()
         .thread_unblock()
         .map_err(|e| format!("cannot unblock signals: {e}"))?;
     let (prog, rest) = command
