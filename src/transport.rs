@@ -120,3 +120,57 @@ pub fn socketpair() -> Result<(OwnedFd, OwnedFd)> {
         SockFlag::SOCK_CLOEXEC,
     )?)
 }
+
+/// `VMADDR_CID_ANY`: a vsock listener bound to every local CID.
+pub const VSOCK_CID_ANY: u32 = u32::MAX;
+/// `VMADDR_PORT_ANY`: let the kernel pick a free vsock port.
+pub const VSOCK_PORT_ANY: u32 = u32::MAX;
+
+fn vsock_socket() -> std::io::Result<OwnedFd> {
+    Ok(socket::socket(
+        AddressFamily::Vsock,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?)
+}
+
+/// Connects an `AF_VSOCK` stream socket to `cid:port`. The kernel bounds the wait
+/// (2 s by default for vsock); a machine without vsock transport fails here.
+pub fn connect_vsock(cid: u32, port: u32) -> std::io::Result<OwnedFd> {
+    let fd = vsock_socket()?;
+    socket::connect(fd.as_raw_fd(), &socket::VsockAddr::new(cid, port))?;
+    Ok(fd)
+}
+
+/// A listening `AF_VSOCK` stream socket on `port` of every local CID
+/// ([`VSOCK_PORT_ANY`]: a free port, see [`vsock_local_port`]).
+pub fn listen_vsock(port: u32) -> std::io::Result<OwnedFd> {
+    let fd = vsock_socket()?;
+    socket::bind(fd.as_raw_fd(), &socket::VsockAddr::new(VSOCK_CID_ANY, port))?;
+    socket::listen(
+        &fd,
+        socket::Backlog::new(16).unwrap_or(socket::Backlog::MAXCONN),
+    )?;
+    Ok(fd)
+}
+
+/// The port a vsock socket is bound to.
+pub fn vsock_local_port(fd: BorrowedFd<'_>) -> std::io::Result<u32> {
+    let a: socket::VsockAddr = socket::getsockname(fd.as_raw_fd())?;
+    Ok(a.port())
+}
+
+/// The CID of a connected vsock socket's peer.
+pub fn vsock_peer_cid(fd: BorrowedFd<'_>) -> std::io::Result<u32> {
+    let a: socket::VsockAddr = socket::getpeername(fd.as_raw_fd())?;
+    Ok(a.cid())
+}
+
+/// Accepts one connection on a listening socket of any family, without blocking
+/// when `nonblocking` was set on it (then `WouldBlock`).
+pub fn accept(listener: BorrowedFd<'_>) -> std::io::Result<OwnedFd> {
+    let fd = socket::accept4(listener.as_raw_fd(), SockFlag::SOCK_CLOEXEC)?;
+    // SAFETY: accept4 returned a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}

@@ -211,8 +211,12 @@ pub fn run(args: RecordArgs) -> Result<(), String> {
             };
             let mut s = RecordSession::to_file(writer, sleep, interrupted);
             s.set_clock_sync(tsync_config(&args, &inst));
-            s.start_guests(&args.guests, &VirtPaths::new(None, None))
-                .map_err(|e| e.to_string())?;
+            s.start_guests(
+                &args.guests,
+                &VirtPaths::new(None, None),
+                tracecmd_rs::msg::default_timeout().unwrap_or(UNBOUNDED_CONNECT),
+            )
+            .map_err(|e| e.to_string())?;
             s
         }
     };
@@ -236,8 +240,8 @@ pub fn run(args: RecordArgs) -> Result<(), String> {
     let recorded = session.finish().map_err(|e| e.to_string())?;
     if !args.quiet {
         print_summary(&recorded.host_ranges, &recorded.stats);
-        for (guest, clock) in &recorded.guest_clocks {
-            println!("Guest {guest} clock: {clock}");
+        for (guest, sync) in &recorded.guest_sync {
+            println!("Guest {guest} clock: {sync}");
         }
     }
     Ok(())

@@ -492,11 +492,16 @@ impl Metadata {
                 format!("{} bytes after the saved cmdlines", len - m.end),
             ));
         }
+        Ok(Metadata::from_v6(b, &m))
+    }
+
+    /// The parts `m` found in `b`.
+    fn from_v6(b: &[u8], m: &V6Metadata) -> Metadata {
         // Every range lies inside `b`: the parser took it from there.
         let get = |r: &Range<u64>| b[r.start as usize..r.end as usize].to_vec();
-        Ok(Metadata {
-            page_size: header.page_size,
-            long_size: header.long_size,
+        Metadata {
+            page_size: m.header.page_size,
+            long_size: m.header.long_size,
             header_page: get(&m.header_page),
             header_event: get(&m.header_event),
             ftrace_formats: m.ftrace_formats.iter().map(get).collect(),
@@ -508,6 +513,70 @@ impl Metadata {
             kallsyms: get(&m.kallsyms),
             printk_formats: get(&m.printk_formats),
             cmdlines: get(&m.cmdlines),
+        }
+    }
+
+    /// Reads what a 3.x agent (like a V3 `record -N` client) sends before its
+    /// data: version 6 metadata, with or without the CPU count and options after
+    /// it, or a version 7 header with its metadata sections (16–21, compressed or
+    /// not) and options. Little endian only; no section may unpack to more than
+    /// `max_section` bytes.
+    pub fn parse_streamed(b: &[u8], max_section: usize) -> Result<Metadata, DatError> {
+        let header = InitialHeader::parse(b)?;
+        if header.big_endian {
+            return Err(bad(
+                header.endian_at(),
+                "the metadata is big-endian; only little-endian metadata is supported",
+            ));
+        }
+        if header.version == 6 {
+            return Ok(Metadata::from_v6(b, &V6Metadata::parse_after(b, header)?));
+        }
+        let dat = super::reader::TraceDat::parse(b)?;
+        let section = |id: u16| -> Result<Vec<u8>, DatError> {
+            let at = dat
+                .options_with(b, id)
+                .find_map(|d| <[u8; 8]>::try_from(d).ok())
+                .map(u64::from_le_bytes)
+                .ok_or_else(|| bad(0, format!("no option pointing at metadata section {id}")))?;
+            let (got, raw) = super::v7read::section_at_most(b, at, max_section)?;
+            if got != id {
+                return Err(bad(at, format!("option {id} points at section {got}")));
+            }
+            Ok(raw)
+        };
+        let whole = |raw: &[u8], r: Range<u64>| raw[r.start as usize..r.end as usize].to_vec();
+        let raw = section(16)?;
+        let (hp, he) = Parts::new(&raw[..], 0, false).header_info()?;
+        let (header_page, header_event) = (whole(&raw, hp), whole(&raw, he));
+        let raw = section(17)?;
+        let ftrace_formats = Parts::new(&raw[..], 0, false)
+            .ftrace_formats()?
+            .into_iter()
+            .map(|r| whole(&raw, r))
+            .collect();
+        let raw = section(18)?;
+        let systems = Parts::new(&raw[..], 0, false)
+            .event_formats()?
+            .into_iter()
+            .map(|(name, list)| (name, list.into_iter().map(|r| whole(&raw, r)).collect()))
+            .collect();
+        let raw = section(19)?;
+        let kallsyms = whole(&raw, Parts::new(&raw[..], 0, false).kallsyms()?);
+        let raw = section(20)?;
+        let printk_formats = whole(&raw, Parts::new(&raw[..], 0, false).printk_formats()?);
+        let raw = section(21)?;
+        let cmdlines = whole(&raw, Parts::new(&raw[..], 0, false).cmdlines()?);
+        Ok(Metadata {
+            page_size: header.page_size,
+            long_size: header.long_size,
+            header_page,
+            header_event,
+            ftrace_formats,
+            systems,
+            kallsyms,
+            printk_formats,
+            cmdlines,
         })
     }
 }
@@ -681,5 +750,42 @@ mod tests {
         }
         // The mutations left enough inputs intact for the comparisons to mean something.
         assert!(virt_ok > 100 && clocks > 100, "{virt_ok} {clocks}");
+    }
+
+    #[test]
+    fn streamed_metadata_of_either_version() {
+        use crate::output::{write_trace_dat_v7, Compression};
+        let m = sample();
+        let max = 1 << 20;
+        // Version 6 alone, and with the CPU count and options after it.
+        assert_eq!(
+            Metadata::parse_streamed(&m.to_bytes().unwrap(), max).unwrap(),
+            m
+        );
+        let (stream, _) = client_stream(&m, 2);
+        assert_eq!(Metadata::parse_streamed(&stream, max).unwrap(), m);
+        // Version 7, compressed and not: header, sections 16-21, options.
+        for (c, name) in [
+            (Compression::Zstd, "zstd.dat"),
+            (Compression::None, "none.dat"),
+        ] {
+            let p = crate::testutil::tmp(name);
+            write_trace_dat_v7(&p, &m, 1, &[], &[], c).unwrap();
+            let b = std::fs::read(&*p).unwrap();
+            assert_eq!(Metadata::parse_streamed(&b, max).unwrap(), m, "{name}");
+            if c == Compression::Zstd {
+                // A section that unpacks to more than allowed is refused.
+                assert!(Metadata::parse_streamed(&b, 1).is_err());
+            }
+            for n in 0..b.len() {
+                let _ = Metadata::parse_streamed(&b[..n], max);
+            }
+            let mut x = b.clone();
+            for i in 0..x.len() {
+                x[i] ^= 0x5a;
+                let _ = Metadata::parse_streamed(&x, max);
+                x[i] ^= 0x5a;
+            }
+        }
     }
 }

@@ -62,6 +62,16 @@ fn block(b: &[u8], off: u64, max_raw: usize, what: &str) -> Result<(Vec<u8>, u64
 
 /// The id and raw contents of the section whose header is at `offset`.
 pub fn section(file: &[u8], offset: u64) -> Result<(u16, Vec<u8>), DatError> {
+    section_at_most(file, offset, MAX_SECTION_RAW)
+}
+
+/// [`section`], refusing a compressed section that claims more than `max_raw`
+/// bytes (for input from a peer, before anything is allocated for it).
+pub fn section_at_most(
+    file: &[u8],
+    offset: u64,
+    max_raw: usize,
+) -> Result<(u16, Vec<u8>), DatError> {
     let h = slice(file, offset, 16, "a section header")?;
     let id = u16::from_le_bytes([h[0], h[1]]);
     let flags = u16::from_le_bytes([h[2], h[3]]);
@@ -70,7 +80,7 @@ pub fn section(file: &[u8], offset: u64) -> Result<(u16, Vec<u8>), DatError> {
     if flags & 1 == 0 {
         return Ok((id, body.to_vec()));
     }
-    let (raw, _) = block(body, 0, MAX_SECTION_RAW, "a compressed section")?;
+    let (raw, _) = block(body, 0, max_raw, "a compressed section")?;
     Ok((id, raw))
 }
 

@@ -276,8 +276,7 @@ fn accept_all(
     Ok(out)
 }
 
-/// trace-cmd's default agent port (vsock and TCP).
-pub const DEFAULT_AGENT_PORT: u16 = 823;
+pub use super::remote::DEFAULT_AGENT_PORT;
 
 /// Listens on TCP `port` and serves hosts from `client` one after the other,
 /// refusing every other address; returns only when `stop` says so.

@@ -7,8 +7,9 @@
 use std::os::fd::{AsFd, OwnedFd};
 use std::time::{Duration, Instant};
 
-use super::tsync::{ClockSync, GuestClock, TsyncConfig};
-use super::{BufferKey, CpuRecorderSet, GuestProblem, RecordError, TraceWriter};
+use super::remote::{AgentAddr, AgentSession};
+use super::tsync::{ClockSync, GuestClock, GuestSync, TsyncConfig};
+use super::{BoxError, BufferKey, CpuRecorderSet, GuestProblem, RecordError, TraceWriter};
 use crate::msg::session;
 use crate::msg::v2::{self, Msg};
 use crate::msg::{Channel, MsgError, Wait};
@@ -251,13 +252,16 @@ impl GuestSession {
     }
 }
 
-/// One `-A GUEST[:pid]` and the options that followed it.
+/// One `-A GUEST[:pid]` (a virt-server guest), `-A ADDRESS[:PORT]` or
+/// `-A NAME@CID[:PORT]` (a 3.x agent), and the options that followed it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GuestSpec {
     /// The guest's name (its buffer in the file).
     pub name: String,
     /// Its QEMU process, or 0.
     pub pid: u32,
+    /// Where its 3.x agent listens; `None` for a virt-server guest.
+    pub agent: Option<AgentAddr>,
     /// The record options meant for the guest.
     pub argv: Vec<String>,
 }
@@ -321,10 +325,17 @@ pub fn split_guest_args(
     while let Some(a) = it.next() {
         if a == "-A" {
             let spec = it.next().ok_or(GuestArgsError::MissingName)?;
-            let (name, pid) = parse_guest_spec(&spec)?;
+            let (name, pid, agent) = match AgentAddr::parse(&spec)? {
+                Some((name, addr)) => (name, 0, Some(addr)),
+                None => {
+                    let (name, pid) = parse_guest_spec(&spec)?;
+                    (name, pid, None)
+                }
+            };
             guests.push(GuestSpec {
                 name,
                 pid,
+                agent,
                 argv: Vec::new(),
             });
             continue;
@@ -353,15 +364,65 @@ pub fn split_guest_args(
     Ok((host, guests))
 }
 
+/// How the host talks to a guest's agent.
+#[derive(Debug)]
+enum Control {
+    /// Through the virt-server listener (`-A DOM`).
+    Virt(GuestSession),
+    /// Directly, to a 3.x agent (`-A ADDRESS:PORT`, `-A NAME@CID`).
+    Agent(AgentSession),
+}
+
+impl Control {
+    fn name(&self) -> &str {
+        match self {
+            Control::Virt(s) => &s.name,
+            Control::Agent(s) => &s.name,
+        }
+    }
+
+    fn cpus(&self) -> u32 {
+        match self {
+            Control::Virt(s) => s.cpus,
+            Control::Agent(s) => s.cpus,
+        }
+    }
+
+    fn request_stop(&self) -> Result<()> {
+        match self {
+            Control::Virt(s) => s.request_stop(),
+            Control::Agent(s) => s.request_stop(),
+        }
+    }
+
+    fn wait_stopped(&self, wait: Duration) -> Result<()> {
+        match self {
+            Control::Virt(s) => s.wait_stopped(wait),
+            Control::Agent(s) => s.wait_stopped(wait),
+        }
+    }
+
+    /// The guest's metadata: version 6 from a virt-server agent; 6 or 7 from a
+    /// 3.x agent.
+    fn metadata(&self) -> std::result::Result<Metadata, BoxError> {
+        match self {
+            Control::Virt(s) => Ok(parse_metadata(&s.metadata)?),
+            Control::Agent(s) => Ok(Metadata::parse_streamed(&s.metadata, MAX_GUEST_METADATA)?),
+        }
+    }
+}
+
 /// A guest being recorded: its session with the agent and the recorders of its
-/// CPU FIFOs (into the writer's buffer [`BufferKey::Guest`]).
+/// CPU FIFOs or data connections (into the writer's buffer [`BufferKey::Guest`]).
 #[derive(Debug)]
 pub struct GuestRecording {
     // Recorders first: dropped (stopped) before the session's sockets close.
     recorders: CpuRecorderSet,
     // Its thread holds a copy of the agent's channel: stopped before the session.
     sync: Option<ClockSync>,
-    session: GuestSession,
+    /// What clock alignment this guest gets when `sync` gives none.
+    unsynced: GuestSync,
+    control: Control,
 }
 
 /// What a finished guest leaves for the file.
@@ -377,6 +438,8 @@ pub struct GuestResult {
     pub problem: Option<GuestProblem>,
     /// Its clock sync, when the agent took part.
     pub clock: Option<GuestClock>,
+    /// Why it has no clock sync, when `clock` is `None`.
+    pub unsynced: GuestSync,
 }
 
 impl GuestRecording {
@@ -396,15 +459,68 @@ impl GuestRecording {
         };
         let mut session = GuestSession::start_on(link, name, argv).map_err(guest_err)?;
         let fifos = std::mem::take(&mut session.cpu_fifos);
-        let mut rec = GuestRecording {
-            recorders: CpuRecorderSet::new(name),
-            sync: None,
-            session,
+        let mut rec = GuestRecording::record(Control::Virt(session), fifos, writer, sleep)?;
+        // After the recorders: the guest's pages flow while the offer waits.
+        let Control::Virt(session) = &rec.control else {
+            unreachable!("made above")
         };
-        let key = BufferKey::Guest(name.to_string());
-        for (cpu, fd) in fifos.into_iter().enumerate() {
-            let cpu_err = |source| RecordError::GuestCpu {
+        match tsync.map(|cfg| ClockSync::start(&session.agent, cfg)) {
+            None => rec.unsynced = GuestSync::Off,
+            Some(Ok(Some(s))) => rec.sync = Some(s),
+            Some(Ok(None)) => rec.unsynced = GuestSync::AgentDeclined,
+            Some(Err(e)) => rec.unsynced = GuestSync::Failed(e.to_string()),
+        }
+        Ok(rec)
+    }
+
+    /// Starts the recording of the 3.x agent at `addr` with `argv` and one recorder
+    /// per data connection; `timeout` bounds each message and connection. With
+    /// `tsync`, the summary says why the clocks stay apart (3.x syncs only over
+    /// vsock, with an exchange this crate does not speak yet).
+    pub fn start_agent(
+        name: &str,
+        addr: AgentAddr,
+        argv: &[String],
+        writer: &mut dyn TraceWriter,
+        sleep: Duration,
+        tsync: Option<&TsyncConfig>,
+        timeout: Duration,
+    ) -> std::result::Result<GuestRecording, RecordError> {
+        let mut session = AgentSession::start(name, addr, argv, timeout).map_err(|source| {
+            RecordError::Guest {
                 guest: name.to_string(),
+                source,
+            }
+        })?;
+        let socks = std::mem::take(&mut session.data);
+        let mut rec = GuestRecording::record(Control::Agent(session), socks, writer, sleep)?;
+        rec.unsynced = match (tsync, addr.is_tcp()) {
+            (None, _) => GuestSync::Off,
+            (Some(_), true) => GuestSync::TcpPeer,
+            (Some(_), false) => GuestSync::PtpNotSpoken,
+        };
+        Ok(rec)
+    }
+
+    /// One recorder per guest CPU, reading `inputs` (FIFOs or data sockets) into
+    /// the writer's buffer of the guest.
+    fn record(
+        control: Control,
+        inputs: Vec<OwnedFd>,
+        writer: &mut dyn TraceWriter,
+        sleep: Duration,
+    ) -> std::result::Result<GuestRecording, RecordError> {
+        let name = control.name().to_string();
+        let mut rec = GuestRecording {
+            recorders: CpuRecorderSet::new(&name),
+            sync: None,
+            unsynced: GuestSync::Off,
+            control,
+        };
+        let key = BufferKey::Guest(name.clone());
+        for (cpu, fd) in inputs.into_iter().enumerate() {
+            let cpu_err = |source| RecordError::GuestCpu {
+                guest: name.clone(),
                 cpu,
                 source,
             };
@@ -413,25 +529,13 @@ impl GuestRecording {
                 CpuRecorder::new(Input::Fd(fd), out, RecordFlags::default()).map_err(cpu_err)?;
             rec.recorders.start(cpu, r, sleep)?;
         }
-        // After the recorders: the guest's pages flow while the offer waits.
-        rec.sync = tsync.and_then(|cfg| match ClockSync::start(&rec.session.agent, cfg) {
-            Ok(Some(s)) => Some(s),
-            Ok(None) => {
-                log::info!("guest {name}: the agent does not sync clocks; its timestamps stay on the guest's clock");
-                None
-            }
-            Err(e) => {
-                log::warn!("guest {name}: {e}; its timestamps stay on the guest's clock");
-                None
-            }
-        });
-        log::info!("guest {name}: recording {} CPUs", rec.session.cpus);
+        log::info!("guest {name}: recording {} CPUs", rec.control.cpus());
         Ok(rec)
     }
 
     /// The guest's name.
     pub fn name(&self) -> &str {
-        &self.session.name
+        self.control.name()
     }
 }
 
@@ -446,7 +550,10 @@ pub fn finish_guests(guests: Vec<GuestRecording>, writer: &dyn TraceWriter) -> V
     let mut guests: Vec<_> = guests
         .into_iter()
         .map(|mut g| {
-            let clock = g.sync.take().map(|s| s.finish(&g.session.agent));
+            let clock = match (&g.control, g.sync.take()) {
+                (Control::Virt(s), Some(sync)) => Some(sync.finish(&s.agent)),
+                _ => None,
+            };
             (g, clock)
         })
         .collect();
@@ -454,13 +561,13 @@ pub fn finish_guests(guests: Vec<GuestRecording>, writer: &dyn TraceWriter) -> V
     let asked = Instant::now();
     let requested: Vec<_> = guests
         .iter()
-        .map(|(g, _)| g.session.request_stop())
+        .map(|(g, _)| g.control.request_stop())
         .collect();
     for ((g, clock), req) in guests.drain(..).zip(requested) {
-        let name = g.session.name.clone();
+        let name = g.control.name().to_string();
         let key = BufferKey::Guest(name.clone());
         let mut problem = req
-            .and_then(|()| g.session.wait_stopped(wait))
+            .and_then(|()| g.control.wait_stopped(wait))
             .err()
             .map(GuestProblem::NoStopConfirmation);
         if problem.is_none() {
@@ -482,16 +589,19 @@ pub fn finish_guests(guests: Vec<GuestRecording>, writer: &dyn TraceWriter) -> V
             }
         }
         let GuestRecording {
-            recorders, session, ..
+            recorders,
+            control,
+            unsynced,
+            ..
         } = g;
         let cpus = recorders.len();
         if let Err(e) = recorders.finish() {
             problem.get_or_insert(GuestProblem::Cpu(e));
         }
-        let meta = match parse_metadata(&session.metadata) {
+        let meta = match control.metadata() {
             Ok(m) => m,
             Err(e) => {
-                problem.get_or_insert(GuestProblem::Metadata(e.into()));
+                problem.get_or_insert(GuestProblem::Metadata(e));
                 Metadata::default()
             }
         };
@@ -501,6 +611,7 @@ pub fn finish_guests(guests: Vec<GuestRecording>, writer: &dyn TraceWriter) -> V
             meta,
             problem,
             clock,
+            unsynced,
         });
     }
     results
@@ -526,6 +637,7 @@ mod tests {
             vec![GuestSpec {
                 name: "vm1".into(),
                 pid: 0,
+                agent: None,
                 argv: s(&["-e", "sched", "-B", "x"])
             }]
         );
@@ -564,6 +676,29 @@ mod tests {
             ])
         );
         assert_eq!(g[0].argv, s(&["-e", "x"]));
+        let (_, g) = split_guest_args(s(&[
+            "tc",
+            "record",
+            "-A",
+            "127.0.0.1:5000",
+            "-e",
+            "x",
+            "-A",
+            "vm@3",
+            "-e",
+            "y",
+            "-A",
+            "vm1:4",
+            "-e",
+            "z",
+        ]))
+        .unwrap();
+        assert_eq!(g[0].name, "127.0.0.1");
+        assert!(g[0].agent.is_some_and(|a| a.is_tcp()));
+        assert_eq!(g[1].name, "vm");
+        assert!(g[1].agent.is_some_and(|a| !a.is_tcp()));
+        assert_eq!((g[2].agent, g[2].pid), (None, 4));
+        assert!(split_guest_args(s(&["tc", "record", "-A", "vm@x", "-e", "x"])).is_err());
         assert!(split_guest_args(s(&["tc", "record", "-A"])).is_err());
         assert!(split_guest_args(s(&["tc", "record", "-A", "a/b", "-e", "x"])).is_err());
         assert!(split_guest_args(s(&["tc", "record", "-A", "a", "ls"])).is_err());

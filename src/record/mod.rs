@@ -23,6 +23,7 @@
 pub mod agent3;
 mod cpus;
 pub mod guest;
+pub mod remote;
 mod session;
 pub mod tsync;
 mod writer;

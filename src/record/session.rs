@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use super::guest::{finish_guests, GuestResult};
-use super::tsync::{GuestClock, TsyncConfig, TsyncSummary, OPTION_GUEST_CLOCK};
+use super::remote::AgentAddr;
+use super::tsync::{GuestClock, GuestSync, TsyncConfig, TsyncSummary, OPTION_GUEST_CLOCK};
 use super::{
     Assembly, BufferKey, CpuRecorderSet, FileBuffer, GuestIssue, GuestLink, GuestProblem,
     GuestRecording, GuestSpec, RecordError, TraceWriter,
@@ -87,6 +88,8 @@ pub struct Recorded {
     pub stats: Vec<CpuStats>,
     /// Per guest whose clock was synced: its name and the sync's figures.
     pub guest_clocks: Vec<(String, TsyncSummary)>,
+    /// Per guest, in order: its name and the clock alignment it got.
+    pub guest_sync: Vec<(String, GuestSync)>,
 }
 
 /// One recording; see the module documentation of [`crate::record`].
@@ -147,14 +150,20 @@ impl RecordSession {
         }
     }
 
-    /// Connects to every guest's agent through the listener at `paths` and starts
-    /// recording its FIFOs.
+    /// Connects to every guest's agent and starts recording its CPUs: a 3.x agent
+    /// directly (its data connections, each message and connection bounded by
+    /// `timeout`), a virt-server guest through the listener at `paths` (its FIFOs).
     pub fn start_guests(
         &mut self,
         specs: &[GuestSpec],
         paths: &VirtPaths,
+        timeout: Duration,
     ) -> Result<(), RecordError> {
         for g in specs {
+            if let Some(addr) = g.agent {
+                self.add_agent(&g.name, addr, &g.argv, timeout)?;
+                continue;
+            }
             let link = GuestLink::from_listener(paths, &g.name, g.pid).map_err(|source| {
                 RecordError::Guest {
                     guest: g.name.clone(),
@@ -184,6 +193,31 @@ impl RecordSession {
             writer.as_mut(),
             self.sleep,
             self.tsync.as_ref(),
+        )?;
+        self.guests.push(g);
+        Ok(())
+    }
+
+    /// Starts recording guest `name` from the 3.x agent at `addr`, with the record
+    /// options `argv` for it.
+    pub fn add_agent(
+        &mut self,
+        name: &str,
+        addr: AgentAddr,
+        argv: &[String],
+        timeout: Duration,
+    ) -> Result<(), RecordError> {
+        let Sink::File(writer) = &mut self.sink else {
+            return Err(RecordError::GuestsOverNetwork);
+        };
+        let g = GuestRecording::start_agent(
+            name,
+            addr,
+            argv,
+            writer.as_mut(),
+            self.sleep,
+            self.tsync.as_ref(),
+            timeout,
         )?;
         self.guests.push(g);
         Ok(())
@@ -469,6 +503,7 @@ fn finish_net(
         host_ranges: Vec::new(),
         stats,
         guest_clocks: Vec::new(),
+        guest_sync: Vec::new(),
     })
 }
 
@@ -533,6 +568,7 @@ fn assemble(
     };
     let mut issues = Vec::new();
     let mut guest_clocks = Vec::new();
+    let mut guest_sync = Vec::new();
     let mut options = options;
     let mut cpus = host_cpus;
     for (i, g) in guests.into_iter().enumerate() {
@@ -553,15 +589,22 @@ fn assemble(
                 issues.push(issue(GuestProblem::Remap(e)));
             }
         }
-        if let Some(clock) = &g.clock {
-            match shift_guest(&g, clock, &key, writer.as_mut()) {
+        let sync = match &g.clock {
+            Some(clock) => match shift_guest(&g, clock, &key, writer.as_mut()) {
                 Ok((option, summary)) => {
                     options.push(option);
-                    guest_clocks.push((g.name.clone(), summary));
+                    guest_clocks.push((g.name.clone(), summary.clone()));
+                    GuestSync::Synced(summary)
                 }
-                Err(e) => issues.push(issue(GuestProblem::ClockShift(e))),
-            }
-        }
+                Err(e) => {
+                    let text = e.to_string();
+                    issues.push(issue(GuestProblem::ClockShift(e)));
+                    GuestSync::Failed(format!("its timestamps could not be moved: {text}"))
+                }
+            },
+            None => g.unsynced.clone(),
+        };
+        guest_sync.push((g.name.clone(), sync));
         cpus = cpus.max(g.cpus);
         named.push(FileBuffer {
             name: g.name.clone(),
@@ -594,6 +637,7 @@ fn assemble(
             .unwrap_or_default(),
         stats: rec.stats,
         guest_clocks,
+        guest_sync,
     })
 }
 

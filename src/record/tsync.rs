@@ -586,6 +586,44 @@ impl std::fmt::Display for TsyncSummary {
     }
 }
 
+/// Which clock alignment a guest got: the summary says it per guest.
+#[derive(Debug, Clone, PartialEq)]
+pub enum GuestSync {
+    /// This crate's exchange with a virt-server agent ran; its figures.
+    Synced(TsyncSummary),
+    /// The user turned sync off (`--tsync-interval -1`).
+    Off,
+    /// A 3.x agent over TCP: 3.x syncs clocks only over vsock.
+    TcpPeer,
+    /// A 3.x agent over vsock: its PTP exchange is not spoken here yet.
+    PtpNotSpoken,
+    /// The agent did not answer the offer (it does not know the exchange).
+    AgentDeclined,
+    /// Sync was tried and failed.
+    Failed(String),
+}
+
+impl std::fmt::Display for GuestSync {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GuestSync::Synced(s) => write!(f, "synced: {s}"),
+            GuestSync::Off => f.write_str("none: --tsync-interval -1"),
+            GuestSync::TcpPeer => f.write_str(
+                "none: TCP peer (trace-cmd 3.x syncs clocks over vsock only); guest timestamps are the guest's clock",
+            ),
+            GuestSync::PtpNotSpoken => f.write_str(
+                "none: the 3.x PTP exchange over vsock is not implemented here; guest timestamps are the guest's clock",
+            ),
+            GuestSync::AgentDeclined => f.write_str(
+                "none: the agent does not sync clocks; guest timestamps are the guest's clock",
+            ),
+            GuestSync::Failed(e) => {
+                write!(f, "none: {e}; guest timestamps are the guest's clock")
+            }
+        }
+    }
+}
+
 /// How `record -A` syncs guest clocks (`--tsync-interval`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TsyncConfig {
