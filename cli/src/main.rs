@@ -33,7 +33,8 @@ enum Cmd {
     },
     /// Register a guest's FIFOs with the listener.
     Connect(connect::ConnectArgs),
-    /// The guest agent: `agent --virt [--ports-dir DIR]`.
+    /// The guest agent: on vsock for trace-cmd 3.x hosts (`agent [-p PORT]`), on TCP
+    /// with `-N CLIENT`, or `--virt [--ports-dir DIR]` for virt-server hosts.
     Agent(agent::AgentArgs),
     /// List events (-e [REGEX]), tracers (-t), options (-o), or the listener's guests (-G) or agents (-A).
     List(list::ListArgs),

@@ -1,7 +1,9 @@
 //! The 3.x guest agent (issue 14 item 1): `trace-cmd agent` without `--virt`.
 //!
-//! One host at a time: it sends TRACE_REQ with the recording options; the agent
-//! prepares tracefs, opens one TCP data port per CPU, answers TRACE_RESP with those
+//! It listens on vsock ([`run_vsock`]) or, with `-N CLIENT`, on TCP for that client
+//! only ([`run_tcp`]). One host at a time: it sends TRACE_REQ with the recording
+//! options; the agent prepares tracefs, opens one data port per CPU (of the control
+//! connection's kind), answers TRACE_RESP with those
 //! ports, sends the metadata on the control connection (a v6 file through the
 //! options block, as SEND_DATA chunks and FIN_DATA, the form a 3.x host's
 //! `record -A` reads as it reads a listener's), records each CPU into its data
@@ -11,11 +13,13 @@
 //!
 //! Everything from the host is bounded: messages by [`crate::msg`]'s codec and
 //! timeout, the argument list by [`parse_request`], the data connections by a
-//! deadline and by the host's address.
+//! deadline and by the host's address (IP or vsock CID).
 
-use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
-use std::os::fd::{AsFd, OwnedFd};
+use std::net::{IpAddr, SocketAddr, TcpListener};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant, SystemTime};
+
+use nix::sys::socket::{getpeername, getsockname, SockaddrStorage};
 
 use super::{CpuRecorderSet, RecordError};
 use crate::msg::{v3, Channel, MsgError, Wait};
@@ -23,18 +27,66 @@ use crate::netrecord::send_v3_data;
 use crate::output::{standard_options, write_options_block, Metadata};
 use crate::recorder::{CpuRecorder, Input, Output, RecordFlags};
 use crate::tracefs::{self, Instance, RecordingSetup, TracefsError, TracefsState};
+use crate::transport;
+
+/// Who a connection comes from: what the agent checks its data connections by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostAddr {
+    /// A TCP peer's address.
+    Tcp(IpAddr),
+    /// A vsock peer's context ID.
+    Vsock(u32),
+}
+
+impl std::fmt::Display for HostAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HostAddr::Tcp(ip) => write!(f, "{ip}"),
+            HostAddr::Vsock(cid) => write!(f, "vsock CID {cid}"),
+        }
+    }
+}
+
+/// The peer of a connected TCP or vsock socket.
+fn peer_of(fd: BorrowedFd<'_>) -> std::io::Result<HostAddr> {
+    let a: SockaddrStorage = getpeername(fd.as_raw_fd())?;
+    if let Some(v) = a.as_vsock_addr() {
+        return Ok(HostAddr::Vsock(v.cid()));
+    }
+    Ok(HostAddr::Tcp(as_tcp(fd)?.peer_addr()?.ip()))
+}
+
+/// A TCP socket's view of `fd` (a duplicate: closing it leaves `fd` open).
+fn as_tcp(fd: BorrowedFd<'_>) -> std::io::Result<std::net::TcpStream> {
+    Ok(std::net::TcpStream::from(fd.try_clone_to_owned()?))
+}
+
+/// One listening data socket, of the control connection's kind, and its port.
+fn data_listener(control: BorrowedFd<'_>) -> std::io::Result<(OwnedFd, u32)> {
+    let local: SockaddrStorage = getsockname(control.as_raw_fd())?;
+    if local.as_vsock_addr().is_some() {
+        let l = transport::listen_vsock(transport::VSOCK_PORT_ANY)?;
+        let port = transport::vsock_local_port(l.as_fd())?;
+        return Ok((l, port));
+    }
+    // On the address the host reached us on.
+    let ip = as_tcp(control)?.local_addr()?.ip();
+    let l = TcpListener::bind(SocketAddr::new(ip, 0))?;
+    let port = u32::from(l.local_addr()?.port());
+    Ok((OwnedFd::from(l), port))
+}
 
 /// What went wrong serving one host.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
     #[error("host {peer}: {source}")]
-    Msg { peer: IpAddr, source: MsgError },
+    Msg { peer: HostAddr, source: MsgError },
     #[error("host {peer} sent {got} where TRACE_REQ was expected")]
-    NotTraceReq { peer: IpAddr, got: &'static str },
+    NotTraceReq { peer: HostAddr, got: &'static str },
     #[error("host {peer} asked for a recording this agent cannot make: {reason}")]
-    BadRequest { peer: IpAddr, reason: String },
+    BadRequest { peer: HostAddr, reason: String },
     #[error("host {peer} did not open every data connection within {secs} s")]
-    DataTimeout { peer: IpAddr, secs: u64 },
+    DataTimeout { peer: HostAddr, secs: u64 },
     #[error("cannot open a data port: {0}")]
     Io(#[from] std::io::Error),
     #[error(transparent)]
@@ -108,17 +160,22 @@ impl Default for AgentParams {
     }
 }
 
-/// Serves one connected host, from TRACE_REQ to CLOSE_RESP. tracefs is put back
-/// whatever happens.
+/// Serves one connected host (TCP or vsock), from TRACE_REQ to CLOSE_RESP. tracefs
+/// is put back whatever happens.
 pub fn serve_host(
-    control: &TcpStream,
+    control: BorrowedFd<'_>,
     params: &AgentParams,
     stop: &dyn Fn() -> bool,
 ) -> Result<(), AgentError> {
-    let peer = control.peer_addr()?.ip();
+    let peer = peer_of(control)?;
     // A host that stops reading must not hold the agent: sends time out too.
-    control.set_write_timeout(Some(params.timeout))?;
-    let ch = Channel::new(control.as_fd()).with_timeout(Some(params.timeout));
+    let tv = nix::sys::time::TimeVal::new(
+        params.timeout.as_secs().min(i64::MAX as u64) as i64,
+        params.timeout.subsec_micros().into(),
+    );
+    nix::sys::socket::setsockopt(&control, nix::sys::socket::sockopt::SendTimeout, &tv)
+        .map_err(std::io::Error::from)?;
+    let ch = Channel::new(control).with_timeout(Some(params.timeout));
     let merr = |source| AgentError::Msg { peer, source };
     let argv = match v3::recv(&ch, Wait::Timed).map_err(merr)? {
         v3::Msg::TraceReq { argv, .. } => argv,
@@ -156,15 +213,11 @@ pub fn serve_host(
         cpus as u32,
         &standard_options(&inst.trace_clock_text()?, &[]),
     )?;
-    // Data ports on the address the host reached us on.
-    let local = control.local_addr()?.ip();
-    let listeners = (0..cpus)
-        .map(|_| TcpListener::bind(SocketAddr::new(local, 0)))
-        .collect::<std::io::Result<Vec<_>>>()?;
-    let ports = listeners
-        .iter()
-        .map(|l| l.local_addr().map(|a| u32::from(a.port())))
-        .collect::<std::io::Result<Vec<_>>>()?;
+    let (listeners, ports): (Vec<OwnedFd>, Vec<u32>) = (0..cpus)
+        .map(|_| data_listener(control))
+        .collect::<std::io::Result<Vec<_>>>()?
+        .into_iter()
+        .unzip();
     let trace_id = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(1, |d| d.as_nanos() as u64 ^ u64::from(std::process::id()));
@@ -244,19 +297,19 @@ fn wait_close(
 
 /// One connection per listener, from `peer` only, all within `timeout`.
 fn accept_all(
-    listeners: Vec<TcpListener>,
-    peer: IpAddr,
+    listeners: Vec<OwnedFd>,
+    peer: HostAddr,
     timeout: Duration,
 ) -> Result<Vec<OwnedFd>, AgentError> {
     let deadline = Instant::now() + timeout;
     let mut out = Vec::with_capacity(listeners.len());
     for l in listeners {
-        l.set_nonblocking(true)?;
+        set_nonblocking(l.as_fd(), true)?;
         loop {
-            match l.accept() {
-                Ok((s, from)) if from.ip() == peer => {
-                    s.set_nonblocking(false)?;
-                    out.push(OwnedFd::from(s));
+            match accept_from(l.as_fd()) {
+                Ok((s, from)) if from == peer => {
+                    set_nonblocking(s.as_fd(), false)?;
+                    out.push(s);
                     break;
                 }
                 Ok((_, from)) => log::warn!("refused a data connection from {from}"),
@@ -278,6 +331,25 @@ fn accept_all(
 
 pub use super::remote::DEFAULT_AGENT_PORT;
 
+fn set_nonblocking(fd: BorrowedFd<'_>, on: bool) -> std::io::Result<()> {
+    use nix::fcntl::{fcntl, FcntlArg, OFlag};
+    let flags = OFlag::from_bits_truncate(fcntl(fd.as_raw_fd(), FcntlArg::F_GETFL)?);
+    let flags = if on {
+        flags | OFlag::O_NONBLOCK
+    } else {
+        flags - OFlag::O_NONBLOCK
+    };
+    fcntl(fd.as_raw_fd(), FcntlArg::F_SETFL(flags))?;
+    Ok(())
+}
+
+/// One connection from a non-blocking listener, and who made it.
+fn accept_from(l: BorrowedFd<'_>) -> std::io::Result<(OwnedFd, HostAddr)> {
+    let s = transport::accept(l)?;
+    let from = peer_of(s.as_fd())?;
+    Ok((s, from))
+}
+
 /// Listens on TCP `port` and serves hosts from `client` one after the other,
 /// refusing every other address; returns only when `stop` says so.
 pub fn run_tcp(
@@ -291,25 +363,47 @@ pub fn run_tcp(
     } else {
         std::net::Ipv6Addr::UNSPECIFIED.into()
     };
-    let l = TcpListener::bind(SocketAddr::new(bind, port))?;
-    l.set_nonblocking(true)?;
+    let l = OwnedFd::from(TcpListener::bind(SocketAddr::new(bind, port))?);
     log::info!("agent listening on TCP port {port} for {client}");
+    serve(l, Some(HostAddr::Tcp(client)), params, stop)
+}
+
+/// Listens on vsock `port` (every local CID) and serves hosts one after the
+/// other; returns only when `stop` says so.
+pub fn run_vsock(port: u32, params: &AgentParams, stop: &dyn Fn() -> bool) -> std::io::Result<()> {
+    let l = transport::listen_vsock(port)?;
+    log::info!("agent listening on vsock port {port}");
+    serve(l, None, params, stop)
+}
+
+/// Accepts hosts on `listener` (only `only`, when given), serving each in turn.
+fn serve(
+    listener: OwnedFd,
+    only: Option<HostAddr>,
+    params: &AgentParams,
+    stop: &dyn Fn() -> bool,
+) -> std::io::Result<()> {
+    set_nonblocking(listener.as_fd(), true)?;
     while !stop() {
-        match l.accept() {
-            Ok((s, from)) if from.ip() == client => {
-                s.set_nonblocking(false)?;
-                match serve_host(&s, params, stop) {
-                    Ok(()) => {}
-                    Err(e) => log::error!("{e}"),
+        match accept_from(listener.as_fd()) {
+            Ok((s, from)) if only.map_or(true, |c| c == from) => {
+                set_nonblocking(s.as_fd(), false)?;
+                if let Err(e) = serve_host(s.as_fd(), params, stop) {
+                    log::error!("{e}");
                 }
             }
             Ok((_, from)) => {
-                log::warn!("refused a connection from {from}: only {client} may connect")
+                log::warn!(
+                    "refused a connection from {from}: only {} may connect",
+                    only.map_or_else(String::new, |c| c.to_string())
+                )
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                 std::thread::sleep(Duration::from_millis(50))
             }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            // A peer that left before its address could be read.
+            Err(e) if e.kind() == std::io::ErrorKind::NotConnected => {}
             Err(e) => return Err(e),
         }
     }

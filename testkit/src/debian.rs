@@ -130,3 +130,46 @@ fn event_lines_with_brackets_in_the_comm() {
     assert_eq!(parse_event_line("CPU 1 is empty"), None);
     assert_eq!(parse_event_line("cpus=2"), None);
 }
+
+/// Debian's `trace-cmd agent -N CLIENT -p PORT` running inside the sandbox; on
+/// drop the agent (the sandbox's child, by its pid) gets SIGTERM and the sandbox
+/// is reaped.
+pub struct DebianAgent {
+    sandbox: std::process::Child,
+}
+
+impl DebianAgent {
+    /// Starts it and waits (up to 10 s) until it listens on `port`.
+    pub fn start_tcp(client: &str, port: u16) -> DebianAgent {
+        let sandbox = Command::new(sandbox())
+            .args(["trace-cmd", "agent", "-N", client, "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("start Debian's agent in the sandbox");
+        let agent = DebianAgent { sandbox };
+        crate::wait_until(
+            "Debian's agent listening",
+            std::time::Duration::from_secs(10),
+            || crate::tcp_listening(port),
+        );
+        agent
+    }
+}
+
+impl Drop for DebianAgent {
+    fn drop(&mut self) {
+        let pid = self.sandbox.id();
+        let children =
+            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        for child in children
+            .split_whitespace()
+            .filter_map(|c| c.parse::<i32>().ok())
+        {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+        let _ = self.sandbox.wait();
+    }
+}

@@ -86,3 +86,19 @@ impl Drop for Killed {
         let _ = self.0.wait();
     }
 }
+
+/// Whether a TCP socket of this network namespace listens on `port` (read from
+/// /proc/net/tcp{,6}, without connecting: a probe connection would be a host to a
+/// one-host-at-a-time agent).
+pub fn tcp_listening(port: u16) -> bool {
+    let want = format!(":{port:04X}");
+    ["/proc/net/tcp", "/proc/net/tcp6"].iter().any(|f| {
+        std::fs::read_to_string(f).is_ok_and(|t| {
+            t.lines().skip(1).any(|l| {
+                let cols: Vec<&str> = l.split_whitespace().collect();
+                // Columns: sl, local_address, rem_address, st (0A: LISTEN).
+                cols.len() > 3 && cols[1].ends_with(&want) && cols[3] == "0A"
+            })
+        })
+    })
+}
