@@ -412,3 +412,163 @@ fn vsock_agent_listens_recording_needs_a_vsock_transport() {
     agent.stop();
     assert_eq!(top_state(&top), before, "the agent left tracefs changed");
 }
+
+/// A one-connection agent on loopback that plays `script` on the host's control
+/// connection (after reading its TRACE_REQ).
+fn fake_agent(
+    script: impl FnOnce(&TcpStream) + Send + 'static,
+) -> (u16, std::thread::JoinHandle<()>) {
+    let l = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    let port = l.local_addr().unwrap().port();
+    let t = std::thread::spawn(move || {
+        let (s, _) = l.accept().unwrap();
+        let ch =
+            Channel::new(std::os::fd::AsFd::as_fd(&s)).with_timeout(Some(Duration::from_secs(10)));
+        assert!(matches!(
+            v3::recv(&ch, Wait::Timed),
+            Ok(v3::Msg::TraceReq { .. })
+        ));
+        script(&s);
+    });
+    (port, t)
+}
+
+/// Our guest-only `record -A 127.0.0.1:PORT -e sched_switch` with 1 s message
+/// timeouts; returns whether it succeeded, its stderr and whether a file exists.
+fn record_from(port: u16) -> (bool, String, bool) {
+    let dir = TempDir::new("agent3-hostile-agent");
+    let file = dir.path().join("trace.dat");
+    let out = Command::new(BIN)
+        .env("TRACECMD_MSG_TIMEOUT_MS", "1000")
+        .args(["record", "-o"])
+        .arg(&file)
+        .args(["-A", &format!("127.0.0.1:{port}"), "-e", "sched_switch"])
+        .args(["sh", "-c", "sleep 0.3"])
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        file.exists(),
+    )
+}
+
+fn send(s: &TcpStream, m: &v3::Msg) {
+    v3::send(&Channel::new(std::os::fd::AsFd::as_fd(s)), m).unwrap();
+}
+
+fn resp(ports: Vec<u32>) -> v3::Msg {
+    v3::Msg::TraceResp {
+        flags: 0,
+        cpus: ports.len() as u32,
+        page_size: 4096,
+        trace_id: 7,
+        tsync_proto: String::new(),
+        tsync_port: 0,
+        ports,
+    }
+}
+
+/// Hostile or broken agents: our host ends with an error that names the guest and
+/// what was wrong, within the timeouts, and leaves no file that looks complete.
+#[test]
+fn hostile_agents_give_clear_errors() {
+    type Script = Box<dyn FnOnce(&TcpStream) + Send>;
+    let cases: Vec<(&str, Script, &str)> = vec![
+        (
+            "garbage",
+            Box::new(|s: &TcpStream| {
+                let _ = (&*s).write_all(b"HTTP/1.0 200 OK\r\n\r\nhello");
+                std::thread::sleep(Duration::from_millis(500));
+            }),
+            "message size",
+        ),
+        (
+            "silence",
+            Box::new(|_: &TcpStream| std::thread::sleep(Duration::from_secs(3))),
+            "no complete message within 1000 ms",
+        ),
+        (
+            "a huge CPU count",
+            Box::new(|s: &TcpStream| {
+                let mut m = resp(vec![1]).encode().unwrap();
+                m[16..20].copy_from_slice(&0x7fff_ffffu32.to_be_bytes());
+                let _ = (&*s).write_all(&m);
+                std::thread::sleep(Duration::from_millis(500));
+            }),
+            "TRACE_RESP cpu count",
+        ),
+        (
+            "port 0",
+            Box::new(|s: &TcpStream| {
+                send(s, &resp(vec![0]));
+                std::thread::sleep(Duration::from_millis(500));
+            }),
+            "gave port 0 for CPU 0",
+        ),
+        (
+            "a data port nobody listens on",
+            Box::new(|s: &TcpStream| {
+                send(s, &resp(vec![u32::from(free_port())]));
+                std::thread::sleep(Duration::from_millis(500));
+            }),
+            "cannot connect to CPU 0's data port",
+        ),
+        (
+            "leaving before the metadata",
+            Box::new(|s: &TcpStream| {
+                let l = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+                let p = l.local_addr().unwrap().port();
+                send(s, &resp(vec![u32::from(p)]));
+                let _data = l.accept().unwrap();
+            }),
+            "the peer closed the connection",
+        ),
+        (
+            "NOT_SUPP",
+            Box::new(|s: &TcpStream| {
+                send(s, &v3::Msg::NotSupp);
+                std::thread::sleep(Duration::from_millis(500));
+            }),
+            "answered NOT_SUPP",
+        ),
+    ];
+    for (what, script, expected) in cases {
+        let (port, agent) = fake_agent(script);
+        let (ok, err, file) = record_from(port);
+        assert!(!ok, "{what}: record succeeded");
+        assert!(
+            err.contains("guest 127.0.0.1") && err.contains(expected),
+            "{what}: unclear error: {err}"
+        );
+        assert!(!file, "{what}: a file was left");
+        agent.join().unwrap();
+    }
+}
+
+/// An agent whose metadata is not a trace.dat and that never confirms the stop:
+/// the recording ends after the stop wait, and says what is missing.
+#[test]
+fn agent_with_bad_metadata_and_no_close_resp() {
+    let (port, agent) = fake_agent(|s| {
+        let l = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let p = l.local_addr().unwrap().port();
+        send(s, &resp(vec![u32::from(p)]));
+        let (mut data, _) = l.accept().unwrap();
+        send(s, &v3::Msg::SendData(b"not a trace.dat".to_vec()));
+        send(s, &v3::Msg::FinData);
+        let _ = data.write_all(&[0u8; 4096]);
+        // CLOSE comes; no CLOSE_RESP.
+        let ch =
+            Channel::new(std::os::fd::AsFd::as_fd(s)).with_timeout(Some(Duration::from_secs(10)));
+        assert!(matches!(v3::recv(&ch, Wait::Timed), Ok(v3::Msg::Close)));
+        std::thread::sleep(Duration::from_secs(8));
+    });
+    let (ok, err, _) = record_from(port);
+    assert!(!ok);
+    assert!(
+        err.contains("guest 127.0.0.1") && err.contains("did not confirm the stop"),
+        "unclear error: {err}"
+    );
+    agent.join().unwrap();
+}

@@ -178,6 +178,9 @@ pub enum RecordError {
     /// Neither host nor guest data.
     #[error("nothing was recorded")]
     NothingRecorded,
+    /// Only guests were recorded, and none of them gave usable metadata.
+    #[error("nothing was written: no guest gave metadata a file can be made from: {}", join_issues(.0))]
+    NoUsableGuest(Vec<GuestIssue>),
     /// More CPUs than a trace.dat can describe.
     #[error("too many CPUs")]
     TooManyCpus,

@@ -515,13 +515,32 @@ fn assemble(
     guests: Vec<GuestResult>,
 ) -> Result<Recorded, RecordError> {
     let has_host = host.is_some();
+    // Without a host, the guest whose formats the file starts from.
+    let mut base = None;
     let (mut rec, host_cpus) = match host {
         Some(r) => {
             let cpus = r.stats.len();
             (r, cpus)
         }
         None => {
-            let first = guests.first().ok_or(RecordError::NothingRecorded)?;
+            if guests.is_empty() {
+                return Err(RecordError::NothingRecorded);
+            }
+            // The file's formats start from the first guest whose metadata was read.
+            let Some(first) = guests.iter().find(|g| g.meta.page_size != 0) else {
+                return Err(RecordError::NoUsableGuest(
+                    guests
+                        .into_iter()
+                        .filter_map(|g| {
+                            g.problem.map(|problem| GuestIssue {
+                                guest: g.name,
+                                problem,
+                            })
+                        })
+                        .collect(),
+                ));
+            };
+            base = Some(first.name.clone());
             (
                 HostResult {
                     name: String::new(),
@@ -571,7 +590,7 @@ fn assemble(
     let mut guest_sync = Vec::new();
     let mut options = options;
     let mut cpus = host_cpus;
-    for (i, g) in guests.into_iter().enumerate() {
+    for g in guests {
         let issue = |problem| GuestIssue {
             guest: g.name.clone(),
             problem,
@@ -584,7 +603,7 @@ fn assemble(
             continue;
         }
         let key = BufferKey::Guest(g.name.clone());
-        if has_host || i > 0 {
+        if base.as_ref() != Some(&g.name) {
             if let Err(e) = merge_guest(&mut rec.meta, &g, &key, writer.as_mut()) {
                 issues.push(issue(GuestProblem::Remap(e)));
             }
