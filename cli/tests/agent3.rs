@@ -564,8 +564,9 @@ fn agent_with_bad_metadata_and_no_close_resp() {
         assert!(matches!(v3::recv(&ch, Wait::Timed), Ok(v3::Msg::Close)));
         std::thread::sleep(Duration::from_secs(8));
     });
-    let (ok, err, _) = record_from(port);
+    let (ok, err, file) = record_from(port);
     assert!(!ok);
+    assert!(!file, "a file was left");
     assert!(
         err.contains("guest 127.0.0.1") && err.contains("did not confirm the stop"),
         "unclear error: {err}"
