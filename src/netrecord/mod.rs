@@ -19,9 +19,11 @@
 //! * V3: a v6 file from the magic through the options block (CPU count, options,
 //!   the bare DONE), as SEND_DATA chunks, then FIN_DATA (doc §6.5 "File v6").
 //!
-//! Every wait on the listener is bounded by [`NetParams::timeout`], and every answer
-//! is checked (port count, port range), so a broken or hostile listener ends the
-//! session with an error, never a hang or a panic.
+//! Every wait for the listener's answers is bounded by [`NetParams::timeout`], and
+//! every answer is checked (port count, port range), so a broken or hostile
+//! listener ends the session with an error, never a hang or a panic. Sends wait
+//! while the listener does not read, as the C original's do, unless
+//! [`NetSession::set_send_timeout`] bounds them.
 
 use std::io;
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs, UdpSocket};
@@ -245,6 +247,13 @@ impl NetSession {
     /// The listener as given (`host:port`), for messages.
     pub fn label(&self) -> &str {
         &self.label
+    }
+
+    /// Bounds each send on the control connection (`None`: a send waits as long
+    /// as the listener does not read, as the C original's does). For clients that
+    /// must never hang on a listener that stopped reading (the replay client).
+    pub fn set_send_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        self.control.set_write_timeout(timeout)
     }
 
     /// The local port of the control connection (listeners name files after it).
