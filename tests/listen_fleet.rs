@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use testkit::dat::PAGE;
 use testkit::listen::v2_client;
 use testkit::TempDir;
-use tracecmd_rs::listen::{somaxconn, ListenConfig, Listener, Outcome, SessionReport};
+use tracecmd_rs::listen::{somaxconn, ListenConfig, ListenError, Listener, Outcome, SessionReport};
 use tracecmd_rs::msg::{session as msess, Channel, MsgError, Wait};
 use tracecmd_rs::netrecord::{NetError, NetParams, NetSession, Proto};
 use tracecmd_rs::output::reader::TraceDat;
@@ -251,6 +251,49 @@ fn our_client_with_a_send_timeout_gives_up_on_a_listener_that_stops_reading() {
     assert!(t.elapsed() < Duration::from_secs(8), "{:?}", t.elapsed());
     held_tx.send(()).unwrap();
     fake.join().unwrap();
+}
+
+/// A client the listener turns away mid-session (here: silent for longer than
+/// the listener's message timeout, as a client starved of CPU) gets an error
+/// that says the listener ended the session and where to look, not only
+/// "Broken pipe"; and the listener leaves no file for it.
+#[test]
+fn a_client_the_listener_times_out_is_told_so() {
+    let dir = TempDir::new("listen-turned-away");
+    let (port, stop, rx, h) = serve(ListenConfig {
+        dir: dir.path().to_path_buf(),
+        timeout: Some(Duration::from_millis(300)),
+        ..ListenConfig::default()
+    });
+    let params = NetParams {
+        cpus: 1,
+        page_size: PAGE as u32,
+        use_tcp: true,
+        force: Some(Proto::V3),
+        timeout: Duration::from_secs(10),
+    };
+    let s = NetSession::connect(&format!("127.0.0.1:{port}"), &params).unwrap();
+    let local = s.local_port().unwrap();
+    let _data = s.connect_data(0).unwrap();
+    std::thread::sleep(Duration::from_millis(1200));
+    // More than the socket buffers hold, so that a send meets the closed end.
+    let meta = tracecmd_rs::output::Metadata {
+        kallsyms: vec![b'x'; 16 << 20],
+        ..testkit::dat::metadata()
+    };
+    let msg = s.send_metadata(&meta, &[]).unwrap_err().to_string();
+    assert!(msg.contains("the listener ended this session"), "{msg}");
+    let r = rx.recv_timeout(Duration::from_secs(20)).unwrap();
+    assert_eq!(r.peer.port(), local);
+    assert!(
+        matches!(r.result, Err(ListenError::MetadataIncomplete(_))),
+        "{:?}",
+        r.result
+    );
+    assert_eq!(r.output, None);
+    stop.stop();
+    h.join().unwrap();
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 }
 
 /// The drain after a session reads everything already queued in the data

@@ -50,7 +50,7 @@ pub enum NetError {
         "cannot connect to the listener at {addr}: {source}; is `trace-cmd listen` running there?"
     )]
     Connect { addr: String, source: io::Error },
-    #[error("listener at {addr}: {source}")]
+    #[error("listener at {addr}: {source}{}", ended_by_listener(source))]
     Protocol { addr: String, source: MsgError },
     #[error("listener at {addr} does not speak protocol {wanted}, which --proto asked for")]
     NotSpoken { addr: String, wanted: Proto },
@@ -68,6 +68,23 @@ pub enum NetError {
     NoSuchCpu(usize),
     #[error(transparent)]
     Output(#[from] OutputError),
+}
+
+/// What a client can do when the listener closed the session on it: the
+/// listener's log says which of its reasons it was.
+fn ended_by_listener(e: &MsgError) -> &'static str {
+    let io_kind = |io: &io::Error| {
+        matches!(
+            io.kind(),
+            io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+        )
+    };
+    match e {
+        MsgError::Closed => {}
+        MsgError::Send(io) | MsgError::Io(io) if io_kind(io) => {}
+        _ => return "",
+    }
+    "; the listener ended this session (its log says why: for example its per-message timeout, listen --timeout, or a stop)"
 }
 
 impl NetError {
