@@ -12,8 +12,9 @@ Per run it prints: clients that completed (the replay client's view), files
 whose `trace-cmd report` shows exactly the captured event count, wall time from
 the release until the last file is finished, peak RSS summed over the
 listener's process tree, its CPU seconds (user + system, children included),
-and the peak threads and open fds over the tree (sampled every 50 ms). A
-client that fails is counted (with its error), for either listener.
+and the peak threads and open fds over the tree (sampled every 50 ms), and the
+slowest completed client (against --replay-timeout). A client that fails is
+counted (with its error), for either listener.
 
 Clients and listener share this machine, so our listener runs with a long
 --timeout (--listen-timeout); every connect, answer and send of a replayed
@@ -160,8 +161,9 @@ def wait_files(d, completed, since):
         try:
             names = os.listdir(d)
             state = sorted((f, os.stat(os.path.join(d, f)).st_size) for f in names)
-        except OSError:
-            continue  # a file renamed between listdir and stat
+        except OSError:  # a file renamed between listdir and stat
+            time.sleep(0.05)
+            continue
         if (sum(1 for f in names if f.endswith(".dat")) >= completed
                 and not any(".cpu" in f or f.endswith(".partial") for f in names)):
             break
@@ -232,8 +234,11 @@ def one_run(which, cap, want, a, workdir, run):
     dats = [os.path.join(d, f) for f in os.listdir(d) if f.endswith(".dat")]
     with concurrent.futures.ThreadPoolExecutor(os.cpu_count()) as pool:
         full = sum(1 for e in pool.map(events, dats) if e == want)
+    m = re.search(r"slowest_client_s=([\d.]+)", out)
+    slowest = m.group(1) if m else "-"
     print(f"| {which} | {run} | {completed}/{n} | {full}/{n} | {wall:.1f} | "
-          f"{sampler.rss / 1024:.0f} | {cpu:.1f} | {sampler.threads} | {sampler.fds} |", flush=True)
+          f"{sampler.rss / 1024:.0f} | {cpu:.1f} | {sampler.threads} | {sampler.fds} | {slowest} |",
+          flush=True)
     if completed < n:
         print(f"   {which} run {run} failures: {failures(out) or out.strip()[-300:]}", flush=True)
     shutil.rmtree(d)
@@ -262,8 +267,8 @@ def main():
               f"{a.clients} clients ({a.mode}), somaxconn "
               f"{open('/proc/sys/net/core/somaxconn').read().strip()}")
         print("| listener | run | clients completed | files with all events | wall s | "
-              "peak RSS MB | CPU s | peak threads | peak fds |")
-        print("|---|---|---|---|---|---|---|---|---|")
+              "peak RSS MB | CPU s | peak threads | peak fds | slowest client s |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
         for run in range(1, a.runs + 1):
             for which in a.listeners.split(","):
                 one_run(which, cap, want, a, workdir, run)
