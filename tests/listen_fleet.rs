@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use testkit::dat::PAGE;
 use testkit::listen::v2_client;
 use testkit::TempDir;
-use tracecmd_rs::listen::{somaxconn, ListenConfig, Listener, Outcome, SessionReport};
+use tracecmd_rs::listen::{somaxconn, ListenConfig, ListenError, Listener, Outcome, SessionReport};
 use tracecmd_rs::msg::{session as msess, Channel, MsgError, Wait};
 use tracecmd_rs::netrecord::{NetError, NetParams, NetSession, Proto};
 use tracecmd_rs::output::reader::TraceDat;
@@ -199,6 +199,101 @@ fn our_client_times_out_on_a_listener_that_never_speaks() {
             t.elapsed()
         );
     }
+}
+
+/// A listener that took the client's announcement and then stops reading (hung,
+/// or a machine short of CPU): with a send timeout, our client fails with an
+/// error that says so instead of blocking in its metadata forever (the replay
+/// client of the fleet bench sets one).
+#[test]
+fn our_client_with_a_send_timeout_gives_up_on_a_listener_that_stops_reading() {
+    use tracecmd_rs::msg::negotiate::{self, Hello};
+    let server = TcpListener::bind("127.0.0.1:0").unwrap();
+    let target = server.local_addr().unwrap().to_string();
+    let data = TcpListener::bind("127.0.0.1:0").unwrap();
+    let data_port = u32::from(data.local_addr().unwrap().port());
+    let (held_tx, held_rx) = mpsc::channel();
+    let fake = std::thread::spawn(move || {
+        let (s, _) = server.accept().unwrap();
+        let ch = Channel::new(s.as_fd()).with_timeout(Some(Duration::from_secs(10)));
+        let Hello::V1(_) = negotiate::server_negotiate_any(&ch).unwrap() else {
+            panic!("not the V1 client asked for")
+        };
+        negotiate::send_ports(&ch, Proto::V1, &[data_port]).unwrap();
+        // Keep the connection open, unread, until the client has given up.
+        held_rx.recv().unwrap();
+        drop(s);
+    });
+    let params = NetParams {
+        cpus: 1,
+        page_size: PAGE as u32,
+        use_tcp: true,
+        force: Some(Proto::V1),
+        timeout: Duration::from_secs(10),
+    };
+    let s = NetSession::connect(&target, &params).unwrap();
+    s.set_send_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    // Far more than the socket buffers on both ends hold.
+    let meta = tracecmd_rs::output::Metadata {
+        kallsyms: vec![b'x'; 64 << 20],
+        ..testkit::dat::metadata()
+    };
+    let t = Instant::now();
+    let e = s.send_metadata(&meta, &[]).unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        matches!(&e, NetError::Protocol { source: MsgError::Send(io), .. }
+            if io.kind() == std::io::ErrorKind::TimedOut),
+        "{msg}"
+    );
+    assert!(msg.contains("stopped reading"), "{msg}");
+    assert!(t.elapsed() < Duration::from_secs(8), "{:?}", t.elapsed());
+    held_tx.send(()).unwrap();
+    fake.join().unwrap();
+}
+
+/// A client the listener turns away mid-session (here: silent for longer than
+/// the listener's message timeout, as a client starved of CPU) gets an error
+/// that says the listener ended the session and where to look, not only
+/// "Broken pipe"; and the listener leaves no file for it.
+#[test]
+fn a_client_the_listener_times_out_is_told_so() {
+    let dir = TempDir::new("listen-turned-away");
+    let (port, stop, rx, h) = serve(ListenConfig {
+        dir: dir.path().to_path_buf(),
+        timeout: Some(Duration::from_millis(300)),
+        ..ListenConfig::default()
+    });
+    let params = NetParams {
+        cpus: 1,
+        page_size: PAGE as u32,
+        use_tcp: true,
+        force: Some(Proto::V3),
+        timeout: Duration::from_secs(10),
+    };
+    let s = NetSession::connect(&format!("127.0.0.1:{port}"), &params).unwrap();
+    let local = s.local_port().unwrap();
+    let _data = s.connect_data(0).unwrap();
+    std::thread::sleep(Duration::from_millis(1200));
+    // More than the socket buffers hold, so that a send meets the closed end.
+    let meta = tracecmd_rs::output::Metadata {
+        kallsyms: vec![b'x'; 16 << 20],
+        ..testkit::dat::metadata()
+    };
+    let msg = s.send_metadata(&meta, &[]).unwrap_err().to_string();
+    assert!(msg.contains("the listener ended this session"), "{msg}");
+    let r = rx.recv_timeout(Duration::from_secs(20)).unwrap();
+    assert_eq!(r.peer.port(), local);
+    assert!(
+        matches!(r.result, Err(ListenError::MetadataIncomplete(_))),
+        "{:?}",
+        r.result
+    );
+    assert_eq!(r.output, None);
+    stop.stop();
+    h.join().unwrap();
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 }
 
 /// The drain after a session reads everything already queued in the data

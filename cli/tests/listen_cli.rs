@@ -239,15 +239,22 @@ fn sigterm_stops_listen_and_keeps_debians_clients_data() {
 /// Captures one real session: our `record -N --proto 1 -t` against an
 /// in-process listener; returns the finished file's bytes.
 fn capture_session(dir: &Path) -> Vec<u8> {
+    record_into(&testkit::listen::Running::start(
+        tracecmd_rs::listen::ListenConfig {
+            dir: dir.to_path_buf(),
+            ..Default::default()
+        },
+    ))
+}
+
+/// One real session (our `record -N --proto 1 -t`) into the running listener
+/// `l`, whose other sessions' reports have all been taken; returns the file.
+fn record_into(l: &testkit::listen::Running) -> Vec<u8> {
     use testkit::Settings as TopState;
-    use tracecmd_rs::listen::{ListenConfig, Outcome};
+    use tracecmd_rs::listen::Outcome;
     let top = tracecmd_rs::tracefs::Instance::top().expect("tracefs is mounted");
     let _lock = lock_top_buffer();
     let before = TopState::read(&top);
-    let l = testkit::listen::Running::start(ListenConfig {
-        dir: dir.to_path_buf(),
-        ..ListenConfig::default()
-    });
     let out = Command::new(BIN)
         .args([
             "record",
@@ -354,8 +361,8 @@ fn a_fleet_of_256_replayed_clients_all_get_complete_files() {
             });
         }
     });
-    // One more real client after the fleet.
-    let after = capture_session(dir.path());
+    // One more real client of the same listener after the fleet.
+    let after = record_into(&l);
     let parsed = TraceDat::parse(&after).unwrap();
     assert!(parsed.count_events(&after, 0).unwrap().iter().sum::<u64>() > 0);
 }

@@ -1,7 +1,11 @@
 //! Output names: `<prefix>.<host>:<port>.dat` with the peer's reverse-resolved
-//! name (doc §6.1, P16), made safe to use as one file name inside `-d`.
+//! name (doc §6.1, P16), made safe to use as one file name inside `-d`, and never
+//! the name of another session's file.
 
+use std::fs::File;
+use std::io::ErrorKind;
 use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
 
 /// Longest host part kept in a file name.
 pub const MAX_HOST_LEN: usize = 64;
@@ -71,6 +75,65 @@ pub fn peer_host(peer: SocketAddr) -> String {
     name.unwrap_or_else(|| peer.ip().to_string())
 }
 
+/// Most names [`claim`] tries for one session.
+const MAX_CLAIMS: u32 = 10_000;
+
+/// Claims a file name for a session whose natural name is `<base>.dat`: the
+/// first of `base`, `base-2`, `base-3`, … with neither a finished `.dat` nor a
+/// `.dat.partial` in `dir`. The `.dat.partial` is created exclusively and
+/// returned (read and write), so two sessions never share one: a client port is
+/// free again as soon as a V1 client closes, and the next client from that host
+/// may get it while the first session is still being assembled (a fleet on one
+/// host), or days later. Returns the base that was claimed.
+pub fn claim(dir: &Path, base: &str) -> std::io::Result<(String, File)> {
+    for n in 1..=MAX_CLAIMS {
+        let name = if n == 1 {
+            base.to_string()
+        } else {
+            format!("{base}-{n}")
+        };
+        if dir.join(format!("{name}.dat")).exists() {
+            continue;
+        }
+        match std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(dir.join(format!("{name}.dat.partial")))
+        {
+            Ok(f) => {
+                if n > 1 {
+                    log::info!("{base}.dat is taken by another session; writing {name}.dat");
+                }
+                return Ok((name, f));
+            }
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(std::io::Error::new(
+        ErrorKind::AlreadyExists,
+        format!("{base}.dat and {MAX_CLAIMS} numbered names after it are all taken"),
+    ))
+}
+
+/// Renames the finished `work` file to `dat` unless `dat` exists: a finished
+/// file is never replaced (`renameat2(RENAME_NOREPLACE)`; where the file system
+/// lacks it, a check just before an ordinary rename).
+pub fn publish(work: &Path, dat: &Path) -> std::io::Result<()> {
+    use nix::fcntl::{renameat2, RenameFlags};
+    match renameat2(None, work, None, dat, RenameFlags::RENAME_NOREPLACE) {
+        Ok(()) => Ok(()),
+        Err(nix::errno::Errno::EINVAL | nix::errno::Errno::ENOSYS) => {
+            if dat.exists() {
+                return Err(ErrorKind::AlreadyExists.into());
+            }
+            std::fs::rename(work, dat)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// `getnameinfo(3)` for a `sockaddr_in` or `sockaddr_in6`: the host name only.
 fn name_info<T>(sa: &T) -> Option<String> {
     let mut host = [0 as libc::c_char; 1025];
@@ -103,6 +166,25 @@ fn name_info<T>(sa: &T) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_name_in_use_or_finished_is_never_claimed_again() {
+        let dir = crate::testutil::TempDir::new("listen-claim");
+        let d: &Path = &dir;
+        let (a, _fa) = claim(d, "trace.h:1").unwrap();
+        assert_eq!(a, "trace.h:1");
+        // A session still building trace.h:1 holds its name.
+        let (b, _fb) = claim(d, "trace.h:1").unwrap();
+        assert_eq!(b, "trace.h:1-2");
+        // A finished file holds its name too, and is never replaced.
+        publish(&d.join("trace.h:1.dat.partial"), &d.join("trace.h:1.dat")).unwrap();
+        let (c, _fc) = claim(d, "trace.h:1").unwrap();
+        assert_eq!(c, "trace.h:1-3");
+        std::fs::write(d.join("x.dat.partial"), b"new").unwrap();
+        let e = publish(&d.join("x.dat.partial"), &d.join("trace.h:1.dat")).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::AlreadyExists);
+        assert!(d.join("x.dat.partial").exists());
+    }
 
     #[test]
     fn hostile_names_stay_inside_the_directory() {

@@ -81,26 +81,28 @@ fn session(
     );
 
     let host = name::sanitise_host(&name::peer_host(peer));
-    let base = format!("{}.{host}:{}", cfg.prefix, peer.port());
     // The file is built under a name that says it is not finished, and gets its
     // final name only once it is complete: a listener that dies mid-session (or
-    // an assembly that fails) never leaves a `.dat` that looks finished.
+    // an assembly that fails) never leaves a `.dat` that looks finished. The
+    // name is claimed exclusively: a client port can come back while an earlier
+    // session of that host and port is still being assembled.
+    let (base, mut dat) = name::claim(&cfg.dir, &format!("{}.{host}:{}", cfg.prefix, peer.port()))
+        .map_err(|source| ListenError::Io {
+            what: format!("creating a trace file in {}", cfg.dir.display()),
+            source,
+        })?;
     let dat_path = cfg.dir.join(format!("{base}.dat"));
     let work_path = cfg.dir.join(format!("{base}.dat.partial"));
     let cpu_paths: Vec<PathBuf> = (0..init.cpus)
         .map(|i| cfg.dir.join(format!("{base}.cpu{i}")))
         .collect();
-    let mut dat = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&work_path)
-        .map_err(|source| ListenError::Io {
-            what: format!("creating {}", work_path.display()),
-            source,
-        })?;
     report.output = Some(work_path.clone());
+    // A session that fails before its file can be built leaves nothing behind.
+    let discard = |report: &mut SessionReport| {
+        remove_files(&cpu_paths);
+        let _ = std::fs::remove_file(&work_path);
+        report.output = None;
+    };
     let ports = match DataPorts::bind(
         init.use_tcp,
         init.page_size,
@@ -109,7 +111,7 @@ fn session(
     ) {
         Ok(p) => p,
         Err(e) => {
-            remove_files(&cpu_paths);
+            discard(report);
             return Err(e);
         }
     };
@@ -121,7 +123,7 @@ fn session(
     {
         Ok(d) => d,
         Err(e) => {
-            remove_files(&cpu_paths);
+            discard(report);
             return Err(e);
         }
     };
@@ -138,7 +140,7 @@ fn session(
     let mut outcome = match ended {
         Ok(o) => o,
         Err(e) => {
-            remove_files(&cpu_paths);
+            discard(report);
             return Err(e);
         }
     };
@@ -157,7 +159,7 @@ fn session(
         .map(|(p, &n)| (n > 0).then(|| p.clone()))
         .collect();
     let built = assemble(&mut dat, proto, init.cpus, &files).and_then(|()| {
-        std::fs::rename(&work_path, &dat_path).map_err(|source| ListenError::Io {
+        name::publish(&work_path, &dat_path).map_err(|source| ListenError::Io {
             what: format!("renaming {} to {}", work_path.display(), dat_path.display()),
             source,
         })

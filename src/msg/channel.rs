@@ -237,6 +237,13 @@ impl<'fd> Channel<'fd> {
                 Ok(n) => buf = &buf[n..],
                 Err(Errno::ENOTSOCK) if socket => socket = false,
                 Err(Errno::EINTR) => continue,
+                // Only a send timeout (SO_SNDTIMEO) makes a blocking socket say this.
+                Err(Errno::EAGAIN) => {
+                    return Err(MsgError::Send(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "the peer took no data within the send timeout; it stopped reading",
+                    )))
+                }
                 Err(e) => return Err(MsgError::Send(std::io::Error::from_raw_os_error(e as i32))),
             }
         }

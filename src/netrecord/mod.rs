@@ -19,9 +19,11 @@
 //! * V3: a v6 file from the magic through the options block (CPU count, options,
 //!   the bare DONE), as SEND_DATA chunks, then FIN_DATA (doc §6.5 "File v6").
 //!
-//! Every wait on the listener is bounded by [`NetParams::timeout`], and every answer
-//! is checked (port count, port range), so a broken or hostile listener ends the
-//! session with an error, never a hang or a panic.
+//! Every wait for the listener's answers is bounded by [`NetParams::timeout`], and
+//! every answer is checked (port count, port range), so a broken or hostile
+//! listener ends the session with an error, never a hang or a panic. Sends wait
+//! while the listener does not read, as the C original's do, unless
+//! [`NetSession::set_send_timeout`] bounds them.
 
 use std::io;
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs, UdpSocket};
@@ -48,7 +50,7 @@ pub enum NetError {
         "cannot connect to the listener at {addr}: {source}; is `trace-cmd listen` running there?"
     )]
     Connect { addr: String, source: io::Error },
-    #[error("listener at {addr}: {source}")]
+    #[error("listener at {addr}: {source}{}", ended_by_listener(source))]
     Protocol { addr: String, source: MsgError },
     #[error("listener at {addr} does not speak protocol {wanted}, which --proto asked for")]
     NotSpoken { addr: String, wanted: Proto },
@@ -66,6 +68,23 @@ pub enum NetError {
     NoSuchCpu(usize),
     #[error(transparent)]
     Output(#[from] OutputError),
+}
+
+/// What a client can do when the listener closed the session on it: the
+/// listener's log says which of its reasons it was.
+fn ended_by_listener(e: &MsgError) -> &'static str {
+    let io_kind = |io: &io::Error| {
+        matches!(
+            io.kind(),
+            io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+        )
+    };
+    match e {
+        MsgError::Closed => {}
+        MsgError::Send(io) | MsgError::Io(io) if io_kind(io) => {}
+        _ => return "",
+    }
+    "; the listener ended this session (its log says why: for example its per-message timeout, listen --timeout, or a stop)"
 }
 
 impl NetError {
@@ -245,6 +264,13 @@ impl NetSession {
     /// The listener as given (`host:port`), for messages.
     pub fn label(&self) -> &str {
         &self.label
+    }
+
+    /// Bounds each send on the control connection (`None`: a send waits as long
+    /// as the listener does not read, as the C original's does). For clients that
+    /// must never hang on a listener that stopped reading (the replay client).
+    pub fn set_send_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        self.control.set_write_timeout(timeout)
     }
 
     /// The local port of the control connection (listeners name files after it).

@@ -80,6 +80,7 @@ pub struct Replayed {
 /// Sends the captured session once to `target` (`host:port`) with protocol
 /// `proto`: handshake, data connections, metadata, every page, then CLOSE (V3)
 /// or the end of the control connection (V1), as `record -N` orders them.
+/// Every step (connect, each answer, each send) is bounded by `timeout`.
 pub fn replay_one(
     cap: &Capture,
     target: &str,
@@ -96,15 +97,26 @@ pub fn replay_one(
     };
     let s = NetSession::connect(target, &params).map_err(|e| e.to_string())?;
     let local_port = s.local_port().map_err(|e| e.to_string())?;
+    // Sends are bounded too: a listener that stops reading fails the client
+    // after `timeout` instead of holding it (and the bench) forever.
+    let bounded = |r: std::io::Result<()>| r.map_err(|e| format!("setting a send timeout: {e}"));
+    bounded(s.set_send_timeout(Some(timeout)))?;
     let mut data: Vec<TcpStream> = (0..cap.cpu_data.len())
         .map(|c| s.connect_data(c).map(TcpStream::from))
         .collect::<Result<_, _>>()
         .map_err(|e| e.to_string())?;
+    for d in &data {
+        bounded(d.set_write_timeout(Some(timeout)))?;
+    }
     s.send_metadata(&cap.meta, &cap.options)
         .map_err(|e| e.to_string())?;
     for (sock, pages) in data.iter_mut().zip(&cap.cpu_data) {
-        sock.write_all(pages)
-            .map_err(|e| format!("sending CPU data: {e}"))?;
+        sock.write_all(pages).map_err(|e| match e.kind() {
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+                format!("sending CPU data: the listener took none for {timeout:?}")
+            }
+            _ => format!("sending CPU data: {e}"),
+        })?;
     }
     drop(data);
     s.finish().map_err(|e| e.to_string())?;
