@@ -25,7 +25,6 @@
 //! into the host's and rewrites the guest's pages to match.
 
 mod chunks;
-mod copy;
 pub mod layout;
 pub mod merge;
 pub mod metadata;
