@@ -876,6 +876,8 @@ static void run_fifo(struct impl *im, struct result *res)
 struct agg {
 	double wall, cpu_s, user_s, stop_max, untracked_s;
 	double run_min, run_max;	/* per-run CPU-s/GiB spread */
+	double runs[MAX_ROUNDS];	/* per-run CPU-s/GiB, for the median */
+	int nruns;
 	double busy;			/* sum of machine_busy */
 	uint64_t written, lost, bytes, markers, others, bad, partial, fail, err;
 	int n;
@@ -894,6 +896,8 @@ static void agg_add(struct agg *a, const struct result *r)
 			a->run_min = g;
 		if (!a->n || g > a->run_max)
 			a->run_max = g;
+		if (a->nruns < MAX_ROUNDS)
+			a->runs[a->nruns++] = g;
 	}
 	a->untracked_s += r->untracked_s;
 	if (r->stop_s > a->stop_max)
@@ -920,6 +924,26 @@ static double cpu_per_gib(const struct agg *a)
 	return a->bytes ? a->cpu_s / (a->bytes / 1073741824.0) : 0;
 }
 
+static int cmp_double(const void *x, const void *y)
+{
+	double a = *(const double *)x, b = *(const double *)y;
+
+	return (a > b) - (a < b);
+}
+
+/* Median of the single runs' CPU-s/GiB: one run disturbed by other work on the
+ * machine moves it less than the pooled figure. */
+static double cpu_median(const struct agg *a)
+{
+	double v[MAX_ROUNDS];
+
+	if (!a->nruns)
+		return 0;
+	memcpy(v, a->runs, a->nruns * sizeof(v[0]));
+	qsort(v, a->nruns, sizeof(v[0]), cmp_double);
+	return a->nruns & 1 ? v[a->nruns / 2] : (v[a->nruns / 2 - 1] + v[a->nruns / 2]) / 2;
+}
+
 static void print_run(const char *what, struct impl *im, int round, const struct result *r)
 {
 	int64_t miss = (int64_t)r->written - (int64_t)r->ps.markers - (int64_t)r->lost;
@@ -938,8 +962,8 @@ static void print_run(const char *what, struct impl *im, int round, const struct
 
 static void print_header(void)
 {
-	printf("%-9s %-4s %11s %8s %10s %11s %5s %10s %8s %6s %8s %5s %s\n", "rate/cpu",
-	       "impl", "written/s", "MB/s", "CPU-s/GiB", "runs", "usr%", "lost", "lost%", "unacc",
+	printf("%-9s %-4s %11s %8s %10s %8s %11s %5s %10s %8s %6s %8s %5s %s\n", "rate/cpu",
+	       "impl", "written/s", "MB/s", "CPU-s/GiB", "median", "runs", "usr%", "lost", "lost%", "unacc",
 	       "stop-ms", "busy", "notes");
 }
 
@@ -963,10 +987,10 @@ static void print_agg(const char *label, const char *impl, const struct agg *a)
 	 * already included in CPU-s/GiB */
 	if (a->untracked_s > 0.05 + 0.1 * a->cpu_s)
 		l += snprintf(notes + l, sizeof(notes) - l, "untracked-cpu=%.2fs ", a->untracked_s);
-	printf("%-9s %-4s %11.0f %8.1f %10.3f %5.2f-%-5.2f %4.0f%% %10" PRIu64 " %7.3f%% %6" PRId64
+	printf("%-9s %-4s %11.0f %8.1f %10.3f %8.3f %5.2f-%-5.2f %4.0f%% %10" PRIu64 " %7.3f%% %6" PRId64
 	       " %8.1f %4.0f%% %s\n",
 	       label, impl, a->wall > 0 ? a->written / a->wall : 0, mbps(a), cpu_per_gib(a),
-	       a->run_min, a->run_max, a->cpu_s > 0 ? 100 * a->user_s / a->cpu_s : 0, a->lost,
+	       cpu_median(a), a->run_min, a->run_max, a->cpu_s > 0 ? 100 * a->user_s / a->cpu_s : 0, a->lost,
 	       a->written ? 100.0 * a->lost / a->written : 0, unacc, a->stop_max * 1e3,
 	       a->n ? 100 * a->busy / a->n : 0, notes);
 }
@@ -974,10 +998,11 @@ static void print_agg(const char *label, const char *impl, const struct agg *a)
 static void print_ratio(const char *label, const struct agg *rs, const struct agg *c)
 {
 	double cr = cpu_per_gib(c) > 0 ? cpu_per_gib(rs) / cpu_per_gib(c) : 0;
+	double mr = cpu_median(c) > 0 ? cpu_median(rs) / cpu_median(c) : 0;
 
-	printf("%-9s %-4s  CPU-s/GiB Rust/C = %.2f   MB/s Rust/C = %.2f   lost Rust %" PRIu64
-	       " vs C %" PRIu64 " (%+" PRId64 ")\n",
-	       label, "=>", cr, mbps(c) > 0 ? mbps(rs) / mbps(c) : 0, rs->lost, c->lost,
+	printf("%-9s %-4s  CPU-s/GiB Rust/C = %.2f (medians %.2f)   MB/s Rust/C = %.2f   lost "
+	       "(summed over the rounds) Rust %" PRIu64 " vs C %" PRIu64 " (%+" PRId64 ")\n",
+	       label, "=>", cr, mr, mbps(c) > 0 ? mbps(rs) / mbps(c) : 0, rs->lost, c->lost,
 	       (int64_t)rs->lost - (int64_t)c->lost);
 }
 
@@ -1180,8 +1205,8 @@ int main(int argc, char **argv)
 	       cfg.secs, cfg.rounds, cfg.marker, cfg.sleep_us, cfg.flags,
 	       cfg.pin_recorders ? ", recorders pinned" : "");
 	printf("lost = overrun + dropped events (per_cpu stats); unacc = written - captured - "
-	       "lost (should be 0);\nruns = min-max CPU-s/GiB of single runs; usr%% = user share "
-	       "of the recorder CPU;\nbusy = all CPUs of the machine busy during the load (other "
+	       "lost (should be 0);\nCPU-s/GiB = all rounds pooled; median = of the single "
+	       "runs; runs = their min-max;\nusr%% = user share of the recorder CPU;\nbusy = all CPUs of the machine busy during the load (other "
 	       "work on the machine shows here)\n\n");
 
 	if (cfg.do_steps) {

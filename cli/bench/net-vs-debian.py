@@ -11,12 +11,24 @@ the writers once the client is up, then waits for the listener's final file.
 Per run it prints: markers written, MB/s of trace data in the final file (CPU data
 bytes from `trace-cmd dump --flyrecord`, over the load time), CPU seconds per GiB of
 that data for the client and the listener (wait4 rusage of each process tree; the
-writers are not counted), and events lost: kernel overrun + dropped (per_cpu stats
-right after the client ends) and markers missing from the file (written minus found
-by `trace-cmd report`, which also covers pages lost on the way). Then per transport
-the Rust/Debian ratios and the highest lossless rate of each pair.
+writers are not counted), the kernel's overrun + dropped count (per_cpu stats right
+after the client ends; shown for information) and the markers lost: written minus
+found by `trace-cmd report`. That one number covers kernel overruns and pages lost
+on the way alike, so each lost marker is counted once.
+
+Each step runs --rounds times, the pair order flipping every run (A/B, B/A, ...).
+Per transport the summary gives, per step, the medians over the rounds (CPU s/GiB
+of both sides, MB/s), the Rust/Debian ratio of those medians, and the markers lost
+summed over the rounds; then each pair's lossless ceiling: the highest rate up to
+which every step of that pair lost nothing.
+
+--ramp replaces --rates by 300000, 400000, ... (--ramp-start, --ramp-step): the ramp
+goes on while some pair is still lossless and the paced writers reach the target
+rate, then ends with `max`. The ceiling is printed as a number of markers/s (`max`
+lossless: the median rate the unpaced writers reached).
 
 usage: net-vs-debian.py [--seconds S] [--rates 10000,100000,max] [--transports tcp,udp]
+                        [--rounds N] [--ramp [--ramp-start R] [--ramp-step R]]
 Needs root. Not a test: numbers are printed, never asserted. The top-level buffer is
 used (as trace-cmd does); its settings are restored at the end.
 """
@@ -26,6 +38,7 @@ import os
 import re
 import signal
 import socket
+import statistics
 import struct
 import subprocess
 import sys
@@ -208,11 +221,115 @@ def one_run(pair, transport, rate, a, writer, cpus, tmp):
     gib = data / GIB if data else float("nan")
     return {
         "written": written, "found": found, "klost": klost,
-        "missing": max(written - found, 0), "mbps": data / a.seconds / 1e6,
+        "lost": max(written - found, 0), "mbps": data / a.seconds / 1e6,
         "client_cpu": cpu_of(cru), "listener_cpu": cpu_of(lru) if lru else float("nan"),
         "client_s_gib": cpu_of(cru) / gib,
         "listener_s_gib": (cpu_of(lru) / gib) if lru else float("nan"),
     }
+
+
+def median(runs, f):
+    return statistics.median(f(r) for r in runs)
+
+
+def both_sides(r):
+    return r["client_s_gib"] + r["listener_s_gib"]
+
+
+def achieved(runs, a):
+    """Median markers/s the writers reached."""
+    return median(runs, lambda r: r["written"] / a.seconds)
+
+
+def run_step(transport, rate, a, writer, cpus, tmp, found, results, turn):
+    """Runs one step --rounds times, the pair order flipping every run. Returns the
+    next turn."""
+    for _ in range(a.rounds):
+        order = ["rust", "debian"] if turn % 2 == 0 else ["debian", "rust"]
+        turn += 1
+        for pair in order:
+            r = one_run(pair, transport, rate, a, writer, cpus, tmp)
+            restore(found)
+            if r is None:
+                results.setdefault((transport, rate, pair), []).append(None)
+                continue
+            results.setdefault((transport, rate, pair), []).append(r)
+            print(f"{transport:>9} {rate:>8} {pair:>6} {r['written']:>9} "
+                  f"{r['found']:>9} {r['klost']:>7} {r['lost']:>8} "
+                  f"{r['mbps']:>7.2f} {r['client_s_gib']:>9.2f} "
+                  f"{r['listener_s_gib']:>9.2f}", flush=True)
+    return turn
+
+
+def step_ok(results, transport, rate, pair):
+    """The runs of a step that produced a file, and whether every run of it
+    produced one and lost nothing."""
+    runs = results.get((transport, rate, pair), [])
+    done = [r for r in runs if r is not None]
+    lossless = bool(runs) and len(done) == len(runs) and all(r["lost"] == 0 for r in done)
+    return done, lossless
+
+
+def ramp_rates(transport, a, writer, cpus, tmp, found, results, turn):
+    """300k, 400k, ... while some pair is still lossless and the paced writers
+    reach the target, then max. Returns the rates run and the next turn."""
+    rates = []
+    lost = {"rust": False, "debian": False}
+    rate = a.ramp_start
+    while True:
+        rates.append(str(rate))
+        turn = run_step(transport, str(rate), a, writer, cpus, tmp, found, results, turn)
+        short = True
+        for pair in lost:
+            done, ok = step_ok(results, transport, str(rate), pair)
+            lost[pair] = lost[pair] or not ok
+            if done and achieved(done, a) >= 0.95 * rate:
+                short = False
+        if all(lost.values()) or short:
+            break
+        rate += a.ramp_step
+    rates.append("max")
+    turn = run_step(transport, "max", a, writer, cpus, tmp, found, results, turn)
+    return rates, turn
+
+
+def ceiling(results, transport, rates, pair, a):
+    """Highest rate up to which every step of the pair lost nothing, as markers/s
+    (for `max`, or a target the writers did not reach: the median rate they
+    reached)."""
+    best = None
+    for rate in rates:
+        done, ok = step_ok(results, transport, rate, pair)
+        if not ok:
+            break
+        # A target the writers fell short of counts as the rate they reached.
+        reached = achieved(done, a)
+        best = int(reached) if rate == "max" or reached < 0.95 * int(rate) else int(rate)
+    return best
+
+
+def summary(results, transport, rates, a):
+    ceil = {p: ceiling(results, transport, rates, p, a) for p in ("rust", "debian")}
+    shown = {}
+    for p, c in ceil.items():
+        at_max = rates[-1] == "max" and step_ok(results, transport, "max", p)[1]
+        shown[p] = "none" if c is None else f"{c}" + (" (max)" if at_max else "")
+    print(f"{transport}: lossless ceiling (markers/s): rust {shown['rust']}, "
+          f"debian {shown['debian']}")
+    for rate in rates:
+        r, _ = step_ok(results, transport, rate, "rust")
+        d, _ = step_ok(results, transport, rate, "debian")
+        if not r or not d:
+            continue
+        rc, dc = median(r, both_sides), median(d, both_sides)
+        print(f"  {rate:>8}: median CPU s/GiB both sides rust {rc:.2f} / debian {dc:.2f} = "
+              f"{rc / dc if dc else float('nan'):.2f}x (client {median(r, lambda x: x['client_s_gib']):.2f}"
+              f" / {median(d, lambda x: x['client_s_gib']):.2f}, listener "
+              f"{median(r, lambda x: x['listener_s_gib']):.2f} / "
+              f"{median(d, lambda x: x['listener_s_gib']):.2f}); MB/s "
+              f"{median(r, lambda x: x['mbps']):.2f} / {median(d, lambda x: x['mbps']):.2f}; "
+              f"markers lost in {len(r)}/{len(d)} runs rust {sum(x['lost'] for x in r)}, "
+              f"debian {sum(x['lost'] for x in d)}")
 
 
 def main():
@@ -221,10 +338,19 @@ def main():
     ap.add_argument("--seconds", type=float, default=3)
     ap.add_argument("--rates", default="20000,100000,300000,max")
     ap.add_argument("--transports", default="tcp,udp")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="runs per step and pair, order alternating (default %(default)s)")
+    ap.add_argument("--ramp", action="store_true",
+                    help="ramp the rate up to find each pair's lossless ceiling "
+                         "(replaces --rates)")
+    ap.add_argument("--ramp-start", type=int, default=300000)
+    ap.add_argument("--ramp-step", type=int, default=100000)
     ap.add_argument("--rust", default=os.path.join(here, "../../target/release/trace-cmd"))
     ap.add_argument("--sandbox", default=SANDBOX,
                     help="ftrace-sandbox that Debian's trace-cmd runs in (default: %(default)s)")
     a = ap.parse_args()
+    if a.rounds < 1 or a.ramp_start < 1 or a.ramp_step < 1:
+        sys.exit("--rounds, --ramp-start and --ramp-step must be at least 1")
     require(a.rust, DEBIAN, a.sandbox)
     cpus = os.cpu_count()
     # The lock the tests that record on the top-level buffer take.
@@ -232,6 +358,7 @@ def main():
     fcntl.flock(lock, fcntl.LOCK_EX)
     found = snapshot()
     results = {}
+    rates_run = {}
     try:
         with tempfile.TemporaryDirectory(prefix="net-bench-") as tmp:
             writer = os.path.join(tmp, "writer")
@@ -240,45 +367,22 @@ def main():
                 f.write(WRITER_C)
             subprocess.run(["cc", "-O2", "-o", writer, src], check=True)
             hdr = (f"{'transport':>9} {'rate/s':>8} {'pair':>6} {'written':>9} {'in file':>9} "
-                   f"{'k.lost':>7} {'missing':>8} {'MB/s':>7} {'cli s/GiB':>9} {'lis s/GiB':>9}")
+                   f"{'k.lost':>7} {'lost':>8} {'MB/s':>7} {'cli s/GiB':>9} {'lis s/GiB':>9}")
             print(hdr)
-            i = 0
+            turn = 0
             for transport in a.transports.split(","):
-                for rate in a.rates.split(","):
-                    order = ["rust", "debian"] if i % 2 == 0 else ["debian", "rust"]
-                    i += 1
-                    for pair in order:
-                        r = one_run(pair, transport, rate, a, writer, cpus, tmp)
-                        restore(found)
-                        if r is None:
-                            continue
-                        results[(transport, rate, pair)] = r
-                        print(f"{transport:>9} {rate:>8} {pair:>6} {r['written']:>9} "
-                              f"{r['found']:>9} {r['klost']:>7} {r['missing']:>8} "
-                              f"{r['mbps']:>7.2f} {r['client_s_gib']:>9.2f} "
-                              f"{r['listener_s_gib']:>9.2f}", flush=True)
+                if a.ramp:
+                    rates_run[transport], turn = ramp_rates(transport, a, writer, cpus, tmp,
+                                                            found, results, turn)
+                    continue
+                rates_run[transport] = a.rates.split(",")
+                for rate in rates_run[transport]:
+                    turn = run_step(transport, rate, a, writer, cpus, tmp, found, results, turn)
     finally:
         restore(found)
     print()
-    for transport in a.transports.split(","):
-        best = {}
-        for pair in ("rust", "debian"):
-            ok = [rate for rate in a.rates.split(",")
-                  if (transport, rate, pair) in results
-                  and results[(transport, rate, pair)]["missing"] == 0
-                  and results[(transport, rate, pair)]["klost"] == 0]
-            best[pair] = ok[-1] if ok else "none"
-        print(f"{transport}: highest lossless rate: rust {best['rust']}, debian {best['debian']}")
-        for rate in a.rates.split(","):
-            r, d = results.get((transport, rate, "rust")), results.get((transport, rate, "debian"))
-            if not r or not d:
-                continue
-            rc = r["client_s_gib"] + r["listener_s_gib"]
-            dc = d["client_s_gib"] + d["listener_s_gib"]
-            print(f"  {rate:>8}: CPU s/GiB both sides rust {rc:.2f} / debian {dc:.2f} = "
-                  f"{rc / dc if dc else float('nan'):.2f}x; MB/s {r['mbps']:.2f} / "
-                  f"{d['mbps']:.2f}; lost (kernel+missing) rust {r['klost'] + r['missing']}, "
-                  f"debian {d['klost'] + d['missing']}")
+    for transport, rates in rates_run.items():
+        summary(results, transport, rates, a)
 
 
 if __name__ == "__main__":

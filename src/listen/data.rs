@@ -1,8 +1,8 @@
 //! Per-CPU data of one session (spec §3.2, doc §6.6): one socket per CPU on ports
 //! from `first_port` upward, UDP (one datagram = one page) or TCP (one stream),
-//! each written to its own temporary file. One thread serves all CPUs of a
-//! session with `poll`; TCP data moves socket → pipe → file with `splice`, so it
-//! never passes through user space.
+//! each written to its own temporary file. Up to one thread per CPU of this
+//! machine serves a session's CPUs with `poll`; TCP data moves socket → pipe →
+//! file with `splice`, so it never passes through user space.
 
 use std::fs::File;
 use std::io::{ErrorKind, Write};
@@ -155,43 +155,68 @@ impl DataPorts {
         })
     }
 
-    /// Serves the sockets on a thread until [`DataThread::finish`].
+    /// Serves the sockets on threads until [`DataThread::finish`]: one per CPU, up
+    /// to as many as this machine has CPUs. At saturation the data threads compete
+    /// with the load itself for the CPUs; one thread for all of a session's CPUs
+    /// got a fraction of the time per-CPU readers (3.x's one process per CPU) get,
+    /// and the client's ring buffers overran (cli/bench/README.md).
     pub(crate) fn start(self, label: String) -> Result<DataThread, ListenError> {
         let (stop_r, stop_w) =
             nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| ListenError::Io {
                 what: "a stop pipe".into(),
                 source: e.into(),
             })?;
-        // The thread gets its own copy of the read end, so that the stop write
-        // never meets a pipe without readers (no SIGPIPE, whenever it ends).
-        let thread_stop = stop_r.try_clone().map_err(|e| ListenError::Io {
-            what: "a stop pipe".into(),
-            source: e,
-        })?;
-        let handle = std::thread::Builder::new()
-            .name(format!("data {label}"))
-            .stack_size(super::SESSION_STACK)
-            .spawn(move || serve(self.cpus, self.page_size, thread_stop, &label))
-            .map_err(|e| ListenError::Io {
-                what: "starting the data thread".into(),
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .clamp(1, self.cpus.len().max(1));
+        let mut groups: Vec<Vec<(usize, Cpu)>> = (0..threads).map(|_| Vec::new()).collect();
+        let ncpus = self.cpus.len();
+        for (i, c) in self.cpus.into_iter().enumerate() {
+            groups[i % threads].push((i, c));
+        }
+        let mut handles = Vec::with_capacity(threads);
+        for (n, group) in groups.into_iter().enumerate() {
+            // Each thread gets its own copy of the read end, so that the stop write
+            // never meets a pipe without readers (no SIGPIPE, whenever they end).
+            let thread_stop = stop_r.try_clone().map_err(|e| ListenError::Io {
+                what: "a stop pipe".into(),
                 source: e,
             })?;
+            let page_size = self.page_size;
+            let label = label.clone();
+            let name = if threads > 1 {
+                format!("data{n} {label}")
+            } else {
+                format!("data {label}")
+            };
+            let handle = std::thread::Builder::new()
+                .name(name)
+                .stack_size(super::SESSION_STACK)
+                .spawn(move || serve(group, page_size, thread_stop, &label))
+                .map_err(|e| ListenError::Io {
+                    what: "starting a data thread".into(),
+                    source: e,
+                })?;
+            handles.push(handle);
+        }
         Ok(DataThread {
-            handle,
+            handles,
+            cpus: ncpus,
             stop: stop_w,
             _stop_r: stop_r,
         })
     }
 }
 
-/// A running data thread.
+/// The running data threads of a session.
 pub(crate) struct DataThread {
-    handle: JoinHandle<Drained>,
+    handles: Vec<JoinHandle<Vec<(usize, u64, bool)>>>,
+    cpus: usize,
     stop: OwnedFd,
     _stop_r: OwnedFd,
 }
 
-/// What the data thread received.
+/// What the data threads received.
 pub(crate) struct Drained {
     /// Bytes received per CPU.
     pub bytes: Vec<u64>,
@@ -204,26 +229,54 @@ pub(crate) struct Drained {
 pub(crate) const MAX_DRAIN: Duration = Duration::from_secs(30);
 
 impl DataThread {
-    /// Tells the thread the session is over: it keeps reading until no socket had
-    /// anything for `quiet` (or every one reached its end), at most
+    /// Tells the threads the session is over: each keeps reading until none of its
+    /// sockets had anything for `quiet` (or every one reached its end), at most
     /// [`MAX_DRAIN`]; returns the bytes received per CPU.
     pub(crate) fn finish(self, quiet: Duration) -> Drained {
         let ms = quiet.as_millis().min(u128::from(u32::MAX)) as u32;
-        let _ = nix::unistd::write(&self.stop, &ms.to_ne_bytes());
-        self.handle.join().unwrap_or(Drained {
-            bytes: vec![],
-            complete: false,
-        })
+        // One message per thread: each reads one (writes this small are atomic)
+        // and then no longer watches the pipe.
+        for _ in 0..self.handles.len() {
+            let _ = nix::unistd::write(&self.stop, &ms.to_ne_bytes());
+        }
+        let mut drained = Drained {
+            bytes: vec![0; self.cpus],
+            complete: true,
+        };
+        for h in self.handles {
+            match h.join() {
+                Ok(got) => {
+                    for (cpu, bytes, complete) in got {
+                        drained.bytes[cpu] = bytes;
+                        drained.complete &= complete;
+                    }
+                }
+                Err(_) => {
+                    return Drained {
+                        bytes: vec![],
+                        complete: false,
+                    }
+                }
+            }
+        }
+        drained
     }
 }
 
-fn serve(mut cpus: Vec<Cpu>, page_size: usize, stop: OwnedFd, label: &str) -> Drained {
+/// Serves `cpus` (CPU number, state) until stopped; returns (CPU, bytes received,
+/// complete) for each.
+fn serve(
+    mut cpus: Vec<(usize, Cpu)>,
+    page_size: usize,
+    stop: OwnedFd,
+    label: &str,
+) -> Vec<(usize, u64, bool)> {
     let mut buf = vec![0u8; page_size + 1];
     let mut quiet: Option<Duration> = None;
     let mut drain_end = Instant::now();
     let mut complete = true;
     loop {
-        if cpus.iter().all(|c| matches!(c.sock, Sock::Done)) {
+        if cpus.iter().all(|(_, c)| matches!(c.sock, Sock::Done)) {
             break;
         }
         // Quiet is what poll saw, not time on the clock: a thread that the
@@ -248,7 +301,7 @@ fn serve(mut cpus: Vec<Cpu>, page_size: usize, stop: OwnedFd, label: &str) -> Dr
         if quiet.is_none() {
             fds.push(PollFd::new(stop.as_fd(), PollFlags::POLLIN));
         }
-        for (i, c) in cpus.iter().enumerate() {
+        for (i, (_, c)) in cpus.iter().enumerate() {
             let fd = match &c.sock {
                 Sock::Udp(s) => s.as_fd(),
                 Sock::Listening(s) => s.as_fd(),
@@ -291,14 +344,14 @@ fn serve(mut cpus: Vec<Cpu>, page_size: usize, stop: OwnedFd, label: &str) -> Dr
         };
         for (&i, &r) in idx.iter().zip(ready) {
             if r {
-                service(&mut cpus[i], i, &mut buf, page_size, label);
+                let (cpu, c) = &mut cpus[i];
+                service(c, *cpu, &mut buf, page_size, label);
             }
         }
     }
-    Drained {
-        bytes: cpus.iter().map(|c| c.bytes).collect(),
-        complete,
-    }
+    cpus.iter()
+        .map(|(cpu, c)| (*cpu, c.bytes, complete))
+        .collect()
 }
 
 /// Moves what is ready on one CPU's socket; true if data arrived.

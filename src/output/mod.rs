@@ -25,6 +25,7 @@
 //! into the host's and rewrites the guest's pages to match.
 
 mod chunks;
+mod copy;
 pub mod layout;
 pub mod merge;
 pub mod metadata;

@@ -193,8 +193,7 @@ pub(crate) fn write_buffer_section(
             CpuSource::Empty => 0,
             CpuSource::Raw(mut f) if !compressed => {
                 out.seek(SeekFrom::Start(offset)).map_err(werr_cpu())?;
-                // copy_file_range between files: the bytes need not pass through here.
-                std::io::copy(&mut f, out).map_err(werr_cpu())?
+                super::copy::copy_cpu_data(&mut f, out).map_err(werr_cpu())?
             }
             CpuSource::Raw(mut f) => {
                 out.seek(SeekFrom::Start(offset)).map_err(werr_cpu())?;
@@ -217,8 +216,7 @@ pub(crate) fn write_buffer_section(
                         .map_err(werr_cpu())?;
                 }
                 f.seek(SeekFrom::Start(0)).map_err(werr_cpu())?;
-                // copy_file_range between files: the bytes need not pass through here.
-                let n = std::io::copy(&mut f, out).map_err(werr_cpu())?;
+                let n = super::copy::copy_cpu_data(&mut f, out).map_err(werr_cpu())?;
                 if n != st.size {
                     return Err(OutputError::Invalid(format!(
                         "CPU {cpu} data of {what}: the temporary file holds {n} bytes, not {}",

@@ -350,8 +350,8 @@ fn align_up(x: u64, to: u64) -> u64 {
 /// empty), the trailing clock, and each CPU's data copied from its file at a
 /// `page_size`-aligned offset. Returns the offset of the tag and the CPU ranges.
 ///
-/// Data is copied with `std::io::copy`, which uses `copy_file_range`/`sendfile`
-/// between files on Linux, so the bytes need not pass through user space.
+/// Data is spliced and written with `O_DIRECT` where it can be (`copy.rs`), so the
+/// bytes pass neither through user space nor through a CPU copy.
 pub fn append_flyrecord(
     out: &mut File,
     cpus: u32,
@@ -391,7 +391,7 @@ pub fn append_flyrecord(
             })?;
             out.seek(SeekFrom::Start(offset))
                 .map_err(write_err(what(&format!("CPU {cpu} data"))))?;
-            size = std::io::copy(&mut src, out)
+            size = super::copy::copy_cpu_data(&mut src, out)
                 .map_err(write_err(what(&format!("CPU {cpu} data"))))?;
             if size % u64::from(page_size.max(1)) != 0 {
                 log::warn!(

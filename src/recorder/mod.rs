@@ -41,6 +41,10 @@ mod stop;
 mod uncached;
 mod wake;
 
+// Also used to copy CPU data into trace files without a copy through the CPU.
+pub(crate) use pipe::grow_pipe;
+pub(crate) use uncached::Uncached;
+
 pub use error::RecorderError;
 pub use mover::CpuRecorder;
 pub use request::{Input, Output, RecordFlags};

@@ -12,7 +12,7 @@ const PIPE_TARGET: usize = 1 << 20;
 
 /// Grows a pipe towards [`PIPE_TARGET`] (capped by pipe-max-size) and returns the
 /// capacity the kernel really gave it (F_GETPIPE_SZ/F_SETPIPE_SZ return values).
-pub(super) fn grow_pipe(fd: BorrowedFd<'_>, unit: usize) -> usize {
+pub(crate) fn grow_pipe(fd: BorrowedFd<'_>, unit: usize) -> usize {
     let mut capacity = fcntl(fd.as_raw_fd(), FcntlArg::F_GETPIPE_SZ)
         .map(|n| n as usize)
         .unwrap_or(unit);

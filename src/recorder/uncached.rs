@@ -30,7 +30,7 @@ const NO_DIRECT_ENV: &str = "TRACECMD_RS_NO_DIRECT";
 
 /// The direct (page-cache bypassing) side of one output.
 #[derive(Debug)]
-pub(super) struct Uncached {
+pub(crate) struct Uncached {
     /// The `O_DIRECT` description and the raw fd of the output file it belongs to.
     file: Option<(File, i32)>,
     /// Off for good.
@@ -43,7 +43,7 @@ pub(super) struct Uncached {
 
 impl Uncached {
     /// Direct writes unless [`NO_DIRECT_ENV`] is set.
-    pub(super) fn new() -> Uncached {
+    pub(crate) fn new() -> Uncached {
         Self::unless(std::env::var_os(NO_DIRECT_ENV).is_some())
     }
 
@@ -96,7 +96,7 @@ impl Uncached {
 
     /// Moves up to `len` bytes from `pipe` to `out` directly when that is possible for
     /// this piece: `None` means the caller writes it through `out` instead.
-    pub(super) fn write(
+    pub(crate) fn write(
         &mut self,
         pipe: BorrowedFd<'_>,
         out: BorrowedFd<'_>,
