@@ -292,15 +292,20 @@ struct SteppingClock {
     second: u64,
     pause: Duration,
     rounds: usize,
+    /// How long the agent takes to accept the offer.
+    accept_after: Duration,
 }
 
 impl SteppingClock {
     /// Answers one tsync message from the manager.
     fn answer(&mut self, ch: &Channel<'_>, m: TsyncMsg) {
         let reply = match m {
-            TsyncMsg::Offer => TsyncMsg::Accept {
-                clock: "stepping".into(),
-            },
+            TsyncMsg::Offer => {
+                std::thread::sleep(self.accept_after);
+                TsyncMsg::Accept {
+                    clock: "stepping".into(),
+                }
+            }
             TsyncMsg::Round => {
                 self.rounds += 1;
                 if self.rounds == 2 {
@@ -326,7 +331,8 @@ impl SteppingClock {
 /// sends the metadata, half of each CPU's pages, then on CLOSE the rest and ACK
 /// (unless `dies`: then it closes instead). Like a C agent of the virt-server
 /// branch (and released V2's close wait), it skips whatever comes before CLOSE;
-/// returns the arguments it got, then `skipped:<CMD>` for each skipped message.
+/// returns the arguments it got, then `skipped:<CMD>` for each skipped message
+/// (and `tsync:<msg>` for each clock-sync message but probes it answered).
 fn play_agent(agent: ScriptedAgent, data: GuestData, dies: bool) -> JoinHandle<Vec<String>> {
     play_agent_with(agent, data, dies, None)
 }
@@ -365,8 +371,12 @@ fn play_agent_with(
             match v2::recv(&untimed, Wait::Timed).unwrap() {
                 Msg::Close => break,
                 Msg::SendMeta(p) if tsync::is_tsync(&p) && clock.is_some() => {
+                    let m = TsyncMsg::decode(&p).unwrap();
+                    if !matches!(m, TsyncMsg::Probe { .. }) {
+                        argv.push(format!("tsync:{m:?}"));
+                    }
                     if let Some(c) = clock.as_mut() {
-                        c.answer(&ch, TsyncMsg::decode(&p).unwrap());
+                        c.answer(&ch, m);
                     }
                 }
                 m => argv.push(format!("skipped:{}", m.cmd().name())),
@@ -579,7 +589,14 @@ fn an_agent_that_refuses_is_an_error_and_is_freed() {
 /// summary.
 #[test]
 fn an_agent_that_ignores_the_clock_sync_offer_records_as_before() {
-    let dir = TempDir::new("engoffer");
+    recorded_unsynced("engoffer", None, "skipped:SENDMETA");
+}
+
+/// Records the scripted agent (with `clock`, if any) with clock sync on, and
+/// checks that the agent saw its arguments and then only `saw`, and that the
+/// recording is whole and unsynced: no clock summary, no stored correction.
+fn recorded_unsynced(tag: &str, clock: Option<SteppingClock>, saw: &str) {
+    let dir = TempDir::new(tag);
     let data = guest_data();
     let guest_counts = data.counts.clone();
     let file = dir.path().join("t.dat");
@@ -588,10 +605,10 @@ fn an_agent_that_ignores_the_clock_sync_offer_records_as_before() {
         host_clock: "local".into(),
     };
     let (_, argv, Recorded { guest_clocks, .. }, got) =
-        host_and_guest(&file, "engofferhost", data, Some(tsync), None, 6);
+        host_and_guest(&file, &format!("{tag}host"), data, Some(tsync), clock, 6);
     let mut want = argv;
-    want.push("skipped:SENDMETA".into());
-    assert_eq!(got, want, "one offer, nothing else");
+    want.push(saw.into());
+    assert_eq!(got, want, "the offer, nothing else");
     assert!(guest_clocks.is_empty());
     check_buffer(&file, VM, &guest_counts);
     let bytes = std::fs::read(&file).unwrap();
@@ -620,6 +637,7 @@ fn a_guest_clock_step_is_reported_and_not_smeared() {
         second: marks[200],
         pause: Duration::from_millis(300),
         rounds: 0,
+        accept_after: Duration::ZERO,
     };
     let tsync = TsyncConfig {
         interval: None,
@@ -696,4 +714,20 @@ fn a_guest_clock_step_is_reported_and_not_smeared() {
         sides[0] > 0 && sides[1] > 0,
         "{sides:?} before/after the step"
     );
+}
+
+/// Issue 12: the manager waits for the answer to its offer only a little longer
+/// than the agent's replies took (at most `OFFER_WAIT`). An agent that accepts
+/// later than that is recorded as one that does not sync: no round is started,
+/// its late answer is ignored, and its recording is whole.
+#[test]
+fn an_agent_that_accepts_the_offer_too_late_is_recorded_unsynced() {
+    let clock = SteppingClock {
+        first: 1,
+        second: 2,
+        pause: Duration::ZERO,
+        rounds: 0,
+        accept_after: tracecmd_rs::record::tsync::OFFER_WAIT + Duration::from_millis(500),
+    };
+    recorded_unsynced("englate", Some(clock), "tsync:Offer");
 }

@@ -47,6 +47,9 @@ pub struct GuestSession {
     pub page_size: u32,
     /// The guest's v6 metadata (magic … saved cmdlines).
     pub metadata: Vec<u8>,
+    /// From our RINIT to the agent's first metadata message: one round trip
+    /// plus a little work, which bounds how long an answer should take.
+    pub reply_time: Duration,
 }
 
 /// Splits `GUEST[:pid]`.
@@ -184,9 +187,13 @@ impl GuestSession {
             );
         }
         session::send_port_array(&ach, cpus, None)?;
+        let sent = std::time::Instant::now();
+        let mut reply_time = None;
         let mut metadata = Vec::new();
         loop {
-            match v2::recv(&ach, Wait::Timed)? {
+            let m = v2::recv(&ach, Wait::Timed)?;
+            reply_time.get_or_insert_with(|| sent.elapsed());
+            match m {
                 Msg::SendMeta(d) => {
                     if metadata.len() + d.len() > MAX_GUEST_METADATA {
                         return Err(VirtError::BadMetadata(format!(
@@ -213,6 +220,7 @@ impl GuestSession {
             cpus,
             page_size,
             metadata,
+            reply_time: reply_time.unwrap_or_default(),
         })
     }
 
@@ -414,7 +422,8 @@ impl GuestRecording {
             rec.recorders.start(cpu, r, sleep)?;
         }
         // After the recorders: the guest's pages flow while the offer waits.
-        rec.sync = tsync.and_then(|cfg| match ClockSync::start(&rec.session.agent, cfg) {
+        let reply = rec.session.reply_time;
+        rec.sync = tsync.and_then(|cfg| match ClockSync::start(&rec.session.agent, cfg, reply) {
             Ok(Some(s)) => Some(s),
             Ok(None) => {
                 log::info!("guest {name}: the agent does not sync clocks; its timestamps stay on the guest's clock");

@@ -32,9 +32,21 @@ use crate::tracefs::Instance;
 
 /// Probes per round; the shortest round trips of them are kept.
 pub const PROBES: usize = 40;
-/// How long the manager waits for the answer to its offer. An agent that does
+/// The longest the manager waits for the answer to its offer. An agent that does
 /// not know the exchange never answers; the recording then goes on unsynced.
 pub const OFFER_WAIT: Duration = Duration::from_secs(2);
+/// The shortest: scheduling delays of a loaded host or a TCG guest reach
+/// hundreds of ms whatever the round trip measured before.
+pub const OFFER_WAIT_MIN: Duration = Duration::from_millis(500);
+
+/// How long to wait for the answer to the offer, given `reply`, how long the
+/// agent took to start its metadata after our RINIT (a round trip plus a little
+/// work, measured on the same channel). Our agent answers the offer at once
+/// (its clock is opened at the first round), so 20 such replies are plenty;
+/// a C agent, which never answers, then costs this instead of [`OFFER_WAIT`].
+pub fn offer_wait(reply: Duration) -> Duration {
+    reply.saturating_mul(20).clamp(OFFER_WAIT_MIN, OFFER_WAIT)
+}
 /// An offset change between two rounds beyond this (plus the drift allowance
 /// and both rounds' error) is a clock step, not drift.
 pub const STEP_MIN_NS: i64 = 1_000_000;
@@ -380,6 +392,7 @@ pub fn offer(ch: &Channel<'_>, wait: Duration) -> Result<Option<String>, TsyncEr
 #[derive(Debug)]
 pub struct AgentClock {
     clock: String,
+    offered: bool,
     reader: Option<TraceClock>,
 }
 
@@ -388,6 +401,7 @@ impl AgentClock {
     pub fn new(clock: &str) -> AgentClock {
         AgentClock {
             clock: clock.to_string(),
+            offered: false,
             reader: None,
         }
     }
@@ -395,26 +409,32 @@ impl AgentClock {
     /// Answers one tsync payload received on `ch`.
     pub fn handle(&mut self, ch: &Channel<'_>, payload: &[u8]) -> Result<(), TsyncError> {
         let answer = match TsyncMsg::decode(payload)? {
-            TsyncMsg::Offer => match TraceClock::open(&self.clock) {
-                Ok(r) => {
-                    self.reader = Some(r);
-                    TsyncMsg::Accept {
-                        clock: self.clock.clone(),
-                    }
+            // Answered at once: the manager waits only a little for it
+            // (offer_wait). The clock's instance is made at the first round.
+            TsyncMsg::Offer if is_ns_clock(&self.clock) => {
+                self.offered = true;
+                TsyncMsg::Accept {
+                    clock: self.clock.clone(),
                 }
-                Err(e) => TsyncMsg::Refuse {
-                    reason: e.to_string(),
-                },
+            }
+            TsyncMsg::Offer => TsyncMsg::Refuse {
+                reason: TsyncError::UnsupportedClock(self.clock.clone()).to_string(),
             },
-            TsyncMsg::Round => match self.reader.as_mut().map(TraceClock::calibrate) {
-                Some(Ok(())) => TsyncMsg::Ready,
-                Some(Err(e)) => TsyncMsg::Refuse {
-                    reason: e.to_string(),
-                },
-                None => TsyncMsg::Refuse {
-                    reason: "no offer before the round".into(),
-                },
+            TsyncMsg::Round if !self.offered => TsyncMsg::Refuse {
+                reason: "no offer before the round".into(),
             },
+            TsyncMsg::Round => {
+                let ready = match self.reader.as_mut() {
+                    Some(r) => r.calibrate(),
+                    None => TraceClock::open(&self.clock).map(|r| self.reader = Some(r)),
+                };
+                match ready {
+                    Ok(()) => TsyncMsg::Ready,
+                    Err(e) => TsyncMsg::Refuse {
+                        reason: e.to_string(),
+                    },
+                }
+            }
             TsyncMsg::Probe { seq } => match &self.reader {
                 Some(r) => TsyncMsg::Time { seq, ns: r.now() },
                 None => TsyncMsg::Refuse {
@@ -629,11 +649,18 @@ impl ClockSync {
     /// Offers sync to the agent on `agent` and, when it accepts, runs the first
     /// round and starts the periodic ones. `Ok(None)`: the agent did not answer
     /// (a peer that does not know the exchange), nothing changes.
-    pub fn start(agent: &OwnedFd, cfg: &TsyncConfig) -> Result<Option<ClockSync>, TsyncError> {
+    /// `reply` is the agent's reply time measured before ([`offer_wait`]).
+    pub fn start(
+        agent: &OwnedFd,
+        cfg: &TsyncConfig,
+        reply: Duration,
+    ) -> Result<Option<ClockSync>, TsyncError> {
         // The host's clock first: an offer the host cannot follow is not made.
         let mut host = TraceClock::open(&cfg.host_clock)?;
         let ch = Channel::new(agent.as_fd());
-        let Some(guest_clock) = offer(&ch, OFFER_WAIT)? else {
+        let wait = offer_wait(reply);
+        log::debug!("clock sync offer: waiting up to {wait:?} (the agent replied in {reply:?})");
+        let Some(guest_clock) = offer(&ch, wait)? else {
             return Ok(None);
         };
         let first = round(&ch, &mut host)?;
@@ -902,6 +929,17 @@ mod tests {
         assert_eq!(p.offset_ns, 1_000_000);
         assert_eq!(p.error_ns, 405);
         assert!(best_point(&[(5, 1, 4)], 0).is_none());
+    }
+
+    #[test]
+    fn the_offer_wait_follows_the_reply_time_within_its_bounds() {
+        assert_eq!(offer_wait(Duration::ZERO), OFFER_WAIT_MIN);
+        assert_eq!(
+            offer_wait(Duration::from_millis(40)),
+            Duration::from_millis(800)
+        );
+        assert_eq!(offer_wait(Duration::from_secs(1)), OFFER_WAIT);
+        assert_eq!(offer_wait(Duration::MAX), OFFER_WAIT);
     }
 
     #[test]
