@@ -16,8 +16,10 @@ use testkit::debian::report;
 use testkit::tracefs::markers_on_cpu;
 use testkit::{instance, TempDir};
 use tracecmd_rs::msg::session;
+use tracecmd_rs::msg::tsync::{self, TsyncMsg};
 use tracecmd_rs::msg::v2::{self, Msg};
 use tracecmd_rs::msg::{Channel, Wait};
+use tracecmd_rs::output::layout::{walk_page, EventLayout, PageLayout};
 use tracecmd_rs::output::reader::TraceDat;
 use tracecmd_rs::output::{page_size_of, Metadata};
 use tracecmd_rs::record::tsync::TsyncConfig;
@@ -202,12 +204,15 @@ fn guest_link(cpus: usize) -> (GuestLink, ScriptedAgent) {
 }
 
 /// A guest's recording made beforehand on a private instance: metadata, the
-/// pages of each CPU, and how many events each holds.
+/// pages of each CPU, how many events each holds, and for each marker (all on
+/// CPU 0) its raw timestamp and the timestamp of its page: `marks[k]` is
+/// marker k's (timestamp, page timestamp).
 struct GuestData {
     meta: Vec<u8>,
     page_size: usize,
     pages: Vec<Vec<u8>>,
     counts: Vec<u64>,
+    marks: Vec<(u64, u64)>,
 }
 
 const GUEST_MARKERS: usize = 400;
@@ -228,13 +233,78 @@ fn guest_data_with(selectors: &[&str], edit: impl FnOnce(&mut Metadata)) -> Gues
     let mut meta = Metadata::from_tracefs(&inst, &rec.events).unwrap();
     edit(&mut meta);
     assert_eq!(meta.page_size, page_size_of(&meta.header_page));
+    let pages: Vec<Vec<u8>> = (0..cpus)
+        .map(|c| std::fs::read(&rec.cpu_files[c]).unwrap())
+        .collect();
+    let pl = PageLayout::parse(&meta.header_page).unwrap();
+    let el = EventLayout::parse(&meta.header_event).unwrap();
+    let mut marks = Vec::new();
+    for page in pages[0].chunks(meta.page_size as usize) {
+        let page_ts = u64::from_le_bytes(page[pl.timestamp.0..][..8].try_into().unwrap());
+        walk_page(page, &pl, &el, false, |r| {
+            let text = String::from_utf8_lossy(r.payload);
+            if text.contains(&format!("tcrs marker {} on cpu 0", marks.len())) {
+                marks.push((r.ts, page_ts));
+            }
+        })
+        .unwrap();
+    }
+    assert_eq!(
+        marks.len(),
+        GUEST_MARKERS,
+        "the guest's markers in its pages"
+    );
     GuestData {
         meta: meta.to_bytes().unwrap(),
         page_size: meta.page_size as usize,
-        pages: (0..cpus)
-            .map(|c| std::fs::read(&rec.cpu_files[c]).unwrap())
-            .collect(),
+        pages,
         counts: rec.stats.iter().map(|s| s.entries).collect(),
+        marks,
+    }
+}
+
+/// The clock of a scripted agent that takes part in clock sync and whose clock
+/// steps: every probe of the first round reads `first`; before the second round
+/// the guest is "suspended" for `pause`, and every later probe reads `second`.
+/// (A clock that stands still during a round puts the rounds' guest times
+/// exactly where the test wants them.)
+struct SteppingClock {
+    first: u64,
+    second: u64,
+    pause: Duration,
+    rounds: usize,
+    /// How long the agent takes to accept the offer.
+    accept_after: Duration,
+}
+
+impl SteppingClock {
+    /// Answers one tsync message from the manager.
+    fn answer(&mut self, ch: &Channel<'_>, m: TsyncMsg) {
+        let reply = match m {
+            TsyncMsg::Offer => {
+                std::thread::sleep(self.accept_after);
+                TsyncMsg::Accept {
+                    clock: "stepping".into(),
+                }
+            }
+            TsyncMsg::Round => {
+                self.rounds += 1;
+                if self.rounds == 2 {
+                    std::thread::sleep(self.pause);
+                }
+                TsyncMsg::Ready
+            }
+            TsyncMsg::Probe { seq } => TsyncMsg::Time {
+                seq,
+                ns: if self.rounds <= 1 {
+                    self.first
+                } else {
+                    self.second
+                },
+            },
+            m => panic!("the manager sent {m:?}"),
+        };
+        tsync::send(ch, &reply).unwrap();
     }
 }
 
@@ -242,8 +312,19 @@ fn guest_data_with(selectors: &[&str], edit: impl FnOnce(&mut Metadata)) -> Gues
 /// sends the metadata, half of each CPU's pages, then on CLOSE the rest and ACK
 /// (unless `dies`: then it closes instead). Like a C agent of the virt-server
 /// branch (and released V2's close wait), it skips whatever comes before CLOSE;
-/// returns the arguments it got, then `skipped:<CMD>` for each skipped message.
+/// returns the arguments it got, then `skipped:<CMD>` for each skipped message
+/// (and `tsync:<msg>` for each clock-sync message but probes it answered).
 fn play_agent(agent: ScriptedAgent, data: GuestData, dies: bool) -> JoinHandle<Vec<String>> {
+    play_agent_with(agent, data, dies, None)
+}
+
+/// [`play_agent`], answering clock sync with `clock` when there is one.
+fn play_agent_with(
+    agent: ScriptedAgent,
+    data: GuestData,
+    dies: bool,
+    mut clock: Option<SteppingClock>,
+) -> JoinHandle<Vec<String>> {
     std::thread::spawn(move || {
         let ch = Channel::new(agent.control.as_fd());
         let Msg::Connect { cpus: argc } = v2::recv(&ch, Wait::Timed).unwrap() else {
@@ -270,6 +351,15 @@ fn play_agent(agent: ScriptedAgent, data: GuestData, dies: bool) -> JoinHandle<V
         loop {
             match v2::recv(&untimed, Wait::Timed).unwrap() {
                 Msg::Close => break,
+                Msg::SendMeta(p) if tsync::is_tsync(&p) && clock.is_some() => {
+                    let m = TsyncMsg::decode(&p).unwrap();
+                    if !matches!(m, TsyncMsg::Probe { .. }) {
+                        argv.push(format!("tsync:{m:?}"));
+                    }
+                    if let Some(c) = clock.as_mut() {
+                        c.answer(&ch, m);
+                    }
+                }
                 m => argv.push(format!("skipped:{}", m.cmd().name())),
             }
         }
@@ -297,13 +387,14 @@ fn argv_strings(v: Vec<Vec<u8>>) -> Vec<String> {
 }
 
 /// Records a private host instance (`tag`, 100 markers) and the scripted agent
-/// playing `data` into `file`; returns the host buffer's name, the guest's
-/// options, the result and what the agent got.
+/// playing `data` (with `clock` for clock sync) into `file`; returns the host
+/// buffer's name, the guest's options, the result and what the agent got.
 fn host_and_guest(
     file: &Path,
     tag: &str,
     data: GuestData,
     tsync: Option<TsyncConfig>,
+    clock: Option<SteppingClock>,
     version: u32,
 ) -> (String, Vec<String>, Recorded, Vec<String>) {
     let inst = instance(tag);
@@ -312,7 +403,7 @@ fn host_and_guest(
     let mut s = session_v(file, version);
     s.set_clock_sync(tsync);
     let (link, agent) = guest_link(cpus);
-    let peer = play_agent(agent, data, false);
+    let peer = play_agent_with(agent, data, false, clock);
     let argv = vec!["-e".to_string(), "sched".to_string()];
     s.add_guest(VM, link, &argv).unwrap();
     s.start_host(Instance::open(&name).unwrap(), setup(&inst))
@@ -339,7 +430,7 @@ fn host_and_scripted_guest_into_one_file_v(version: u32) {
     assert_eq!(guest_counts[0], GUEST_MARKERS as u64);
     let file = dir.path().join("t.dat");
     let (name, argv, Recorded { stats, .. }, got) =
-        host_and_guest(&file, "enghost", data, None, version);
+        host_and_guest(&file, "enghost", data, None, None, version);
     assert_eq!(got, argv, "the agent got the guest's options");
     check_buffer(&file, &name, &kernel_counts(&stats));
     let dat = check_buffer(&file, VM, &guest_counts);
@@ -479,7 +570,14 @@ fn an_agent_that_refuses_is_an_error_and_is_freed() {
 /// summary.
 #[test]
 fn an_agent_that_ignores_the_clock_sync_offer_records_as_before() {
-    let dir = TempDir::new("engoffer");
+    recorded_unsynced("engoffer", None, "skipped:SENDMETA");
+}
+
+/// Records the scripted agent (with `clock`, if any) with clock sync on, and
+/// checks that the agent saw its arguments and then only `saw`, and that the
+/// recording is whole and unsynced: no clock summary, no stored correction.
+fn recorded_unsynced(tag: &str, clock: Option<SteppingClock>, saw: &str) {
+    let dir = TempDir::new(tag);
     let data = guest_data();
     let guest_counts = data.counts.clone();
     let file = dir.path().join("t.dat");
@@ -488,14 +586,129 @@ fn an_agent_that_ignores_the_clock_sync_offer_records_as_before() {
         host_clock: "local".into(),
     };
     let (_, argv, Recorded { guest_clocks, .. }, got) =
-        host_and_guest(&file, "engofferhost", data, Some(tsync), 6);
+        host_and_guest(&file, &format!("{tag}host"), data, Some(tsync), clock, 6);
     let mut want = argv;
-    want.push("skipped:SENDMETA".into());
-    assert_eq!(got, want, "one offer, nothing else");
+    want.push(saw.into());
+    assert_eq!(got, want, "the offer, nothing else");
     assert!(guest_clocks.is_empty());
     check_buffer(&file, VM, &guest_counts);
     let bytes = std::fs::read(&file).unwrap();
     assert!(!bytes
         .windows(26)
         .any(|w| w == b"tracecmd-rs guest clock v1"));
+}
+
+/// Issue 12: a guest clock that steps between two sync rounds (the guest is
+/// "suspended" for 300 ms and its clock does not count that time) is reported in
+/// the summary, stored in the file, and not smeared over the interval: every
+/// guest event keeps exactly the first round's offset or gets exactly the
+/// second's, in Debian's report of the file. The second's from the second
+/// round's guest time on, and from the start of the page that holds it (a
+/// page's events cannot carry the jump in their middle).
+#[test]
+fn a_guest_clock_step_is_reported_and_not_smeared() {
+    let dir = TempDir::new("engstep");
+    let data = guest_data();
+    let marks: Vec<u64> = data.marks.iter().map(|m| m.0).collect();
+    let step_page = data.marks[200].1;
+    // The first round reads just before the first marker, the second at marker
+    // 200: in guest time the rounds are only as far apart as the markers.
+    let clock = SteppingClock {
+        first: marks[0] - 1_000,
+        second: marks[200],
+        pause: Duration::from_millis(300),
+        rounds: 0,
+        accept_after: Duration::ZERO,
+    };
+    let tsync = TsyncConfig {
+        interval: None,
+        host_clock: "local".into(),
+    };
+    let file = dir.path().join("t.dat");
+    let data_page: Vec<u64> = data.marks.iter().map(|m| m.1).collect();
+    let (_, _, Recorded { guest_clocks, .. }, _) =
+        host_and_guest(&file, "engstephost", data, Some(tsync), Some(clock), 7);
+    let [(guest, summary)] = &guest_clocks[..] else {
+        panic!("one synced guest expected: {guest_clocks:?}");
+    };
+    assert_eq!(guest, VM);
+    println!("Guest {guest} clock: {summary}");
+    assert_eq!(summary.rounds, 2);
+    let [step] = &summary.steps[..] else {
+        panic!("the step is not reported: {summary}");
+    };
+    assert!(summary.to_string().contains("stepped by"), "{summary}");
+    // The guest lost the 300 ms it was suspended: host - guest grew by about that.
+    assert!(
+        step.jump_ns > 250_000_000 && step.jump_ns < 5_000_000_000,
+        "jump {} ns",
+        step.jump_ns
+    );
+    assert_eq!(
+        (step.from_guest_ns, step.to_guest_ns),
+        (marks[0] - 1_000, marks[200])
+    );
+    let bytes = std::fs::read(&file).unwrap();
+    assert!(
+        bytes.windows(6).any(|w| w == b"\nstep "),
+        "the step is not stored in the file"
+    );
+    // Each marker's shift in the report (ns timestamps) against its raw time.
+    let before = summary.offset_ns;
+    let after = before + step.jump_ns;
+    let out = std::process::Command::new("/usr/bin/trace-cmd")
+        .args(["report", "-t"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "Debian's report -t failed");
+    let rep = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut seen = 0;
+    let mut sides = [0; 2];
+    for line in buffer_lines(&rep, VM) {
+        let Some(k) = line
+            .split("tcrs marker ")
+            .nth(1)
+            .and_then(|r| r.split(' ').next())
+            .and_then(|k| k.parse::<usize>().ok())
+        else {
+            continue;
+        };
+        let shown = line
+            .split_whitespace()
+            .find_map(|w| w.strip_suffix(':').filter(|w| w.contains('.')))
+            .and_then(|w| w.split_once('.'))
+            .map(|(s, n)| s.parse::<u64>().unwrap() * 1_000_000_000 + n.parse::<u64>().unwrap())
+            .unwrap_or_else(|| panic!("no timestamp in {line:?}"));
+        let late = data_page[k] == step_page && step_page < marks[200];
+        let want = if k >= 200 || late { after } else { before };
+        sides[usize::from(want == after)] += 1;
+        assert_eq!(
+            shown as i64 - marks[k] as i64,
+            want,
+            "marker {k}: shifted by another offset than its side of the step's"
+        );
+        seen += 1;
+    }
+    assert_eq!(seen, GUEST_MARKERS, "guest markers in the report");
+    assert!(
+        sides[0] > 0 && sides[1] > 0,
+        "{sides:?} before/after the step"
+    );
+}
+
+/// Issue 12: the manager waits for the answer to its offer only a little longer
+/// than the agent's replies took (at most `OFFER_WAIT`). An agent that accepts
+/// later than that is recorded as one that does not sync: no round is started,
+/// its late answer is ignored, and its recording is whole.
+#[test]
+fn an_agent_that_accepts_the_offer_too_late_is_recorded_unsynced() {
+    let clock = SteppingClock {
+        first: 1,
+        second: 2,
+        pause: Duration::ZERO,
+        rounds: 0,
+        accept_after: tracecmd_rs::record::tsync::OFFER_WAIT + Duration::from_millis(500),
+    };
+    recorded_unsynced("englate", Some(clock), "tsync:Offer");
 }

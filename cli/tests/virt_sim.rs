@@ -574,6 +574,114 @@ fn clock_sync_puts_the_guest_on_the_host_timeline() {
     assert_eq!(held, 0);
 }
 
+/// Issue 12, mixed peers, the other direction: a manager that behaves like the
+/// virt-server branch's C manager (spec §3.6: CONNECT and argv, TINIT, RINIT, the
+/// metadata, then CLOSE, ACK, FINISH) never offers clock sync. Our agent gives it
+/// exactly that flow: nothing between FINMETA and CLOSE, the ACK as the only
+/// answer to CLOSE, nothing after it, and the guest's pages on the CPU ports.
+/// Then our own manager (which offers) gets a synced recording from the same agent.
+#[test]
+fn a_manager_that_never_offers_clock_sync_gets_the_flow_it_knows() {
+    use std::os::fd::AsFd;
+    use tracecmd_rs::msg::v2::{self, Msg};
+    use tracecmd_rs::msg::{session, Channel, MsgError, Wait};
+
+    let s = setup("vcman");
+    let (sim, host, guest) = (&s.sim, &s.host, &s.guest);
+    let paths = tracecmd_rs::virt::VirtPaths::new(
+        Some(sim.dir.path().join("run")),
+        Some(sim.dir.path().join("virt")),
+    );
+    let link = tracecmd_rs::record::guest::GuestLink::from_listener(&paths, "vm", 0).unwrap();
+    let ch = Channel::new(link.agent.as_fd());
+    let guest_name = instance_name(guest);
+    let argv = ["-B", guest_name.as_str(), "-e", "sched:sched_kthread_stop"];
+    v2::send(
+        &ch,
+        &Msg::Connect {
+            cpus: argv.len() as u32,
+        },
+    )
+    .unwrap();
+    for a in argv {
+        session::send_string(&ch, a.as_bytes()).unwrap();
+    }
+    let cpus = match v2::recv(&ch, Wait::Timed).unwrap() {
+        Msg::TInit { cpus, .. } => cpus,
+        m => panic!("the agent answered CONNECT with {}", m.cmd().name()),
+    };
+    session::send_port_array(&ch, cpus, None).unwrap();
+    let mut meta = 0;
+    loop {
+        match v2::recv(&ch, Wait::Timed).unwrap() {
+            Msg::SendMeta(d) => meta += d.len(),
+            Msg::FinMeta => break,
+            m => panic!("{} among the metadata", m.cmd().name()),
+        }
+    }
+    assert!(meta > 0, "no metadata");
+    // The guest records: its markers, while a C manager runs its command.
+    let mut marker = File::options()
+        .write(true)
+        .open(guest.path().join("trace_marker"))
+        .unwrap();
+    for i in 0..300 {
+        marker
+            .write_all(format!("tcrs-GUEST-MARK-{i}").as_bytes())
+            .unwrap();
+    }
+    let silent = |what: &str| {
+        let quiet =
+            Channel::new(link.agent.as_fd()).with_timeout(Some(Duration::from_millis(1500)));
+        match v2::recv(&quiet, Wait::Timed) {
+            Err(MsgError::TimedOut(_)) => {}
+            Ok(m) => panic!("{what}: the agent sent {} unasked", m.cmd().name()),
+            Err(e) => panic!("{what}: {e}"),
+        }
+    };
+    silent("while recording");
+    v2::send(&ch, &Msg::Close).unwrap();
+    assert_eq!(v2::recv(&ch, Wait::Timed).unwrap(), Msg::Ack);
+    v2::send(&Channel::new(link.manager.as_fd()), &Msg::Finish).unwrap();
+    silent("after the ACK");
+    // The pages came through the CPU ports (read until the last marker shows).
+    let mut pages = Vec::new();
+    let mut fifos: Vec<File> = link.cpu_fifos.into_iter().map(File::from).collect();
+    for f in &fifos {
+        use std::os::fd::AsRawFd;
+        nix::fcntl::fcntl(
+            f.as_raw_fd(),
+            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+        )
+        .unwrap();
+    }
+    let last = b"tcrs-GUEST-MARK-299";
+    wait_until("the guest's pages", Duration::from_secs(10), || {
+        let mut buf = [0u8; 16384];
+        for f in &mut fifos {
+            while let Ok(n @ 1..) = f.read(&mut buf) {
+                pages.extend_from_slice(&buf[..n]);
+            }
+        }
+        pages.windows(last.len()).any(|w| w == last)
+    });
+    // The same agent, now with a manager that offers clock sync.
+    let file = sim.dir.path().join("t.dat");
+    let out = record_markers(sim, host, guest, &file);
+    assert!(
+        out.status.success(),
+        "record -A afterwards: {}",
+        stderr(&out)
+    );
+    let bytes = std::fs::read(&file).unwrap();
+    assert!(
+        bytes
+            .windows(26)
+            .any(|w| w == b"tracecmd-rs guest clock v1"),
+        "the next manager's recording is not synced"
+    );
+}
+
 #[test]
 fn sigterm_stops_the_agent_and_restores_the_guest_tracefs() {
     signal_stops_the_agent("vterm", Signal::SIGTERM, false);

@@ -48,6 +48,9 @@ pub struct GuestSession {
     pub page_size: u32,
     /// The guest's v6 metadata (magic … saved cmdlines).
     pub metadata: Vec<u8>,
+    /// From our RINIT to the agent's first metadata message: one round trip
+    /// plus a little work, which bounds how long an answer should take.
+    pub reply_time: Duration,
 }
 
 /// Splits `GUEST[:pid]`.
@@ -185,9 +188,13 @@ impl GuestSession {
             );
         }
         session::send_port_array(&ach, cpus, None)?;
+        let sent = std::time::Instant::now();
+        let mut reply_time = None;
         let mut metadata = Vec::new();
         loop {
-            match v2::recv(&ach, Wait::Timed)? {
+            let m = v2::recv(&ach, Wait::Timed)?;
+            reply_time.get_or_insert_with(|| sent.elapsed());
+            match m {
                 Msg::SendMeta(d) => {
                     if metadata.len() + d.len() > MAX_GUEST_METADATA {
                         return Err(VirtError::BadMetadata(format!(
@@ -214,6 +221,7 @@ impl GuestSession {
             cpus,
             page_size,
             metadata,
+            reply_time: reply_time.unwrap_or_default(),
         })
     }
 
@@ -464,7 +472,7 @@ impl GuestRecording {
         let Control::Virt(session) = &rec.control else {
             unreachable!("made above")
         };
-        match tsync.map(|cfg| ClockSync::start(&session.agent, cfg)) {
+        match tsync.map(|cfg| ClockSync::start(&session.agent, cfg, session.reply_time)) {
             None => rec.unsynced = GuestSync::Off,
             Some(Ok(Some(s))) => rec.sync = Some(s),
             Some(Ok(None)) => rec.unsynced = GuestSync::AgentDeclined,

@@ -32,9 +32,21 @@ use crate::tracefs::Instance;
 
 /// Probes per round; the shortest round trips of them are kept.
 pub const PROBES: usize = 40;
-/// How long the manager waits for the answer to its offer. An agent that does
+/// The longest the manager waits for the answer to its offer. An agent that does
 /// not know the exchange never answers; the recording then goes on unsynced.
 pub const OFFER_WAIT: Duration = Duration::from_secs(2);
+/// The shortest: scheduling delays of a loaded host or a TCG guest reach
+/// hundreds of ms whatever the round trip measured before.
+pub const OFFER_WAIT_MIN: Duration = Duration::from_millis(500);
+
+/// How long to wait for the answer to the offer, given `reply`, how long the
+/// agent took to start its metadata after our RINIT (a round trip plus a little
+/// work, measured on the same channel). Our agent answers the offer at once
+/// (its clock is opened at the first round), so 20 such replies are plenty;
+/// a C agent, which never answers, then costs this instead of [`OFFER_WAIT`].
+pub fn offer_wait(reply: Duration) -> Duration {
+    reply.saturating_mul(20).clamp(OFFER_WAIT_MIN, OFFER_WAIT)
+}
 /// An offset change between two rounds beyond this (plus the drift allowance
 /// and both rounds' error) is a clock step, not drift.
 pub const STEP_MIN_NS: i64 = 1_000_000;
@@ -380,6 +392,7 @@ pub fn offer(ch: &Channel<'_>, wait: Duration) -> Result<Option<String>, TsyncEr
 #[derive(Debug)]
 pub struct AgentClock {
     clock: String,
+    offered: bool,
     reader: Option<TraceClock>,
 }
 
@@ -388,6 +401,7 @@ impl AgentClock {
     pub fn new(clock: &str) -> AgentClock {
         AgentClock {
             clock: clock.to_string(),
+            offered: false,
             reader: None,
         }
     }
@@ -395,26 +409,32 @@ impl AgentClock {
     /// Answers one tsync payload received on `ch`.
     pub fn handle(&mut self, ch: &Channel<'_>, payload: &[u8]) -> Result<(), TsyncError> {
         let answer = match TsyncMsg::decode(payload)? {
-            TsyncMsg::Offer => match TraceClock::open(&self.clock) {
-                Ok(r) => {
-                    self.reader = Some(r);
-                    TsyncMsg::Accept {
-                        clock: self.clock.clone(),
-                    }
+            // Answered at once: the manager waits only a little for it
+            // (offer_wait). The clock's instance is made at the first round.
+            TsyncMsg::Offer if is_ns_clock(&self.clock) => {
+                self.offered = true;
+                TsyncMsg::Accept {
+                    clock: self.clock.clone(),
                 }
-                Err(e) => TsyncMsg::Refuse {
-                    reason: e.to_string(),
-                },
+            }
+            TsyncMsg::Offer => TsyncMsg::Refuse {
+                reason: TsyncError::UnsupportedClock(self.clock.clone()).to_string(),
             },
-            TsyncMsg::Round => match self.reader.as_mut().map(TraceClock::calibrate) {
-                Some(Ok(())) => TsyncMsg::Ready,
-                Some(Err(e)) => TsyncMsg::Refuse {
-                    reason: e.to_string(),
-                },
-                None => TsyncMsg::Refuse {
-                    reason: "no offer before the round".into(),
-                },
+            TsyncMsg::Round if !self.offered => TsyncMsg::Refuse {
+                reason: "no offer before the round".into(),
             },
+            TsyncMsg::Round => {
+                let ready = match self.reader.as_mut() {
+                    Some(r) => r.calibrate(),
+                    None => TraceClock::open(&self.clock).map(|r| self.reader = Some(r)),
+                };
+                match ready {
+                    Ok(()) => TsyncMsg::Ready,
+                    Err(e) => TsyncMsg::Refuse {
+                        reason: e.to_string(),
+                    },
+                }
+            }
             TsyncMsg::Probe { seq } => match &self.reader {
                 Some(r) => TsyncMsg::Time { seq, ns: r.now() },
                 None => TsyncMsg::Refuse {
@@ -667,11 +687,18 @@ impl ClockSync {
     /// Offers sync to the agent on `agent` and, when it accepts, runs the first
     /// round and starts the periodic ones. `Ok(None)`: the agent did not answer
     /// (a peer that does not know the exchange), nothing changes.
-    pub fn start(agent: &OwnedFd, cfg: &TsyncConfig) -> Result<Option<ClockSync>, TsyncError> {
+    /// `reply` is the agent's reply time measured before ([`offer_wait`]).
+    pub fn start(
+        agent: &OwnedFd,
+        cfg: &TsyncConfig,
+        reply: Duration,
+    ) -> Result<Option<ClockSync>, TsyncError> {
         // The host's clock first: an offer the host cannot follow is not made.
         let mut host = TraceClock::open(&cfg.host_clock)?;
         let ch = Channel::new(agent.as_fd());
-        let Some(guest_clock) = offer(&ch, OFFER_WAIT)? else {
+        let wait = offer_wait(reply);
+        log::debug!("clock sync offer: waiting up to {wait:?} (the agent replied in {reply:?})");
+        let Some(guest_clock) = offer(&ch, wait)? else {
             return Ok(None);
         };
         let first = round(&ch, &mut host)?;
@@ -757,36 +784,69 @@ fn rd32(b: &[u8], o: usize) -> u32 {
 
 /// Rewrites one little-endian ring-buffer page onto the host's clock: the page
 /// timestamp, every delta (data, padding, TIME_EXTEND) and every absolute
-/// TIME_STAMP. The deltas are recomputed from the corrected running time, so a
-/// clamped delta is made up by the next one. A page that cannot be walked is left
-/// as it is (false).
-pub fn shift_page(page: &mut [u8], pl: &PageLayout, el: &EventLayout, c: &Correction) -> bool {
+/// TIME_STAMP. The deltas are recomputed from the corrected running time.
+///
+/// A clock step cannot show in the middle of a page: an event's delta field
+/// holds 2^27 ns at most, and a full page has no room for a TIME_EXTEND. So the
+/// events of a page that holds a step's second round take that round's offset
+/// from the page's start (the step happened somewhere in the interval; its end
+/// is the only place we know it had). A delta that still does not fit is
+/// clamped and made up by the next events; the result counts them. A page that
+/// cannot be walked is left as it is (`None`).
+pub fn shift_page(
+    page: &mut [u8],
+    pl: &PageLayout,
+    el: &EventLayout,
+    c: &Correction,
+) -> Option<usize> {
     let (tso, tsl) = pl.timestamp;
     let (co, cl) = pl.commit;
     let hdr_end = pl.data.0.max(co + cl).max(tso + tsl);
-    if page.len() < hdr_end || tsl != 8 {
-        return false;
+    if page.len() < hdr_end || tsl != 8 || cl > 8 {
+        return None;
     }
     let mut raw = u64::from_le_bytes(page[tso..tso + 8].try_into().unwrap_or([0; 8]));
     let mut commit = [0u8; 8];
-    commit[..cl.min(8)].copy_from_slice(&page[co..co + cl.min(8)]);
-    let commit = (u64::from_le_bytes(commit) & ((1 << 27) - 1)) as usize;
-    let end = pl.data.0 + commit;
+    commit[..cl].copy_from_slice(&page[co..co + cl]);
+    let end = pl.data.0 + (u64::from_le_bytes(commit) & ((1 << 27) - 1)) as usize;
     if end > page.len() {
-        return false;
+        return None;
     }
-    let mut written = c.map(raw);
+    // The steps whose second round falls inside this page (after its timestamp).
+    let mut last = raw;
+    crate::output::layout::walk_page(page, pl, el, false, |r| last = last.max(r.ts)).ok()?;
+    let late: Vec<&Step> = c
+        .steps
+        .iter()
+        .filter(|s| raw < s.to_guest_ns && s.to_guest_ns <= last)
+        .collect();
+    let map = |g: u64| {
+        let off = match late
+            .iter()
+            .find(|s| s.from_guest_ns <= g && g < s.to_guest_ns)
+        {
+            Some(s) => c.offset_at(s.to_guest_ns),
+            None => c.offset_at(g),
+        };
+        (g as i128 + off as i128).clamp(0, u64::MAX as i128) as u64
+    };
+    let mut written = map(raw);
     page[tso..tso + 8].copy_from_slice(&written.to_le_bytes());
     let tlb = el.type_len_bits;
     let tdb = el.time_delta_bits;
     let max_delta = (1u64 << tdb) - 1;
-    let mut off = pl.data.0;
-    // New delta for a record at raw time `raw`; updates `written`.
-    let step = |raw: u64, written: &mut u64, max: u64| {
-        let d = c.map(raw).saturating_sub(*written).min(max);
+    let mut clamped = 0;
+    // New delta for a record at raw time `raw`, at most `max`; updates `written`.
+    let mut step = |raw: u64, written: &mut u64, max: u64| {
+        let need = map(raw).saturating_sub(*written);
+        if need > max {
+            clamped += 1;
+        }
+        let d = need.min(max);
         *written += d;
         d
     };
+    let mut off = pl.data.0;
     while off + 4 <= end {
         let h = rd32(page, off);
         let type_len = h & ((1 << tlb) - 1);
@@ -805,7 +865,7 @@ pub fn shift_page(page: &mut [u8], pl: &PageLayout, el: &EventLayout, c: &Correc
             off + 4 + rd32(page, off + 4) as usize
         } else if type_len == el.time_extend || type_len == el.time_stamp {
             if off + 8 > end {
-                return false;
+                return None;
             }
             let ext = (u64::from(rd32(page, off + 4)) << tdb) | delta;
             let v = if type_len == el.time_extend {
@@ -813,7 +873,7 @@ pub fn shift_page(page: &mut [u8], pl: &PageLayout, el: &EventLayout, c: &Correc
                 step(raw, &mut written, (1u64 << (tdb + 32)) - 1)
             } else {
                 raw = ext;
-                written = c.map(raw);
+                written = map(raw);
                 written
             };
             put_hdr(page, v & max_delta);
@@ -821,11 +881,11 @@ pub fn shift_page(page: &mut [u8], pl: &PageLayout, el: &EventLayout, c: &Correc
             off + 8
         } else if type_len == 0 {
             if off + 8 > end {
-                return false;
+                return None;
             }
             let len = rd32(page, off + 4) as usize;
             if len < 4 {
-                return false;
+                return None;
             }
             raw = raw.wrapping_add(delta);
             let d = step(raw, &mut written, max_delta);
@@ -837,14 +897,14 @@ pub fn shift_page(page: &mut [u8], pl: &PageLayout, el: &EventLayout, c: &Correc
             put_hdr(page, d);
             off + 4 + type_len as usize * 4
         } else {
-            return false;
+            return None;
         };
         if next <= off || next > end {
-            return false;
+            return None;
         }
         off = next;
     }
-    true
+    Some(clamped)
 }
 
 /// Rewrites every whole page of the recorded guest data in `path`; returns the
@@ -864,11 +924,18 @@ pub fn shift_file(
         return Ok(0);
     }
     let mut skipped = 0;
+    let mut clamped = 0;
     rewrite_file_pages(path, page_size, |page| {
-        if !shift_page(page, &pl, &el, c) {
-            skipped += 1;
+        match shift_page(page, &pl, &el, c) {
+            Some(n) => clamped += n,
+            None => skipped += 1,
         }
     })?;
+    if clamped > 0 {
+        log::warn!(
+            "{clamped} guest events are shown early: their page holds two clock steps, and an event's delta cannot carry the jump"
+        );
+    }
     Ok(skipped)
 }
 
@@ -900,6 +967,17 @@ mod tests {
         assert_eq!(p.offset_ns, 1_000_000);
         assert_eq!(p.error_ns, 405);
         assert!(best_point(&[(5, 1, 4)], 0).is_none());
+    }
+
+    #[test]
+    fn the_offer_wait_follows_the_reply_time_within_its_bounds() {
+        assert_eq!(offer_wait(Duration::ZERO), OFFER_WAIT_MIN);
+        assert_eq!(
+            offer_wait(Duration::from_millis(40)),
+            Duration::from_millis(800)
+        );
+        assert_eq!(offer_wait(Duration::from_secs(1)), OFFER_WAIT);
+        assert_eq!(offer_wait(Duration::MAX), OFFER_WAIT);
     }
 
     #[test]
@@ -973,7 +1051,7 @@ mod tests {
             pt(100_000_000, 7_000_000),
             pt(2_000_000_000, 7_000_190),
         ]);
-        assert!(shift_page(&mut p, &pl, &el, &c));
+        assert_eq!(shift_page(&mut p, &pl, &el, &c), Some(0));
         let after = stamps(&p, &pl, &el);
         let want: Vec<u64> = before.iter().map(|&t| c.map(t)).collect();
         assert_eq!(after, want);
@@ -981,11 +1059,54 @@ mod tests {
         // A negative offset too.
         let (mut p, pl, el) = page();
         let c = Correction::new(vec![pt(0, -900)]);
-        assert!(shift_page(&mut p, &pl, &el, &c));
+        assert_eq!(shift_page(&mut p, &pl, &el, &c), Some(0));
         assert_eq!(
             stamps(&p, &pl, &el),
             vec![105, 108 + (1 << 27), 999_999_101]
         );
+    }
+
+    #[test]
+    fn a_page_with_a_step_inside_takes_the_later_offset_from_its_start() {
+        // The second round (guest time 1007) falls between the page's first
+        // event (1005) and its second: a 0.5 s jump there cannot be carried
+        // by a 27-bit delta, so the whole page takes the later offset.
+        let c = Correction::new(vec![pt(0, 0), pt(1007, 500_000_000)]);
+        assert_eq!(c.steps.len(), 1);
+        let (mut p, pl, el) = page();
+        let before = stamps(&p, &pl, &el);
+        assert_eq!(shift_page(&mut p, &pl, &el, &c), Some(0));
+        let got = stamps(&p, &pl, &el);
+        let want: Vec<u64> = before.iter().map(|&t| t + 500_000_000).collect();
+        assert_eq!(got, want);
+        // Between the page's timestamp and its first event: the same.
+        let c = Correction::new(vec![pt(0, 0), pt(1003, 500_000_000)]);
+        let (mut p, pl, el) = page();
+        assert_eq!(shift_page(&mut p, &pl, &el, &c), Some(0));
+        assert_eq!(stamps(&p, &pl, &el), want);
+        let page_ts = |p: &[u8]| u64::from_le_bytes(p[0..8].try_into().unwrap());
+        assert_eq!(page_ts(&p), 1000 + 500_000_000);
+        // At the page's timestamp: nothing to move.
+        let c = Correction::new(vec![pt(0, 0), pt(1000, 500_000_000)]);
+        let (mut p, pl, el) = page();
+        assert_eq!(shift_page(&mut p, &pl, &el, &c), Some(0));
+        assert_eq!(stamps(&p, &pl, &el), want);
+        // After the page: the earlier offset (0) throughout.
+        let c = Correction::new(vec![pt(0, 0), pt(2_000_000_000, 500_000_000)]);
+        let (mut p, pl, el) = page();
+        assert_eq!(shift_page(&mut p, &pl, &el, &c), Some(0));
+        assert_eq!(stamps(&p, &pl, &el), before);
+        // Two steps between the page's timestamp and its first event: the page
+        // takes the first step's later offset, and the second jump (0.4 s) does
+        // not fit the event's delta: clamped, counted, made up by the
+        // TIME_EXTEND that follows.
+        let c = Correction::new(vec![pt(0, 0), pt(1003, 500_000_000), pt(1004, 900_000_000)]);
+        assert_eq!(c.steps.len(), 2);
+        let (mut p, pl, el) = page();
+        assert_eq!(shift_page(&mut p, &pl, &el, &c), Some(1));
+        let got = stamps(&p, &pl, &el);
+        assert_eq!(got[0], 1000 + 500_000_000 + (1 << 27) - 1);
+        assert_eq!(got[1..], [before[1] + 900_000_000, before[2] + 900_000_000]);
     }
 
     /// Needs root and tracefs: the `mono` trace clock read through markers

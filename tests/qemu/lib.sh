@@ -76,24 +76,31 @@ spawn() {
   qemu_pids+=("$spawned")
 }
 
-# qemu_start INITRD DOMDIR NCPUS MODE: boots the test guest with 2 vCPUs (TCG), a
-# virtio-serial port agent-ctl-path and trace-path-cpu0..NCPUS-1, each bound with a
-# pipe chardev to DOMDIR/<name>.in/.out (which must exist: spec §8.1). MODE is the
-# init's tcmode. The console goes to $qemu_work/console.log; $qemu_pid is QEMU's pid.
+# qemu_start INITRD DOMDIR NCPUS MODE [NAME=PATH...]: boots the test guest with 2 vCPUs
+# (TCG), a virtio-serial port agent-ctl-path and trace-path-cpu0..NCPUS-1, each bound with
+# a pipe chardev to DOMDIR/<name>.in/.out (which must exist: spec §8.1), and one more port
+# NAME bound to PATH.in/.out for each NAME=PATH (spare ports for a test's own traffic).
+# MODE is the init's tcmode. The console goes to $qemu_work/console.log; $qemu_pid is
+# QEMU's pid.
 qemu_start() {
-  local initrd=$1 domdir=$2 ncpus=$3 mode=$4 names=(agent-ctl-path) args=() k name
+  local initrd=$1 domdir=$2 ncpus=$3 mode=$4 names=(agent-ctl-path) paths=() args=() k name
+  shift 4
   for ((k = 0; k < ncpus; k++)); do names+=("trace-path-cpu$k"); done
+  for name in "${names[@]}"; do paths+=("$domdir/$name"); done
+  for k in "$@"; do
+    names+=("${k%%=*}")
+    paths+=("${k#*=}")
+  done
   # shellcheck disable=SC2054 # the commas belong to QEMU's option
   args+=(-device virtio-serial-pci,id=virtio-serial0)
-  k=0
-  for name in "${names[@]}"; do
-    if ! [ -p "$domdir/$name.in" ] || ! [ -p "$domdir/$name.out" ]; then
-      fail "$domdir/$name.in and .out must be FIFOs before QEMU starts"
+  for ((k = 0; k < ${#names[@]}; k++)); do
+    name=${names[$k]}
+    if ! [ -p "${paths[$k]}.in" ] || ! [ -p "${paths[$k]}.out" ]; then
+      fail "${paths[$k]}.in and .out must be FIFOs before QEMU starts"
     fi
-    k=$((k + 1))
     # nr 0 of a virtio-serial bus is reserved for a console: ports start at 1.
-    args+=(-chardev "pipe,id=c$k,path=$domdir/$name"
-      -device "virtserialport,bus=virtio-serial0.0,nr=$k,chardev=c$k,name=$name")
+    args+=(-chardev "pipe,id=c$((k + 1)),path=${paths[$k]}"
+      -device "virtserialport,bus=virtio-serial0.0,nr=$((k + 1)),chardev=c$((k + 1)),name=$name")
   done
   spawn console "$QEMU_BIN" -accel tcg,thread=multi -cpu max -smp 2 -m 512 \
     -nographic -no-reboot -nic none \
@@ -158,11 +165,13 @@ before: $(echo "$1" | head -n 8 | tr '\n' ' ')
 after:  $(echo "$after" | head -n 8 | tr '\n' ' ')"
 }
 
-# virt_guest_up DOM NCPUS: private run and virt dirs (TRACE_CMD_RUN_DIR/_VIRT_DIR),
-# `listen --virt`, `connect -f -c NCPUS DOM`, QEMU running our agent, and waits until
-# `list -A` shows the agent. Sets $listener_pid and $qemu_pid.
+# virt_guest_up DOM NCPUS [NAME=PATH...]: private run and virt dirs
+# (TRACE_CMD_RUN_DIR/_VIRT_DIR), `listen --virt`, `connect -f -c NCPUS DOM`, QEMU running
+# our agent (with the spare ports NAME=PATH of qemu_start), and waits until `list -A`
+# shows the agent. Sets $listener_pid and $qemu_pid.
 virt_guest_up() {
   local dom=$1 ncpus=$2 i start registered=
+  shift 2
   export TRACE_CMD_RUN_DIR=$qemu_work/run TRACE_CMD_VIRT_DIR=$qemu_work/virt
   mkdir -p "$TRACE_CMD_RUN_DIR" "$TRACE_CMD_VIRT_DIR"
   "$qemu_here/mkinitramfs.sh" "$qemu_kernel_dir" "$qemu_work/initrd.cpio.gz" "$tc"
@@ -181,7 +190,7 @@ virt_guest_up() {
   grep -q "registered" "$qemu_work/connect.log" || fail "connect did not report the registration"
 
   start=$(date +%s)
-  qemu_start "$qemu_work/initrd.cpio.gz" "$TRACE_CMD_VIRT_DIR/$dom" "$ncpus" agent
+  qemu_start "$qemu_work/initrd.cpio.gz" "$TRACE_CMD_VIRT_DIR/$dom" "$ncpus" agent "$@"
   # The agent registers (TCONNECT/CINIT through the listener) once the guest is up.
   for ((i = 0; i < QEMU_BOOT_TIMEOUT; i++)); do
     "$tc" list -A >"$qemu_work/list.out" 2>&1 || true
