@@ -237,8 +237,8 @@ impl Shared {
 /// Memory per CPU: the pipe ([`SINK_PIPE_BYTES`], 1 MiB of kernel memory, full only
 /// while the drain thread is not scheduled), the queue for a compressor that is
 /// behind (at most [`BACKLOG_BYTES`], 2 MiB, plus one block; nothing while it keeps
-/// up) and the [`ChunkWriter`]'s buffers and zstd context (about 640 KiB): at most
-/// about 3.8 MiB, however long the recording and however slow the compressor. What
+/// up) and the [`ChunkWriter`]'s buffers and zstd context (about 290 KiB): at most
+/// about 3.4 MiB, however long the recording and however slow the compressor. What
 /// does not fit goes into the spill file on disk.
 ///
 /// If writing the output fails (e.g. the disk is full) the compressor stops, the
