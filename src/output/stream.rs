@@ -585,6 +585,29 @@ mod tests {
     }
 
     #[test]
+    fn without_a_spill_file_the_writer_waits_and_nothing_is_lost() {
+        let dir = crate::testutil::TempDir::new("stream-nospill");
+        let tmp = dir.join("tmp");
+        std::fs::create_dir(&tmp).unwrap();
+        let (fd, s) =
+            CpuStream::spawn_with(&tmp, 4096, Compression::Zstd, "CPU 3".into(), 8192, false)
+                .unwrap();
+        // The output file is open already; the spill file cannot be made any more.
+        std::fs::remove_dir(&tmp).unwrap();
+        let data = pages(600, 4);
+        let mut w = File::from(fd);
+        w.write_all(&data).unwrap();
+        drop(w);
+        assert_eq!(s.spilled_bytes(), 0);
+        let (mut f, st) = s.finish().unwrap();
+        assert_eq!(st.raw, data.len() as u64);
+        assert!(
+            unchunk(&read_back(&mut f)).concat() == data,
+            "the data differs"
+        );
+    }
+
+    #[test]
     fn a_missing_temporary_directory_is_a_clear_error() {
         let dir = crate::testutil::TempDir::new("stream-gone");
         let gone = dir.join("missing");
