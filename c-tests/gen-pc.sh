@@ -11,6 +11,6 @@ Name: tracecmd-rs
 Description: trace-cmd message protocol, socket helper and per-CPU recorder (virt-server C ABI)
 Version: $version
 Libs: -L\${libdir} -ltracecmd_rs
-Libs.private: -lzstd -lpthread -ldl -lm -lrt -lgcc_s -lutil
+Libs.private: -lpthread -ldl -lm -lrt -lgcc_s -lutil
 Cflags: -I\${includedir}
 PC

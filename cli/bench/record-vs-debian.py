@@ -4,11 +4,16 @@
 (trace.dat v7 with zstd) on the top-level buffer.
 
 Two workloads, each the traced command (this script, run with `--workload`):
-  sched    processes ping-ponging bytes through pipes for S seconds (`-e sched`);
-  markers  a flood of trace_marker writes for S seconds (`-e sched:sched_kthread_stop`,
-           a rare event, so that the markers are the data).
-The workload writes, when it ends, its end time (CLOCK_REALTIME) and its own CPU
-seconds into a file.
+  sched    processes ping-ponging bytes through pipes (`-e sched`);
+  markers  a flood of trace_marker writes (`-e sched:sched_kthread_stop`, a rare
+           event, so that the markers are the data).
+By default each does a fixed amount of work (--sched-trips round trips of 4 pipe
+pairs, --markers markers; about 10 s each on an idle 2-CPU machine), so both tools
+record the same events and the file sizes compare directly. With --seconds S each
+runs for S seconds instead: then the tool that disturbs the workload less records
+more events in the same time and gets a bigger file (bytes per event, printed too,
+is the fair size figure there). The workload writes, when it ends, its end time
+(CLOCK_REALTIME) and its own CPU seconds into a file.
 
 Prints per run: wall time; CPU seconds of the recorder (user+sys of the whole
 process tree from wait4, minus the workload's own); the time from the workload's
@@ -19,8 +24,8 @@ ratios of size, CPU seconds and end-to-file time (issue 13's goals: <= 1.0, <= 0
 <= 0.3), and the events lost by each. The script puts back the top-level events,
 tracing_on, trace_clock and buffer size it found.
 
-usage: record-vs-debian.py [--rounds N] [--seconds S] [--workloads sched,markers]
-                           [--rust PATH] [--sandbox PATH]
+usage: record-vs-debian.py [--rounds N] [--sched-trips N] [--markers N] [--seconds S]
+                           [--workloads sched,markers] [--rust PATH] [--sandbox PATH]
 Needs root. Not a test: timings are printed, never asserted.
 """
 import argparse
@@ -39,10 +44,17 @@ from topstate import DEBIAN, SANDBOX, TRACING, require, restore, snapshot  # noq
 EVENTS = {"sched": ["-e", "sched"], "markers": ["-e", "sched:sched_kthread_stop"]}
 
 
-def workload(kind, seconds, end_file):
-    """The traced command: runs `kind` for `seconds`, then writes its end time and
-    its CPU seconds (its own and its children's) into end_file."""
+def workload(kind, seconds, count, end_file):
+    """The traced command: runs `kind` `count` times (or, when count is 0, for
+    `seconds`), then writes its end time and its CPU seconds (its own and its
+    children's) into end_file."""
     deadline = time.monotonic() + seconds
+    done = 0
+
+    def more(step):
+        nonlocal done
+        done += step
+        return done <= count if count else time.monotonic() < deadline
     if kind == "sched":
         pids = []
         for _ in range(4):
@@ -55,7 +67,7 @@ def workload(kind, seconds, end_file):
                     os.write(w2, b"x")
                 os._exit(0)
             pids.append((pid, w1, r2))
-        while time.monotonic() < deadline:
+        while more(1):
             for _, w, r in pids:
                 os.write(w, b"x")
             for _, w, r in pids:
@@ -66,7 +78,7 @@ def workload(kind, seconds, end_file):
     else:
         with open(os.path.join(TRACING, "trace_marker"), "w") as m:
             i = 0
-            while time.monotonic() < deadline:
+            while more(100):
                 for _ in range(100):
                     m.write(f"tcrs bench marker {i}\n")
                     m.flush()
@@ -113,15 +125,16 @@ def ratio(a, b):
 def bench(a, kind, tmp):
     me = os.path.abspath(__file__)
     end_file = os.path.join(tmp, "end")
-    cmd = [sys.executable, me, "--workload", kind, "--seconds", str(a.seconds),
-           "--end-file", end_file]
+    count = 0 if a.seconds else {"sched": a.sched_trips, "markers": a.markers}[kind]
+    cmd = [sys.executable, me, "--workload", kind, "--seconds", str(a.seconds or 0),
+           "--count", str(count), "--end-file", end_file]
     tools = {
         "rust": lambda out: [a.rust, "record", "-q", *EVENTS[kind], "-o", out, *cmd],
         "debian": lambda out: [a.sandbox, DEBIAN, "record", "-q", *EVENTS[kind], "-o", out,
                                *cmd],
     }
     rows = {"rust": [], "debian": []}
-    print(f"workload {kind}, {a.seconds} s")
+    print(f"workload {kind}, " + (f"{a.seconds} s" if a.seconds else f"{count} iterations"))
     print(f"{'round':>5} {'tool':>7} {'wall s':>8} {'cpu s':>7} {'end->file s':>11} "
           f"{'size KiB':>9} {'lost':>6} {'events':>8}")
     for r in range(a.rounds):
@@ -155,7 +168,13 @@ def main():
     here = os.path.dirname(os.path.abspath(__file__))
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--seconds", type=float, default=10)
+    ap.add_argument("--seconds", type=float, default=0,
+                    help="run each workload for this long instead of a fixed amount of work")
+    ap.add_argument("--sched-trips", type=int, default=110000,
+                    help="round trips of the sched workload (default: %(default)s)")
+    ap.add_argument("--markers", type=int, default=14000000,
+                    help="markers the markers workload writes (default: %(default)s)")
+    ap.add_argument("--count", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--workloads", default="sched,markers",
                     help="comma-separated: sched, markers (default: %(default)s)")
     ap.add_argument("--rust", default=os.path.join(here, "../../target/release/trace-cmd"))
@@ -165,7 +184,7 @@ def main():
     ap.add_argument("--end-file", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.workload:
-        workload(a.workload, a.seconds, a.end_file)
+        workload(a.workload, a.seconds, a.count, a.end_file)
         return
     kinds = [k for k in a.workloads.split(",") if k]
     for k in kinds:

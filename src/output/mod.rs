@@ -31,13 +31,15 @@ pub mod merge;
 pub mod metadata;
 pub mod read_at;
 pub mod reader;
+mod stream;
 pub mod v7;
 pub mod v7read;
 mod v7writer;
 mod writer;
 
-pub use chunks::{ChunkWriter, Compression, CpuChunks, CpuStream, SINK_PIPE_BYTES};
+pub use chunks::{ChunkWriter, Compression, CpuChunks};
 pub use read_at::ReadAt;
+pub use stream::{CpuStream, BACKLOG_BYTES, SINK_PIPE_BYTES};
 pub use v7writer::{clock_of_trailing, write_trace_dat_v7, V7Writer};
 pub use writer::*;
 

@@ -20,8 +20,9 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use super::chunks::{
-    tmpfile_unsupported, unnamed_file, werr, ChunkWriter, Compression, CpuChunks, CpuStream, Zstd,
+    tmpfile_unsupported, unnamed_file, werr, ChunkWriter, Compression, CpuChunks, Zstd,
 };
+use super::stream::CpuStream;
 use super::v7::STRINGS;
 use super::{option_id, BufferData, CpuRange, DatOption, Metadata, OutputError, MAGIC};
 

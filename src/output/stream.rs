@@ -1,0 +1,619 @@
+//! One CPU's data compressed while it is recorded ([`CpuStream`]), without the
+//! compressor ever holding up the recorder.
+//!
+//! Two threads per CPU. The *drain* thread only reads the pipe the recorder writes
+//! into, in blocks of one chunk, and queues them; the *compressor* thread takes them
+//! in order and writes [`ChunkWriter`] output into an anonymous temporary file. When
+//! the compressor falls behind (a loaded machine, a burst) the queue grows up to
+//! [`BACKLOG_BYTES`] of memory; past that, the drain thread appends blocks to a
+//! raw spill file next to the output and queues only where they are, and the
+//! compressor reads them back when it gets to them (at the latest at the end). So the
+//! pipe never stays full because compression is slow, and the recorder keeps draining
+//! the kernel's ring buffer; the cost of a compressor that cannot keep up is disk space
+//! and a longer wait at the end, not lost events.
+//!
+//! The spill file is emptied whenever the compressor has caught up with it. Only if it
+//! cannot be written (a full disk) does the drain thread wait for the compressor, as
+//! the pipe would; that is said in a warning.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io::Read;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+
+use super::chunks::{anonymous_file, werr, ChunkWriter, Compression, CpuChunks};
+use super::v7::PAGES_IN_CHUNK;
+use super::OutputError;
+
+/// What the pipe of a [`CpuStream`] is grown to (pipe-max-size may cap it): room for
+/// a burst while the drain thread is not scheduled.
+pub const SINK_PIPE_BYTES: usize = 1 << 20;
+
+/// Most raw bytes a [`CpuStream`] queues in memory for a compressor that is behind;
+/// past that they are spilled to a file.
+pub const BACKLOG_BYTES: usize = 2 << 20;
+
+/// Free blocks kept for reuse (the rest of a drained backlog is freed).
+const SPARE_BLOCKS: usize = 4;
+
+/// Spilled bytes after which the compressor frees the part of the spill file it has
+/// read (FALLOC_FL_PUNCH_HOLE), so a long catch-up does not hold all of it on disk.
+const PUNCH_EVERY: u64 = 4 << 20;
+
+/// Raw data waiting for the compressor, in recording order.
+enum Held {
+    /// A block in memory (one chunk, the last one may be shorter).
+    Mem(Vec<u8>),
+    /// `len` bytes at offset `at` of the spill file.
+    Spilled { at: u64, len: u64 },
+}
+
+/// The queue between the drain thread and the compressor.
+#[derive(Default)]
+struct Backlog {
+    items: VecDeque<Held>,
+    /// Bytes in `Mem` items.
+    mem: usize,
+    /// Spilled bytes the compressor has not finished with (queued or being read).
+    spill_left: u64,
+    /// Where the next spilled block goes.
+    spill_end: u64,
+    /// The drain thread has queued everything (the pipe reached its end, or failed).
+    eof: bool,
+    /// The compressor gave up: take nothing more.
+    stopped: bool,
+    /// Tests hold the compressor to make it fall behind.
+    held: bool,
+    /// Blocks the compressor is done with, for the drain thread to reuse.
+    spare: Vec<Vec<u8>>,
+}
+
+struct Shared {
+    backlog: Mutex<Backlog>,
+    /// Signalled on every change of `backlog`.
+    changed: Condvar,
+    /// Raw bytes read from the pipe (the live line's count).
+    bytes_in: AtomicU64,
+    /// Raw bytes that went through the spill file.
+    spilled: AtomicU64,
+    /// Most bytes the in-memory queue ever held.
+    peak_mem: AtomicU64,
+    /// Where the spill file goes; made at the first spill.
+    temp_dir: PathBuf,
+    spill: std::sync::OnceLock<File>,
+    memory_cap: usize,
+    label: String,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Backlog> {
+        // A panicking thread is reported by its join; the queue itself stays usable.
+        self.backlog.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn wait<'a>(&self, g: MutexGuard<'a, Backlog>) -> MutexGuard<'a, Backlog> {
+        self.changed.wait(g).unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn spill_file(&self) -> Result<&File, OutputError> {
+        if let Some(f) = self.spill.get() {
+            return Ok(f);
+        }
+        let f = anonymous_file(&self.temp_dir)?;
+        Ok(self.spill.get_or_init(|| f))
+    }
+
+    /// Queues `block` in memory; false when the compressor has stopped.
+    fn push_mem(&self, g: &mut Backlog, block: Vec<u8>) {
+        g.mem += block.len();
+        self.peak_mem.fetch_max(g.mem as u64, Ordering::Relaxed);
+        g.items.push_back(Held::Mem(block));
+        self.changed.notify_all();
+    }
+
+    /// Queues one block read from the pipe (the drain thread's side). Returns false
+    /// once the compressor has stopped: nothing more is wanted.
+    fn push(&self, block: Vec<u8>, spill_broken: &mut bool) -> bool {
+        let len = block.len();
+        let mut g = self.lock();
+        if g.stopped {
+            return false;
+        }
+        if g.mem + len <= self.memory_cap || g.mem == 0 {
+            self.push_mem(&mut g, block);
+            return true;
+        }
+        if !*spill_broken {
+            // Caught up with everything spilled before: start the file again.
+            let restart = g.spill_left == 0 && g.spill_end > 0;
+            if g.spill_left == 0 {
+                g.spill_end = 0;
+            }
+            let at = g.spill_end;
+            // The compressor reads only spilled ranges already queued, all below `at`.
+            drop(g);
+            match self.spill_write(at, &block, restart) {
+                Ok(()) => {
+                    let mut g = self.lock();
+                    g.spill_end = at + len as u64;
+                    g.spill_left += len as u64;
+                    match g.items.back_mut() {
+                        Some(Held::Spilled { at: a, len: l }) if *a + *l == at => *l += len as u64,
+                        _ => g.items.push_back(Held::Spilled {
+                            at,
+                            len: len as u64,
+                        }),
+                    }
+                    if g.spare.len() < SPARE_BLOCKS {
+                        g.spare.push(block);
+                    }
+                    self.spilled.fetch_add(len as u64, Ordering::Relaxed);
+                    self.changed.notify_all();
+                    return true;
+                }
+                Err(e) => {
+                    log::warn!(
+                        "{}: compression is behind and the backlog cannot be spilled ({e}); \
+                         recording now waits for the compressor, so the ring buffer may overrun",
+                        self.label
+                    );
+                    *spill_broken = true;
+                }
+            }
+            g = self.lock();
+        }
+        // No spill file: wait for room, as the pipe alone would make the recorder do.
+        while !g.stopped && g.mem + len > self.memory_cap && g.mem > 0 {
+            g = self.wait(g);
+        }
+        if g.stopped {
+            return false;
+        }
+        self.push_mem(&mut g, block);
+        true
+    }
+
+    fn spill_write(&self, at: u64, block: &[u8], restart: bool) -> Result<(), OutputError> {
+        let f = self.spill_file()?;
+        let what = || werr(format!("the spill file of {}", self.label));
+        if restart {
+            f.set_len(0).map_err(what())?;
+        }
+        f.write_all_at(block, at).map_err(what())
+    }
+
+    /// The next item for the compressor, or None at the end (or once stopped).
+    fn pop(&self) -> Option<Held> {
+        let mut g = self.lock();
+        loop {
+            if g.stopped {
+                return None;
+            }
+            if !g.held {
+                if let Some(item) = g.items.pop_front() {
+                    return Some(item);
+                }
+                if g.eof {
+                    return None;
+                }
+            }
+            g = self.wait(g);
+        }
+    }
+
+    /// The compressor is done with a block in memory.
+    fn done_mem(&self, block: Vec<u8>) {
+        let mut g = self.lock();
+        g.mem -= block.len();
+        if g.spare.len() < SPARE_BLOCKS {
+            g.spare.push(block);
+        }
+        self.changed.notify_all();
+    }
+
+    /// The compressor is done with `len` spilled bytes.
+    fn done_spilled(&self, len: u64) {
+        let mut g = self.lock();
+        g.spill_left -= len;
+        self.changed.notify_all();
+    }
+
+    fn stop(&self) {
+        self.lock().stopped = true;
+        self.changed.notify_all();
+    }
+}
+
+/// One CPU's data being compressed while it is recorded (see the module
+/// documentation): the recorder writes into a pipe, and when it has closed its end
+/// and the compressor has caught up, [`CpuStream::finish`] hands over the temporary
+/// file of chunks.
+///
+/// Memory per CPU: the pipe ([`SINK_PIPE_BYTES`], 1 MiB of kernel memory, full only
+/// while the drain thread is not scheduled), the queue for a compressor that is
+/// behind (at most [`BACKLOG_BYTES`], 2 MiB, plus one block; nothing while it keeps
+/// up) and the [`ChunkWriter`]'s buffers and zstd context (about 290 KiB): at most
+/// about 3.4 MiB, however long the recording and however slow the compressor. What
+/// does not fit goes into the spill file on disk.
+///
+/// If writing the output fails (e.g. the disk is full) the compressor stops, the
+/// drain thread ends and closes the read end, so the recorder's next write fails with
+/// EPIPE instead of blocking; the error itself comes back from [`CpuStream::finish`].
+pub struct CpuStream {
+    drain: JoinHandle<Result<(), OutputError>>,
+    compressor: JoinHandle<Result<(File, CpuChunks), OutputError>>,
+    shared: Arc<Shared>,
+}
+
+impl CpuStream {
+    /// Starts the threads; returns the pipe's write end for the recorder (blocking,
+    /// close-on-exec) and the stream. `label` names the CPU in errors; temporary
+    /// files go into `temp_dir`.
+    pub fn spawn(
+        temp_dir: &Path,
+        page_size: u32,
+        compression: Compression,
+        label: String,
+    ) -> Result<(OwnedFd, CpuStream), OutputError> {
+        Self::spawn_with(
+            temp_dir,
+            page_size,
+            compression,
+            label,
+            BACKLOG_BYTES,
+            false,
+        )
+    }
+
+    /// [`CpuStream::spawn`] with another memory limit, and for tests a compressor
+    /// that starts held ([`CpuStream::release`]).
+    fn spawn_with(
+        temp_dir: &Path,
+        page_size: u32,
+        compression: Compression,
+        label: String,
+        memory_cap: usize,
+        held: bool,
+    ) -> Result<(OwnedFd, CpuStream), OutputError> {
+        let file = anonymous_file(temp_dir)?;
+        let writer = ChunkWriter::new(file, page_size, compression)?;
+        let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| {
+            werr(format!("the pipe for {label}"))(std::io::Error::from_raw_os_error(e as i32))
+        })?;
+        // Best effort: a smaller pipe only means less slack.
+        let _ = nix::fcntl::fcntl(
+            w.as_raw_fd(),
+            nix::fcntl::FcntlArg::F_SETPIPE_SZ(SINK_PIPE_BYTES as libc::c_int),
+        );
+        let shared = Arc::new(Shared {
+            backlog: Mutex::new(Backlog {
+                held,
+                ..Backlog::default()
+            }),
+            changed: Condvar::new(),
+            bytes_in: AtomicU64::new(0),
+            spilled: AtomicU64::new(0),
+            peak_mem: AtomicU64::new(0),
+            temp_dir: temp_dir.to_path_buf(),
+            spill: std::sync::OnceLock::new(),
+            memory_cap,
+            label: label.clone(),
+        });
+        let block = PAGES_IN_CHUNK * page_size as usize;
+        let s = Arc::clone(&shared);
+        let compressor = std::thread::Builder::new()
+            .name(format!("v7 {label}"))
+            .spawn(move || {
+                let r = compress(&s, writer, block);
+                // Whatever happened, the drain thread must not wait for it any more.
+                s.stop();
+                r.map_err(|e| in_cpu(&s.label, e))
+            })
+            .map_err(werr(format!("the compressing thread for {label}")))?;
+        let s = Arc::clone(&shared);
+        let drain = std::thread::Builder::new()
+            .name(format!("v7 drain {label}"))
+            .spawn(move || {
+                let r = drain(&s, File::from(r), block);
+                s.lock().eof = true;
+                s.changed.notify_all();
+                r.map_err(|e| in_cpu(&s.label, e))
+            });
+        let drain = match drain {
+            Ok(d) => d,
+            Err(e) => {
+                shared.stop();
+                let _ = compressor.join();
+                return Err(werr(format!("the reading thread for {label}"))(e));
+            }
+        };
+        Ok((
+            w,
+            CpuStream {
+                drain,
+                compressor,
+                shared,
+            },
+        ))
+    }
+
+    /// Raw bytes the recorder has written into the pipe and the stream has taken.
+    pub fn bytes_in(&self) -> u64 {
+        self.shared.bytes_in.load(Ordering::Relaxed)
+    }
+
+    /// Raw bytes that had to go through the spill file so far.
+    pub fn spilled_bytes(&self) -> u64 {
+        self.shared.spilled.load(Ordering::Relaxed)
+    }
+
+    /// Lets a compressor started held run.
+    #[cfg(test)]
+    fn release(&self) {
+        self.shared.lock().held = false;
+        self.shared.changed.notify_all();
+    }
+
+    /// Waits for the recorder to have closed its end and for the last chunk; returns
+    /// the temporary file (chunks from offset 0) and what it holds.
+    pub fn finish(self) -> Result<(File, CpuChunks), OutputError> {
+        let CpuStream {
+            drain,
+            compressor,
+            shared,
+        } = self;
+        let label = &shared.label;
+        let panicked =
+            || OutputError::Invalid(format!("the compressing thread for {label} panicked"));
+        let drained = drain.join().map_err(|_| panicked());
+        let compressed = compressor.join().map_err(|_| panicked());
+        let spilled = shared.spilled.load(Ordering::Relaxed);
+        if spilled > 0 {
+            log::info!("{label}: compression fell behind; {spilled} bytes waited in a spill file");
+        }
+        // The compressor's own error first: a read error may only be its consequence.
+        let out = compressed??;
+        drained??;
+        Ok(out)
+    }
+}
+
+/// The drain thread: reads the pipe to its end in blocks of one chunk.
+fn drain(s: &Shared, mut src: File, block: usize) -> Result<(), OutputError> {
+    let mut spill_broken = false;
+    loop {
+        let mut buf = s.lock().spare.pop().unwrap_or_default();
+        buf.resize(block, 0);
+        let mut filled = 0;
+        while filled < block {
+            match src.read(&mut buf[filled..]) {
+                Ok(0) => break,
+                Ok(n) => {
+                    filled += n;
+                    s.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(werr("per-CPU data (reading its pipe)")(e)),
+            }
+        }
+        if filled == 0 {
+            return Ok(());
+        }
+        buf.truncate(filled);
+        if !s.push(buf, &mut spill_broken) {
+            // The compressor stopped; dropping `src` makes the recorder see EPIPE.
+            return Ok(());
+        }
+        if filled < block {
+            return Ok(());
+        }
+    }
+}
+
+/// The compressor thread: turns queued blocks, in order, into chunks.
+fn compress(
+    s: &Shared,
+    mut w: ChunkWriter<File>,
+    block: usize,
+) -> Result<(File, CpuChunks), OutputError> {
+    let mut buf = Vec::new();
+    while let Some(item) = s.pop() {
+        match item {
+            Held::Mem(b) => {
+                w.write_pages(&b)?;
+                s.done_mem(b);
+            }
+            Held::Spilled { at, len } => {
+                let f = s.spill.get().ok_or_else(|| {
+                    OutputError::Invalid("spilled data without a spill file".into())
+                })?;
+                buf.resize(block, 0);
+                let (mut pos, end) = (at, at + len);
+                let mut punched = at;
+                while pos < end {
+                    let n = block.min((end - pos) as usize);
+                    f.read_exact_at(&mut buf[..n], pos)
+                        .map_err(werr("per-CPU data (reading it back from the spill file)"))?;
+                    w.write_pages(&buf[..n])?;
+                    pos += n as u64;
+                    if pos - punched >= PUNCH_EVERY {
+                        punch(f, punched, pos - punched);
+                        punched = pos;
+                    }
+                }
+                s.done_spilled(len);
+            }
+        }
+    }
+    w.finish()
+}
+
+/// Frees a range of the spill file that has been read (best effort).
+fn punch(f: &File, at: u64, len: u64) {
+    use nix::fcntl::FallocateFlags as F;
+    let _ = nix::fcntl::fallocate(
+        f.as_raw_fd(),
+        F::FALLOC_FL_PUNCH_HOLE | F::FALLOC_FL_KEEP_SIZE,
+        at as libc::off_t,
+        len as libc::off_t,
+    );
+}
+
+/// Names the CPU in a write error.
+fn in_cpu(label: &str, e: OutputError) -> OutputError {
+    match e {
+        OutputError::Write { what, source } => OutputError::Write {
+            what: format!("{what} of {label}"),
+            source,
+        },
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::output::chunks::tests::{pages, unchunk};
+    use std::io::{Seek, Write};
+
+    fn read_back(f: &mut File) -> Vec<u8> {
+        let mut b = Vec::new();
+        f.rewind().unwrap();
+        f.read_to_end(&mut b).unwrap();
+        b
+    }
+
+    #[test]
+    fn stream_compresses_what_the_pipe_carries() {
+        let dir = crate::testutil::TempDir::new("stream");
+        let (fd, s) = CpuStream::spawn(&dir, 4096, Compression::Zstd, "CPU 0".into()).unwrap();
+        let data = pages(31, 3);
+        let mut w = File::from(fd);
+        for p in data.chunks(4096) {
+            w.write_all(p).unwrap();
+        }
+        drop(w);
+        let (mut f, st) = s.finish().unwrap();
+        assert_eq!(st.chunks, 4);
+        let b = read_back(&mut f);
+        assert_eq!(b.len() as u64, st.size);
+        assert_eq!(unchunk(&b).concat(), data);
+    }
+
+    /// Writes `data` into the (non-blocking) pipe; fails if the pipe stays full for
+    /// long, i.e. if nothing is draining it.
+    fn write_never_stalled(fd: OwnedFd, data: &[u8]) {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        use std::os::fd::AsFd;
+        let fl = nix::fcntl::fcntl(fd.as_raw_fd(), nix::fcntl::FcntlArg::F_GETFL).unwrap();
+        let fl = nix::fcntl::OFlag::from_bits_retain(fl) | nix::fcntl::OFlag::O_NONBLOCK;
+        nix::fcntl::fcntl(fd.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFL(fl)).unwrap();
+        let mut f = File::from(fd);
+        let mut rest = data;
+        while !rest.is_empty() {
+            match f.write(&rest[..rest.len().min(65536)]) {
+                Ok(n) => rest = &rest[n..],
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    // A generous deadlock detector, not a timing: the drain thread
+                    // has nothing else to do than read.
+                    let mut p = [PollFd::new(f.as_fd(), PollFlags::POLLOUT)];
+                    let n = poll(&mut p, PollTimeout::from(30_000u16)).unwrap();
+                    assert!(n > 0, "the pipe stayed full: the stream stalled the writer");
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_held_compressor_never_stalls_the_writer_and_loses_nothing() {
+        let dir = crate::testutil::TempDir::new("stream-held");
+        for c in [Compression::Zstd, Compression::None] {
+            // 64 KiB of memory: the 8 MiB written mostly spill, twice (the second
+            // round reuses the emptied spill file).
+            let cap = 64 << 10;
+            let (fd, s) = CpuStream::spawn_with(&dir, 4096, c, "CPU 1".into(), cap, true).unwrap();
+            let first = pages(1024, 1);
+            let second = pages(1024, 2);
+            let fd2 = fd.try_clone().unwrap();
+            write_never_stalled(fd, &first);
+            // Everything the writer wrote has been taken off the pipe by now or soon;
+            // let the compressor catch up before the second round.
+            s.release();
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+            while s.shared.lock().spill_left > 0 || s.bytes_in() < first.len() as u64 {
+                assert!(std::time::Instant::now() < deadline, "no progress");
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            s.shared.lock().held = true;
+            write_never_stalled(fd2, &second);
+            s.release();
+            let spilled = s.spilled_bytes();
+            let peak = s.shared.peak_mem.load(Ordering::Relaxed) as usize;
+            let shared = Arc::clone(&s.shared);
+            let (mut f, st) = s.finish().unwrap();
+            let spill_end = shared.lock().spill_end;
+            assert!(
+                spill_end <= first.len() as u64,
+                "the spill file was not started again once caught up: {spill_end} bytes"
+            );
+            assert!(
+                spilled >= 2 * (first.len() as u64 - SINK_PIPE_BYTES as u64) - 2 * cap as u64,
+                "only {spilled} bytes spilled"
+            );
+            assert!(
+                peak <= cap + 4096 * PAGES_IN_CHUNK,
+                "{peak} bytes queued in memory"
+            );
+            let all = [first.clone(), second.clone()].concat();
+            assert_eq!(st.raw, all.len() as u64);
+            let b = read_back(&mut f);
+            assert_eq!(b.len() as u64, st.size);
+            let got = match c {
+                Compression::Zstd => unchunk(&b).concat(),
+                Compression::None => b,
+            };
+            assert!(got == all, "{c:?}: the data differs from what was written");
+        }
+        let left: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
+        assert!(left.is_empty(), "temporary files left: {left:?}");
+    }
+
+    #[test]
+    fn without_a_spill_file_the_writer_waits_and_nothing_is_lost() {
+        let dir = crate::testutil::TempDir::new("stream-nospill");
+        let tmp = dir.join("tmp");
+        std::fs::create_dir(&tmp).unwrap();
+        let (fd, s) =
+            CpuStream::spawn_with(&tmp, 4096, Compression::Zstd, "CPU 3".into(), 8192, false)
+                .unwrap();
+        // The output file is open already; the spill file cannot be made any more.
+        std::fs::remove_dir(&tmp).unwrap();
+        let data = pages(600, 4);
+        let mut w = File::from(fd);
+        w.write_all(&data).unwrap();
+        drop(w);
+        assert_eq!(s.spilled_bytes(), 0);
+        let (mut f, st) = s.finish().unwrap();
+        assert_eq!(st.raw, data.len() as u64);
+        assert!(
+            unchunk(&read_back(&mut f)).concat() == data,
+            "the data differs"
+        );
+    }
+
+    #[test]
+    fn a_missing_temporary_directory_is_a_clear_error() {
+        let dir = crate::testutil::TempDir::new("stream-gone");
+        let gone = dir.join("missing");
+        let e = CpuStream::spawn(&gone, 4096, Compression::Zstd, "CPU 2".into())
+            .map(|_| ())
+            .unwrap_err();
+        assert!(e.to_string().contains("missing"), "{e}");
+    }
+}
