@@ -91,7 +91,11 @@ fn check_buffer(file: &Path, buffer: &str, want: &[u64]) -> TraceDat {
     ours.resize(ours.len().max(want.len()), 0);
     assert_eq!(&ours[..want.len()], want, "reader vs kernel, {buffer:?}");
     // testkit's parser: a comm may contain " [" (e.g. "client [::ffff:…").
-    assert_eq!(report(file).per_cpu(buffer, want.len()), want, "report vs kernel");
+    assert_eq!(
+        report(file).per_cpu(buffer, want.len()),
+        want,
+        "report vs kernel"
+    );
     dat
 }
 
