@@ -32,7 +32,9 @@ for t in $TARGETS; do
         dat_reader|metadata|page_walker) leaks=1 ;;
         *) leaks=0 ;;
     esac
-    if ! nice -n "$NICE" cargo +nightly fuzz run -O --fuzz-dir fuzz "$t" "$scratch" "fuzz/corpus/$t" -- \
+    # LeakSanitizer also checks once more at exit, outside libFuzzer's flag: a
+    # session thread still alive when -max_total_time ends is reported there.
+    if ! ASAN_OPTIONS="detect_leaks=$leaks" nice -n "$NICE" cargo +nightly fuzz run -O --fuzz-dir fuzz "$t" "$scratch" "fuzz/corpus/$t" -- \
         -max_total_time="$SECS" -rss_limit_mb=2048 -malloc_limit_mb=512 -timeout=20 -detect_leaks="$leaks" \
         -max_len="$maxlen" -print_final_stats=1 >"fuzz/logs/$t.log" 2>&1; then
         status=1
