@@ -266,11 +266,14 @@ impl Drop for Ticket {
 }
 
 /// File descriptors one session holds at most for a client with `cpus` CPUs:
-/// the control connection, the file being built and the data thread's stop
-/// pipe (3), and per CPU its data socket, its temporary file and, for TCP, the
-/// two ends of the splice pipe.
+/// the control connection, the file being built and the data threads' stop
+/// pipe (3), and per CPU its data socket, its temporary file, for TCP the two
+/// ends of the splice pipe, and (for every data thread after the first, at most
+/// one per CPU) a copy of the stop pipe's read end.
 pub fn fds_per_session(cpus: u32) -> u64 {
-    5 + 4 * u64::from(cpus)
+    let cpus = u64::from(cpus);
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
+    5 + 4 * cpus + threads.min(cpus).saturating_sub(1)
 }
 
 /// The kernel's limit on accept queues (`net.core.somaxconn`).
