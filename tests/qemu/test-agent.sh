@@ -60,6 +60,11 @@ grep "^$dom: " "$rep" | grep "UNKNOWN EVENT" >/dev/null &&
   fail "sched on both sides: guest events the reader cannot decode: '$(grep -m1 "^$dom: .*UNKNOWN" "$rep")'"
 grep -v "^$dom: " "$rep" | grep "tcguest-load" >/dev/null && fail "sched on both sides: a guest-only process shows in the host buffer"
 note "sched on both sides: $(grep -c "^$dom: " "$rep") guest lines, $(grep -vc "^$dom: " "$rep") host lines"
+# record's default output (issue 13): version 7, zstd, the guest a compressed buffer,
+# and Debian's report reads it without a word on stderr.
+[ "$(head -c 11 "$qemu_work/same.dat" | tail -c 1)" = 7 ] || fail "same.dat is not trace.dat version 7"
+grep -aq zstd <(head -c 64 "$qemu_work/same.dat") || fail "same.dat is not zstd-compressed"
+[ ! -s "$qemu_work/same.err" ] || fail "Debian's report warned on same.dat: $(head -n 5 "$qemu_work/same.err")"
 
 "$tc" list -A >"$qemu_work/list.out" 2>&1 || true
 grep -qx "$dom with $ncpus cpus" "$qemu_work/list.out" ||
