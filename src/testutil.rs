@@ -4,32 +4,31 @@
 use std::path::{Path, PathBuf};
 
 /// A path in a per-test temporary directory, removed with the directory on drop.
-pub(crate) struct TmpPath(PathBuf);
+pub(crate) struct TmpPath {
+    path: PathBuf,
+    _dir: TempDir,
+}
 
 impl std::ops::Deref for TmpPath {
     type Target = Path;
     fn deref(&self) -> &Path {
-        &self.0
+        &self.path
     }
 }
 
 impl AsRef<Path> for TmpPath {
     fn as_ref(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TmpPath {
-    fn drop(&mut self) {
-        if let Some(dir) = self.0.parent() {
-            let _ = std::fs::remove_dir_all(dir);
-        }
+        &self.path
     }
 }
 
 /// `name` in a fresh directory of its own (per process and name).
 pub(crate) fn tmp(name: &str) -> TmpPath {
-    TmpPath(TempDir::new(name).keep().join(name))
+    let dir = TempDir::new(name);
+    TmpPath {
+        path: dir.join(name),
+        _dir: dir,
+    }
 }
 
 /// A fresh directory (per process and tag), removed with its contents on drop.
@@ -40,13 +39,6 @@ impl TempDir {
         let dir = std::env::temp_dir().join(format!("tcrs-unit-{}-{tag}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         TempDir(dir)
-    }
-
-    /// The path, no longer removed on drop.
-    fn keep(self) -> PathBuf {
-        let p = self.0.clone();
-        std::mem::forget(self);
-        p
     }
 }
 
