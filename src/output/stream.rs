@@ -108,7 +108,7 @@ impl Shared {
         Ok(self.spill.get_or_init(|| f))
     }
 
-    /// Queues `block` in memory; false when the compressor has stopped.
+    /// Queues `block` in memory and wakes the compressor.
     fn push_mem(&self, g: &mut Backlog, block: Vec<u8>) {
         g.mem += block.len();
         self.peak_mem.fetch_max(g.mem as u64, Ordering::Relaxed);
