@@ -503,6 +503,86 @@ fn clash_moved_v(version: u32) {
     assert!(switches(&name, "sched_switch") > 0);
 }
 
+/// A pid no process of the host has (beyond any pid_max): the guest's writer.
+const GUEST_PID: u32 = 4_000_000;
+
+#[test]
+fn guest_events_name_the_guests_symbols_and_processes() {
+    guest_symbols_v(6);
+}
+
+#[test]
+fn guest_events_name_the_guests_symbols_and_processes_v7() {
+    guest_symbols_v(7);
+}
+
+/// The guest runs "another kernel": every symbol of its kallsyms has another name
+/// (`guest_` + the host's) at the host's address, and its markers were written by
+/// a pid only its saved_cmdlines names. In Debian's report the guest's markers
+/// name the guest's `tracing_mark_write` and process, the host's the host's.
+/// Without the guest's own symbol window its markers would resolve through the
+/// host's table.
+fn guest_symbols_v(version: u32) {
+    let mut data = guest_data_with(&[], |m| {
+        let text = String::from_utf8(m.kallsyms.clone()).unwrap();
+        assert!(
+            text.lines().any(|l| l.ends_with(" tracing_mark_write")),
+            "the host's kallsyms has tracing_mark_write with its address"
+        );
+        let renamed: String = text
+            .lines()
+            .map(|l| {
+                let mut f = l.splitn(3, ' ');
+                let (a, t, rest) = (f.next().unwrap(), f.next().unwrap(), f.next().unwrap());
+                format!("{a} {t} guest_{rest}\n")
+            })
+            .collect();
+        m.kallsyms = renamed.into_bytes();
+        m.cmdlines = format!("{GUEST_PID} guest-writer\n").into_bytes();
+    });
+    let meta = Metadata::parse(&data.meta).unwrap();
+    let pl = PageLayout::parse(&meta.header_page).unwrap();
+    let el = EventLayout::parse(&meta.header_event).unwrap();
+    for cpu in &mut data.pages {
+        for page in cpu.chunks_mut(data.page_size) {
+            let base = page.as_ptr() as usize;
+            let mut at = Vec::new();
+            walk_page(page, &pl, &el, false, |r| {
+                at.push(r.payload.as_ptr() as usize - base)
+            })
+            .unwrap();
+            for o in at {
+                page[o + 4..o + 8].copy_from_slice(&GUEST_PID.to_le_bytes());
+            }
+        }
+    }
+    let dir = TempDir::new("engsyms");
+    let file = dir.path().join("t.dat");
+    let (name, ..) = host_and_guest(&file, "engsyms", data, None, None, version);
+    let rep = report(&file);
+    let marks = |buffer: &str| -> Vec<String> {
+        buffer_lines(&rep.stdout, buffer)
+            .filter(|l| l.contains("tcrs marker"))
+            .map(str::to_string)
+            .collect()
+    };
+    let (host, guest) = (marks(&name), marks(VM));
+    assert_eq!((host.len(), guest.len()), (100, GUEST_MARKERS));
+    for l in &guest {
+        assert!(
+            l.contains(" guest_tracing_mark_write: ")
+                && l.contains(&format!("guest-writer-{GUEST_PID} ")),
+            "a guest marker in report: {l}"
+        );
+    }
+    for l in &host {
+        assert!(
+            l.contains(" tracing_mark_write: ") && !l.contains("guest-writer"),
+            "a host marker in report: {l}"
+        );
+    }
+}
+
 #[test]
 fn a_guest_that_dies_still_gives_a_file_with_what_arrived() {
     let dir = TempDir::new("engdead");

@@ -4,11 +4,15 @@
 //! guest run the same kernel the tables agree. Otherwise [`merge_remapped`] keeps
 //! the host's formats, gives every guest event that clashes with one of them a
 //! free ID (with its own format text), and [`remap_file_ids`] rewrites those IDs
-//! in the guest's recorded pages, so `report` decodes both.
+//! in the guest's recorded pages, so `report` decodes both. [`merge_guest`] also
+//! moves the guest's kernel symbols into the file's kallsyms (see
+//! [`super::guestsym`]) and adds its process names, and [`rewrite_guest_file`]
+//! applies both to the guest's pages in one pass.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
+use super::guestsym::{merge_symbols, pointer_fields, shift_payload, PointerField, SymbolShift};
 use super::layout::{rewrite_file_pages, walk_page, EventLayout, PageLayout};
 use super::{Metadata, OutputError};
 
@@ -37,11 +41,42 @@ fn system_index(host: &mut Metadata, sys: &str) -> usize {
     }
 }
 
-fn merge_cmdlines(host: &mut Metadata, guest: &Metadata) {
-    if !host.cmdlines.is_empty() && !host.cmdlines.ends_with(b"\n") {
-        host.cmdlines.push(b'\n');
+/// The pid of a saved_cmdlines line (`PID COMM`).
+fn cmdline_pid(line: &[u8]) -> Option<u32> {
+    let text = std::str::from_utf8(line).ok()?;
+    text.split_whitespace().next()?.parse().ok()
+}
+
+/// Adds the guest's process names for the pids the host's table lacks. The file
+/// has one table, and libtraceevent keeps one name per pid (which of two, when a
+/// pid is listed twice, depends on its sort): on a pid both have, the host's name
+/// stays, and the guest's process shows under it. Returns the guest names left
+/// out that way.
+fn merge_cmdlines(host: &mut Metadata, guest: &Metadata) -> usize {
+    let known: HashSet<u32> = host
+        .cmdlines
+        .split(|&b| b == b'\n')
+        .filter_map(cmdline_pid)
+        .collect();
+    let mut clashes = 0;
+    let mut added = Vec::new();
+    for line in guest.cmdlines.split(|&b| b == b'\n') {
+        match cmdline_pid(line) {
+            Some(pid) if known.contains(&pid) => clashes += 1,
+            Some(_) => {
+                added.extend_from_slice(line);
+                added.push(b'\n');
+            }
+            None => {}
+        }
     }
-    host.cmdlines.extend_from_slice(&guest.cmdlines);
+    if !added.is_empty() {
+        if !host.cmdlines.is_empty() && !host.cmdlines.ends_with(b"\n") {
+            host.cmdlines.push(b'\n');
+        }
+        host.cmdlines.extend_from_slice(&added);
+    }
+    clashes
 }
 
 /// Guest event ID → the ID it has in the merged file.
@@ -114,24 +149,94 @@ pub fn merge_remapped(host: &mut Metadata, guest: &Metadata) -> (IdMap, usize) {
             map.insert(old, new);
         }
     }
-    merge_cmdlines(host, guest);
     (map, lost)
 }
 
-/// Rewrites the event IDs of every data record in a file of whole ring-buffer
-/// pages (a guest's per-CPU data) as `map` says. Returns the records changed.
-pub fn remap_file_ids(
+/// What [`rewrite_guest_file`] changes in a guest's recorded pages.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GuestRewrite {
+    /// Event IDs moved to free ones ([`merge_remapped`]).
+    pub ids: IdMap,
+    /// Per guest event ID (as recorded), its fields holding kernel addresses.
+    pub pointers: HashMap<u16, Vec<PointerField>>,
+    /// How those addresses move; `None`: they stay.
+    pub symbols: Option<SymbolShift>,
+}
+
+impl GuestRewrite {
+    /// Whether the pages need no change.
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty() && (self.symbols.is_none() || self.pointers.is_empty())
+    }
+}
+
+/// What [`merge_guest`] did, for the log.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GuestMerge {
+    /// Apply to the guest's pages with [`rewrite_guest_file`].
+    pub rewrite: GuestRewrite,
+    /// Guest events that found no free ID (report cannot decode them).
+    pub lost: usize,
+    /// Guest process names left out because the host has their pid.
+    pub cmdline_clashes: usize,
+}
+
+/// Merges a guest's metadata into the file's: its event formats
+/// ([`merge_remapped`]), its kernel symbols and printk formats (moved to a window
+/// of their own, see [`super::guestsym`]) and the process names of pids the host's
+/// table lacks.
+pub fn merge_guest(host: &mut Metadata, guest: &Metadata) -> GuestMerge {
+    let (ids, lost) = merge_remapped(host, guest);
+    let cmdline_clashes = merge_cmdlines(host, guest);
+    let symbols = merge_symbols(
+        &mut host.kallsyms,
+        &mut host.printk_formats,
+        &guest.kallsyms,
+        &guest.printk_formats,
+    );
+    let mut pointers = HashMap::new();
+    if symbols.is_some() {
+        let all = guest
+            .ftrace_formats
+            .iter()
+            .chain(guest.systems.iter().flat_map(|(_, f)| f.iter()));
+        for f in all {
+            let Some((_, id)) = format_name_id(f) else {
+                continue;
+            };
+            let fields = pointer_fields(f);
+            if let (Ok(id), false) = (u16::try_from(id), fields.is_empty()) {
+                pointers.insert(id, fields);
+            }
+        }
+    }
+    GuestMerge {
+        rewrite: GuestRewrite {
+            ids,
+            pointers,
+            symbols,
+        },
+        lost,
+        cmdline_clashes,
+    }
+}
+
+/// Rewrites every data record of a file of whole ring-buffer pages (a guest's
+/// per-CPU data) as `rw` says: moved event IDs, and kernel addresses moved into the
+/// guest's symbol window. Only records of events with such a change are touched.
+/// Returns the records changed.
+pub fn rewrite_guest_file(
     path: &Path,
     page_size: usize,
     header_page: &[u8],
     header_event: &[u8],
-    map: &IdMap,
+    rw: &GuestRewrite,
 ) -> Result<u64, OutputError> {
     let pl = PageLayout::parse(header_page)
         .ok_or_else(|| OutputError::Invalid("the guest's header_page is unreadable".into()))?;
     let el = EventLayout::parse(header_event)
         .ok_or_else(|| OutputError::Invalid("the guest's header_event is unreadable".into()))?;
-    if map.is_empty() || page_size == 0 {
+    if rw.is_empty() || page_size == 0 {
         return Ok(0);
     }
     let io = |source| OutputError::Rewrite {
@@ -144,17 +249,23 @@ pub fn remap_file_ids(
         let base = page.as_ptr() as usize;
         // A page that cannot be walked is left as it is (report names it).
         let _ = walk_page(page, &pl, &el, false, |r| {
-            at.push(r.payload.as_ptr() as usize - base)
+            let o = r.payload.as_ptr() as usize - base;
+            at.push((o, o + r.payload.len()));
         });
-        for o in at {
-            if o + 2 > page.len() {
+        for (o, end) in at {
+            if o + 2 > end || end > page.len() {
                 continue;
             }
             let id = u16::from_le_bytes([page[o], page[o + 1]]);
-            if let Some(new) = map.get(&id) {
-                page[o..o + 2].copy_from_slice(&new.to_le_bytes());
-                changed += 1;
+            let mut hit = false;
+            if let (Some(fields), Some(shift)) = (rw.pointers.get(&id), &rw.symbols) {
+                hit |= shift_payload(&mut page[o..end], fields, shift);
             }
+            if let Some(new) = rw.ids.get(&id) {
+                page[o..o + 2].copy_from_slice(&new.to_le_bytes());
+                hit = true;
+            }
+            changed += u64::from(hit);
         }
     })
     .map_err(io)?;
@@ -220,6 +331,16 @@ pub(crate) mod tests {
         assert!(String::from_utf8_lossy(&host.systems[0].1[1]).contains("format:x"));
     }
 
+    #[test]
+    fn guest_names_join_for_pids_the_host_lacks() {
+        let mut host = sample();
+        let mut guest = sample();
+        guest.cmdlines = b"1 guest-init\n77 guest-sh\n".to_vec();
+        let m = merge_guest(&mut host, &guest);
+        assert_eq!(m.cmdline_clashes, 1);
+        assert_eq!(host.cmdlines, b"1 init\n77 guest-sh\n");
+    }
+
     const HEADER_PAGE: &[u8] = b"\tfield: u64 timestamp;\toffset:0;\tsize:8;\tsigned:0;\n\tfield: local_t commit;\toffset:8;\tsize:8;\tsigned:1;\n\tfield: char data;\toffset:16;\tsize:4080;\tsigned:1;\n";
 
     #[test]
@@ -239,7 +360,11 @@ pub(crate) mod tests {
         }
         let path = std::env::temp_dir().join(format!("tcrs-remap-{}", std::process::id()));
         std::fs::write(&path, &data).unwrap();
-        let n = remap_file_ids(&path, 4096, HEADER_PAGE, b"", &IdMap::from([(300, 301)])).unwrap();
+        let rw = GuestRewrite {
+            ids: IdMap::from([(300, 301)]),
+            ..GuestRewrite::default()
+        };
+        let n = rewrite_guest_file(&path, 4096, HEADER_PAGE, b"", &rw).unwrap();
         let out = std::fs::read(&path).unwrap();
         let _ = std::fs::remove_file(&path);
         assert_eq!(n, 2);

@@ -26,6 +26,7 @@
 
 mod chunks;
 mod copy;
+pub mod guestsym;
 pub mod layout;
 pub mod merge;
 pub mod metadata;

@@ -11,7 +11,7 @@ use super::{
     GuestRecording, GuestSpec, RecordError, TraceWriter,
 };
 use crate::netrecord::{NetParams, NetSession, Proto};
-use crate::output::merge::merge_remapped;
+use crate::output::merge::merge_guest as merge_guest_meta;
 use crate::output::{
     bracketed_clock, page_size_of, standard_options, CpuRange, DatOption, Metadata,
 };
@@ -702,29 +702,50 @@ fn shift_guest(
     ))
 }
 
-/// Merges a guest's formats into the file's `meta` and moves the guest's events
-/// whose IDs clash with the host's to free IDs, in its recorded pages too.
+/// Merges a guest's metadata into the file's `meta` (formats, symbols, process
+/// names) and rewrites its recorded pages to match: events whose IDs clash with the
+/// host's move to free IDs, kernel addresses into the guest's symbol window.
 fn merge_guest(
     meta: &mut Metadata,
     g: &GuestResult,
     key: &BufferKey,
     writer: &mut dyn TraceWriter,
 ) -> Result<(), super::BoxError> {
-    let (map, lost) = merge_remapped(meta, &g.meta);
-    if lost > 0 {
+    let m = merge_guest_meta(meta, &g.meta);
+    if m.lost > 0 {
         log::warn!(
-            "guest {}: {lost} events found no free event ID; report cannot decode them",
-            g.name
+            "guest {}: {} events found no free event ID; report cannot decode them",
+            g.name,
+            m.lost
         );
     }
-    if map.is_empty() {
+    if m.cmdline_clashes > 0 {
+        log::info!(
+            "guest {}: {} of its pids are the host's too; report names those after the host's process",
+            g.name,
+            m.cmdline_clashes
+        );
+    }
+    match &m.rewrite.symbols {
+        Some(s) => log::info!(
+            "guest {}: its kernel symbols are at +{:#x} in the file's kallsyms",
+            g.name,
+            s.delta
+        ),
+        None if !g.meta.kallsyms.is_empty() && g.meta.kallsyms != meta.kallsyms => log::warn!(
+            "guest {}: its kernel symbols could not be added; report names its functions after the host's",
+            g.name
+        ),
+        None => {}
+    }
+    if m.rewrite.is_empty() {
         return Ok(());
     }
-    let changed = writer.remap_event_ids(key, &g.meta, &map)?;
+    let changed = writer.remap_event_ids(key, &g.meta, &m.rewrite)?;
     log::info!(
-        "guest {}: {} event types clash with the host's; moved them to free IDs ({changed} records)",
+        "guest {}: {} event types moved to free IDs; {changed} records rewritten",
         g.name,
-        map.len()
+        m.rewrite.ids.len()
     );
     Ok(())
 }

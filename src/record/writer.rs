@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use super::tsync::{shift_file, Correction};
 use super::{BoxError, RecordError};
-use crate::output::merge::{remap_file_ids, IdMap};
+use crate::output::merge::{rewrite_guest_file, GuestRewrite};
 use crate::output::{write_trace_dat, BufferData, CpuRange, DatOption, Metadata};
 use crate::recorder::{Output, RecorderError};
 
@@ -86,15 +86,16 @@ pub trait TraceWriter: Send + std::fmt::Debug {
     /// engine's test whether a guest's data has stopped coming.
     fn recorded_bytes(&self, buffer: &BufferKey) -> u64;
 
-    /// Rewrites event IDs in `buffer`'s recorded pages (a guest's events moved to
-    /// free IDs, see `output::merge::merge_remapped`); `layout` is that buffer's own
-    /// metadata (page size and headers). Called after its recorders finished.
-    /// Returns the records changed.
+    /// Rewrites `buffer`'s recorded pages as `map` says (a guest's events moved to
+    /// free IDs and its kernel addresses moved into its symbol window, see
+    /// `output::merge::merge_guest`); `layout` is that buffer's own metadata (page
+    /// size and headers). Called after its recorders finished. Returns the records
+    /// changed.
     fn remap_event_ids(
         &mut self,
         buffer: &BufferKey,
         layout: &Metadata,
-        map: &IdMap,
+        map: &GuestRewrite,
     ) -> Result<u64, BoxError>;
 
     /// Moves `buffer`'s recorded timestamps onto the host's clock with `c` (clock
@@ -225,10 +226,10 @@ impl TraceWriter for V6FileWriter {
         &mut self,
         buffer: &BufferKey,
         layout: &Metadata,
-        map: &IdMap,
+        map: &GuestRewrite,
     ) -> Result<u64, BoxError> {
         self.rewrite_pages(buffer, layout, |f, ps, hp, he| {
-            Ok(remap_file_ids(f, ps, hp, he, map)?)
+            Ok(rewrite_guest_file(f, ps, hp, he, map)?)
         })
     }
 

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use super::tsync::Correction;
 use super::writer::{Assembly, BufferKey, FileBuffer, TraceWriter, V6FileWriter};
 use super::{BoxError, RecordError};
-use crate::output::merge::IdMap;
+use crate::output::merge::GuestRewrite;
 use crate::output::{clock_of_trailing, Compression, CpuRange, Metadata, V7Writer};
 use crate::recorder::{Output, RecorderError};
 
@@ -131,7 +131,7 @@ impl TraceWriter for V7FileWriter {
         &mut self,
         buffer: &BufferKey,
         layout: &Metadata,
-        map: &IdMap,
+        map: &GuestRewrite,
     ) -> Result<u64, BoxError> {
         if *buffer == BufferKey::Host && self.raw.files_of(buffer).is_empty() {
             return Err("the host's pages are compressed while recorded; their event IDs cannot be rewritten".into());
@@ -241,7 +241,7 @@ mod tests {
             long_size: 8,
             ..Metadata::default()
         };
-        let map: IdMap = Default::default();
+        let map = GuestRewrite::default();
         assert!(
             w.remap_event_ids(&BufferKey::Host, &meta, &map).is_err(),
             "compressed pages cannot be rewritten"
