@@ -108,6 +108,15 @@ echo "qemu guest, synced: $held of $found pings in causal order (H_i < G_i < H'_
 [ "$found" -eq "$pings" ] || fail "synced: only $found of $pings pings have all three markers in the report"
 [ "$held" -eq "$pings" ] || fail "synced: $((pings - held)) of $pings pings out of causal order ($summary)"
 grep -q "stepped" <<<"$summary" && fail "synced: a clock step was reported: $summary"
+# The guest's markers name the guest kernel's tracing_mark_write (its symbols have a
+# window of their own in the file's kallsyms), the host's the host's.
+for side in G H; do
+  n=$(grep -cE "tcq-$side-[0-9]+\$" "$qemu_work/synced.txt" || true)
+  good=$(grep -E "tcq-$side-[0-9]+\$" "$qemu_work/synced.txt" | grep -c " tracing_mark_write: tcq-" || true)
+  [ "$n" -eq "$pings" ] && [ "$good" -eq "$n" ] ||
+    fail "synced: $good of $n tcq-$side markers name tracing_mark_write: $(grep -m1 -E "tcq-$side-[0-9]+\$" "$qemu_work/synced.txt")"
+done
+echo "qemu guest: guest and host markers both name tracing_mark_write"
 
 # 2. The raw guest clock.
 ping_record raw --tsync-interval -1
