@@ -19,7 +19,7 @@ use tracecmd_rs::msg::session;
 use tracecmd_rs::msg::tsync::{self, TsyncMsg};
 use tracecmd_rs::msg::v2::{self, Msg};
 use tracecmd_rs::msg::{Channel, Wait};
-use tracecmd_rs::output::layout::{walk_page, EventLayout, PageLayout};
+use tracecmd_rs::output::layout::{parse_fields, walk_page, EventLayout, PageLayout};
 use tracecmd_rs::output::reader::TraceDat;
 use tracecmd_rs::output::{page_size_of, Metadata};
 use tracecmd_rs::record::tsync::TsyncConfig;
@@ -508,22 +508,34 @@ const GUEST_PID: u32 = 4_000_000;
 
 #[test]
 fn guest_events_name_the_guests_symbols_and_processes() {
-    guest_symbols_v(6);
+    guest_symbols_v(6, false);
 }
 
 #[test]
 fn guest_events_name_the_guests_symbols_and_processes_v7() {
-    guest_symbols_v(7);
+    guest_symbols_v(7, false);
+}
+
+#[test]
+fn guest_process_names_missing_from_its_saved_cmdlines_come_from_its_sched_switch() {
+    guest_symbols_v(7, true);
 }
 
 /// The guest runs "another kernel": every symbol of its kallsyms has another name
 /// (`guest_` + the host's) at the host's address, and its markers were written by
-/// a pid only its saved_cmdlines names. In Debian's report the guest's markers
-/// name the guest's `tracing_mark_write` and process, the host's the host's.
-/// Without the guest's own symbol window its markers would resolve through the
-/// host's table.
-fn guest_symbols_v(version: u32) {
-    let mut data = guest_data_with(&[], |m| {
+/// a pid only the guest knows: named in its saved_cmdlines, or (`from_events`) only
+/// in its sched_switch events, its saved_cmdlines being empty (read before the
+/// process started; report's sched_switch plugin registers the names those events
+/// give pids its table lacks). In Debian's report the guest's markers name the
+/// guest's `tracing_mark_write` and process, the host's the host's. Without the
+/// guest's own symbol window its markers would resolve through the host's table.
+fn guest_symbols_v(version: u32, from_events: bool) {
+    let selectors: &[&str] = if from_events {
+        &["sched:sched_switch"]
+    } else {
+        &[]
+    };
+    let mut data = guest_data_with(selectors, |m| {
         let text = String::from_utf8(m.kallsyms.clone()).unwrap();
         assert!(
             text.lines().any(|l| l.ends_with(" tracing_mark_write")),
@@ -538,24 +550,78 @@ fn guest_symbols_v(version: u32) {
             })
             .collect();
         m.kallsyms = renamed.into_bytes();
-        m.cmdlines = format!("{GUEST_PID} guest-writer\n").into_bytes();
+        m.cmdlines = if from_events {
+            Vec::new()
+        } else {
+            format!("{GUEST_PID} guest-writer\n").into_bytes()
+        };
     });
     let meta = Metadata::parse(&data.meta).unwrap();
     let pl = PageLayout::parse(&meta.header_page).unwrap();
     let el = EventLayout::parse(&meta.header_event).unwrap();
-    for cpu in &mut data.pages {
-        for page in cpu.chunks_mut(data.page_size) {
-            let base = page.as_ptr() as usize;
-            let mut at = Vec::new();
+    // sched_switch's ID and its (pid, comm) fields.
+    let switch = meta
+        .systems
+        .iter()
+        .flat_map(|(_, f)| f.iter())
+        .find(|f| f.starts_with(b"name: sched_switch\n"));
+    let switch = switch.map(|f| {
+        let text = String::from_utf8_lossy(f);
+        let id: u16 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("ID:"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let fields = parse_fields(f);
+        let pairs: Vec<(usize, usize)> = ["prev", "next"]
+            .iter()
+            .map(|side| {
+                (
+                    fields[&format!("{side}_pid")].0,
+                    fields[&format!("{side}_comm")].0,
+                )
+            })
+            .collect();
+        (id, pairs)
+    });
+    assert_eq!(switch.is_some(), from_events);
+    // Every guest record's pid becomes GUEST_PID; sched_switch's naming the marker
+    // writer name GUEST_PID "guest-writer".
+    let mut records = Vec::new();
+    for (c, cpu) in data.pages.iter().enumerate() {
+        for (p, page) in cpu.chunks(data.page_size).enumerate() {
             walk_page(page, &pl, &el, false, |r| {
-                at.push(r.payload.as_ptr() as usize - base)
+                let o = r.payload.as_ptr() as usize - page.as_ptr() as usize;
+                let marker = String::from_utf8_lossy(r.payload).contains("tcrs marker");
+                let pid = u32::from_le_bytes(r.payload[4..8].try_into().unwrap());
+                records.push((c, p * data.page_size + o, marker.then_some(pid)));
             })
             .unwrap();
-            for o in at {
-                page[o + 4..o + 8].copy_from_slice(&GUEST_PID.to_le_bytes());
+        }
+    }
+    let writer = records.iter().find_map(|r| r.2).unwrap();
+    let mut renamed = 0;
+    for (c, o, _) in records {
+        let rec = &mut data.pages[c][o..];
+        rec[4..8].copy_from_slice(&GUEST_PID.to_le_bytes());
+        let Some((id, pairs)) = &switch else { continue };
+        if u16::from_le_bytes([rec[0], rec[1]]) != *id {
+            continue;
+        }
+        for &(pid, comm) in pairs {
+            if rec[pid..pid + 4] == writer.to_le_bytes() {
+                rec[pid..pid + 4].copy_from_slice(&GUEST_PID.to_le_bytes());
+                rec[comm..comm + 16].copy_from_slice(b"guest-writer\0\0\0\0");
+                renamed += 1;
             }
         }
     }
+    assert!(
+        !from_events || renamed > 0,
+        "the marker writer switched in or out on the guest"
+    );
     let dir = TempDir::new("engsyms");
     let file = dir.path().join("t.dat");
     let (name, ..) = host_and_guest(&file, "engsyms", data, None, None, version);
@@ -568,6 +634,12 @@ fn guest_symbols_v(version: u32) {
     };
     let (host, guest) = (marks(&name), marks(VM));
     assert_eq!((host.len(), guest.len()), (100, GUEST_MARKERS));
+    if from_events {
+        let names = buffer_lines(&rep.stdout, VM)
+            .filter(|l| l.contains("sched_switch:") && l.contains("guest-writer"))
+            .count();
+        assert!(names > 0, "the guest's sched_switch name its writer");
+    }
     for l in &guest {
         assert!(
             l.contains(" guest_tracing_mark_write: ")
