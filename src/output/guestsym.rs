@@ -187,7 +187,7 @@ pub fn merge_symbols(
         let module = line
             .split_once('\t')
             .map(|(_, m)| m.trim())
-            .filter(|m| m.starts_with('[') && m.ends_with(']'));
+            .filter(|m| m.starts_with('[') && m.ends_with(']') && !m.contains(char::is_whitespace));
         let moved = addr.wrapping_add(delta);
         let text = match module {
             Some(m) => format!("{moved:016x} {t} {name}\t{m}\n"),
