@@ -445,9 +445,9 @@ def ramp_bisect(b, transport):
 
 
 def ceiling(results, transport, rates, pair, a):
-    """Highest rate up to which every step of the pair lost nothing, as markers/s
-    (for `max`, or a target the writers did not reach: the median rate they
-    reached). `rates` are in increasing order, `max` last."""
+    """Highest rate of the steps up to which every step of the pair lost nothing,
+    as markers/s (for `max`, or a target the writers did not reach: the median
+    rate they reached). `rates` are in increasing order, `max` last."""
     best = None
     for rate in rates:
         done, ok = step_ok(results, transport, rate, pair)
@@ -455,7 +455,9 @@ def ceiling(results, transport, rates, pair, a):
             break
         # A target the writers fell short of counts as the rate they reached.
         reached = achieved(done, a)
-        best = int(reached) if rate == "max" or reached < 0.95 * int(rate) else int(rate)
+        got = int(reached) if rate == "max" or reached < 0.95 * int(rate) else int(rate)
+        # Unpaced writers can reach less than a paced step did (they contend more).
+        best = got if best is None else max(best, got)
     return best
 
 
