@@ -280,3 +280,51 @@ fn flush_ends_while_a_writer_never_pauses() {
     }
     drop(inst);
 }
+
+/// A ring buffer into a socket (the splice path of `record -N`): after a splice that
+/// found the buffer drained the recorder waits for the buffer instead of going round
+/// again; bursts into a small buffer, with pauses between them, must still all arrive.
+#[test]
+fn bursts_into_a_small_buffer_all_reach_a_socket() {
+    use std::io::Read;
+    use std::os::unix::net::UnixStream;
+    use tracecmd_rs::recorder::Output;
+    const BURSTS: [&str; 4] = ["sock-b0", "sock-b1", "sock-b2", "sock-b3"];
+    const PER_BURST: usize = 400;
+    let inst = tracing_instance("sock-burst", 64);
+    let cpu = testkit::tracefs::usable_cpus(&inst)[0];
+    let (tx, mut rx) = UnixStream::pair().unwrap();
+    let mut rec = CpuRecorder::new(
+        buffer_input(&inst, cpu),
+        Output::Stream(tx.into()),
+        RecordFlags::default(),
+    )
+    .expect("create recorder");
+    assert!(rec.uses_splice());
+    let page_size = rec.page_size();
+    let stop = rec.stop_handle();
+    let reader = std::thread::spawn(move || {
+        let mut all = Vec::new();
+        rx.read_to_end(&mut all).unwrap();
+        all
+    });
+    let t = std::thread::spawn(move || rec.record(Duration::from_millis(1)).expect("record"));
+    for tag in BURSTS {
+        write_markers(inst.path(), tag, cpu, PER_BURST);
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    stop.stop();
+    t.join().unwrap();
+    let data = reader.join().unwrap();
+    assert_eq!(data.len() % page_size, 0, "not whole pages");
+    let pages = parse_all(&data, page_size);
+    for tag in BURSTS {
+        let found = markers_in(&pages, tag);
+        for i in 0..PER_BURST {
+            let m = marker(tag, cpu, i);
+            assert!(found.contains(&m), "marker {m} missing");
+        }
+    }
+    let stats = inst.read(&format!("per_cpu/cpu{cpu}/stats")).unwrap();
+    assert!(stats.contains("overrun: 0"), "lost events: {stats}");
+}

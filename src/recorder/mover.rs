@@ -419,13 +419,21 @@ impl CpuRecorder {
                 pending,
                 ..
             } => {
+                // A ring buffer that filled less than half the pipe had no more whole
+                // pages: going round again at once would move a few pages per splice
+                // (and, into a socket, send them in small pieces). Wait for the buffer
+                // instead, as the write-behind does.
+                let mut drained = false;
                 if *pending == 0 {
                     let len = (*capacity / self.page_size).max(1) * self.page_size;
                     let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
                     match nix::fcntl::splice(&self.input, None, &*write_end, None, len, flags) {
                         Ok(0) => return Ok(self.at_end()),
                         Err(Errno::EAGAIN) => return Ok(Step::Idle),
-                        Ok(n) => *pending = n,
+                        Ok(n) => {
+                            *pending = n;
+                            drained = self.ring_buffer_input && n < len / 2;
+                        }
                         Err(Errno::EINTR) => return Ok(Step::Retry),
                         Err(Errno::EINVAL) => {
                             log::info!("input refuses splice; recording with read/write");
@@ -435,7 +443,10 @@ impl CpuRecorder {
                         Err(e) => return Err(RecorderError::Input(sys(e))),
                     }
                 }
-                self.drain_pipe(stopping)
+                match self.drain_pipe(stopping)? {
+                    Step::Moved(n) if drained => Ok(Step::MovedAll(n)),
+                    step => Ok(step),
+                }
             }
             Mover::Direct => self.splice_direct(),
             Mover::Behind(wb) => {
