@@ -46,6 +46,24 @@ const SPARE_BLOCKS: usize = 2;
 /// read (FALLOC_FL_PUNCH_HOLE), so a long catch-up does not hold all of it on disk.
 const PUNCH_EVERY: u64 = 4 << 20;
 
+/// Test-only: milliseconds the compressor sleeps before each block, so that tests
+/// of the whole CLI can make it fall behind and spill (cli/tests/record.rs). Unset
+/// in any real use; an unparsable value is ignored.
+pub const SLOW_COMPRESSOR_ENV: &str = "TRACECMD_RS_TEST_SLOW_COMPRESSOR_MS";
+
+/// The delay [`SLOW_COMPRESSOR_ENV`] asks for, if any.
+fn test_delay() -> Option<std::time::Duration> {
+    let ms: u64 = std::env::var(SLOW_COMPRESSOR_ENV)
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    log::warn!(
+        "{SLOW_COMPRESSOR_ENV}={ms}: the compressor waits {ms} ms per block (a test setting)"
+    );
+    Some(std::time::Duration::from_millis(ms))
+}
+
 /// Raw data waiting for the compressor, in recording order.
 enum Held {
     /// A block in memory (one chunk, the last one may be shorter).
@@ -308,10 +326,11 @@ impl CpuStream {
         });
         let block = pages_in_chunk(page_size as usize) * page_size as usize;
         let s = Arc::clone(&shared);
+        let delay = test_delay();
         let compressor = std::thread::Builder::new()
             .name(format!("v7 {label}"))
             .spawn(move || {
-                let r = compress(&s, writer, block);
+                let r = compress(&s, writer, block, delay);
                 // Whatever happened, the drain thread must not wait for it any more.
                 s.stop();
                 r.map_err(|e| in_cpu(&s.label, e))
@@ -422,9 +441,13 @@ fn compress(
     s: &Shared,
     mut w: ChunkWriter<File>,
     block: usize,
+    delay: Option<std::time::Duration>,
 ) -> Result<(File, CpuChunks), OutputError> {
     let mut buf = Vec::new();
     while let Some(item) = s.pop() {
+        if let Some(d) = delay {
+            std::thread::sleep(d);
+        }
         match item {
             Held::Mem(b) => {
                 w.write_pages(&b)?;
