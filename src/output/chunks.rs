@@ -171,7 +171,7 @@ pub struct CpuChunks {
 ///
 /// Memory: one raw chunk ([`super::v7::CHUNK_BYTES`], 512 KiB), one compressed chunk
 /// (a little more) and the zstd context: about 1.8 MiB in all with the bundled zstd
-/// 1.5.7 at [`ZSTD_CHUNK_LEVEL`] ([`ChunkWriter::memory_bytes`]), whatever the amount
+/// 1.5.7 at zstd level 2 ([`ChunkWriter::memory_bytes`]), whatever the amount
 /// of data. (The raw buffer is touched only when pages arrive in pieces.)
 pub struct ChunkWriter<W: Write> {
     out: W,

@@ -256,7 +256,7 @@ impl Shared {
 /// Memory per CPU: the pipe ([`SINK_PIPE_BYTES`], 1 MiB of kernel memory, full only
 /// while the drain thread is not scheduled), the queue for a compressor that is
 /// behind (at most [`BACKLOG_BYTES`], 2 MiB, plus one block; only the block being
-/// compressed while it keeps up), the drain thread's block and [`SPARE_BLOCKS`] spare
+/// compressed while it keeps up), the drain thread's block and two spare
 /// ones (blocks of one chunk, 512 KiB) and the [`ChunkWriter`]'s buffers and zstd
 /// context (about 1.8 MiB): at most about 7 MiB, however long the recording and however
 /// slow the compressor. What does not fit goes into the spill file on disk.

@@ -5,7 +5,8 @@
 //! section ending in `DONE(next = 0)`. The listener then appends
 //!
 //! 1. a BUFFER section (id 3) with each CPU's raw pages at a page-aligned offset,
-//!    compressed in chunks of at most 10 pages when the file is (doc §4.6);
+//!    compressed in chunks of [`pages_in_chunk`] pages (512 KiB; 3.x writes 10) when the
+//!    file is (doc §4.6);
 //! 2. an options section holding the BUFFER option and a final DONE, and patches
 //!    the previous DONE's `next` to point at it (doc §4.3);
 //! 3. a STRINGS section with the three descriptions it used (doc §4.4).
