@@ -666,12 +666,14 @@ fn v7_client_complete_and_partial() {
             "the empty CPU is not listed"
         );
         assert_eq!(off % PAGE as u64, 0);
-        // 12 pages = chunks of 10 and 2 pages.
+        // 12 pages, in chunks of the writer's size.
+        let per = tracecmd_rs::output::v7::pages_in_chunk(PAGE);
         let at = off as usize;
-        assert_eq!(u32::from_le_bytes(b[at..at + 4].try_into().unwrap()), 2);
+        let chunks = u32::from_le_bytes(b[at..at + 4].try_into().unwrap()) as usize;
+        assert_eq!(chunks, 12usize.div_ceil(per));
         let z = u32::from_le_bytes(b[at + 4..at + 8].try_into().unwrap()) as usize;
         let raw = u32::from_le_bytes(b[at + 8..at + 12].try_into().unwrap()) as usize;
-        assert_eq!(raw, 10 * PAGE);
+        assert_eq!(raw, per.min(12) * PAGE);
         let pages = zstd_decode(&b[at + 12..at + 12 + z], raw);
         assert_eq!(&pages[..PAGE], &page(0, 0)[..]);
         assert!(size > z as u64);

@@ -410,6 +410,55 @@ fn disk_full_while_recording() {
     );
 }
 
+/// With its compressor slowed (the test-only `output::SLOW_COMPRESSOR_ENV`) record
+/// keeps draining the ring buffer, spilling what the compressor has not taken yet to
+/// disk, and the v7 file it finishes holds every event the kernel recorded. Without
+/// the spill path the recorder would wait for the compressor: 32 MiB at about 20 MB/s
+/// against a compressor held to 5 MB/s overruns the 4 MiB ring within a second, and
+/// the spill message would be missing.
+#[test]
+fn a_slow_compressor_spills_and_loses_nothing() {
+    let inst = fresh("slowz");
+    let dir = TempDir::new("slowz");
+    let file = dir.path().join("t.dat");
+    // 256 KiB of marker text; each write of it becomes 4 KiB markers.
+    let src = dir.path().join("markers.txt");
+    let text: String = (0..16384).map(|i| format!("tcrs-slow {i:05}\n")).collect();
+    std::fs::write(&src, &text[..256 << 10]).unwrap();
+    let script = format!(
+        "i=0; while [ $i -lt 128 ]; do cat {} > {}; sleep 0.01; i=$((i+1)); done",
+        src.display(),
+        inst.path().join("trace_marker").display()
+    );
+    let out = Command::new(BIN)
+        .env(tracecmd_rs::output::SLOW_COMPRESSOR_ENV, "100")
+        .args([
+            "record",
+            "-B",
+            &instance_name(&inst),
+            "-b",
+            "4096",
+            "-q",
+            "-v",
+        ])
+        .args([
+            "-e",
+            "sched:sched_kthread_stop",
+            "-o",
+            file.to_str().unwrap(),
+        ])
+        .args(["/bin/sh", "-c", &script])
+        .output()
+        .expect("run trace-cmd record");
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(format_of(&file), (7, "zstd".to_string()));
+    check(&file, &instance_name(&inst), &kernel_recorded(&inst));
+    assert!(err.contains("waited in a spill file"), "no spill: {err}");
+    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert_eq!(left.len(), 2, "leftover files: {left:?}");
+}
+
 #[test]
 fn disk_full_while_writing_trace_dat() {
     // The per-CPU data fits; the 5 MB of kallsyms in the metadata does not, nor

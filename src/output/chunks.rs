@@ -1,5 +1,5 @@
 //! Per-CPU data of a version 7 file (doc §4.6): raw pages, or zstd-compressed chunks
-//! of at most [`PAGES_IN_CHUNK`] pages, written as the pages arrive.
+//! of [`pages_in_chunk`] pages, written as the pages arrive.
 //!
 //! [`ChunkWriter`] turns a stream of ring-buffer pages into the chunk format (or
 //! passes them through when uncompressed). [`super::CpuStream`] runs one on a thread
@@ -11,11 +11,17 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::path::Path;
 
-use super::v7::PAGES_IN_CHUNK;
+use super::v7::pages_in_chunk;
 use super::OutputError;
 
-/// zstd level trace-cmd uses (the library default, doc §4.5).
+/// zstd level trace-cmd uses (the library default, doc §4.5), and ours for the
+/// metadata sections.
 const ZSTD_LEVEL: i32 = 3;
+/// zstd level of our CPU data chunks: on recorded sched pages and marker floods in
+/// 512 KiB chunks ([`super::v7::CHUNK_BYTES`]) level 2 is smaller than level 3 (whose
+/// larger tables pay off only on larger inputs) and than level 1, and the cheapest of
+/// the three (cli/bench/README.md). Readers see ordinary frames.
+const ZSTD_CHUNK_LEVEL: i32 = 2;
 /// Hash and chain table sizes (log2 entries) instead of level 3's own (16–17): on
 /// recorded sched pages and marker floods in 40 KiB chunks the result is as small or
 /// smaller, and on kallsyms 3% smaller at 40% less CPU; the small tables also stay in
@@ -53,10 +59,18 @@ impl Compression {
         }
     }
 
-    /// A compressor for this compression, if it compresses.
+    /// A compressor of metadata sections for this compression, if it compresses.
     pub(crate) fn compressor(self) -> Result<Option<Zstd>, OutputError> {
         match self {
             Compression::Zstd => Zstd::new().map(Some),
+            Compression::None => Ok(None),
+        }
+    }
+
+    /// A compressor of CPU data chunks for this compression, if it compresses.
+    fn chunk_compressor(self) -> Result<Option<Zstd>, OutputError> {
+        match self {
+            Compression::Zstd => Zstd::for_chunks().map(Some),
             Compression::None => Ok(None),
         }
     }
@@ -67,24 +81,34 @@ pub(crate) fn werr(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Ou
     move |source| OutputError::Write { what, source }
 }
 
-/// zstd as trace-cmd uses it: level 3, one frame per block, no content size in the
-/// frame header (doc §4.5, P11), but smaller match tables ([`ZSTD_TABLE_LOG`]). The
-/// context is reused between blocks.
+/// zstd as trace-cmd uses it: one frame per block, no content size in the frame
+/// header (doc §4.5, P11). Metadata sections get level 3 with smaller match tables
+/// ([`ZSTD_TABLE_LOG`]), CPU data chunks [`ZSTD_CHUNK_LEVEL`]. The context is reused
+/// between blocks.
 pub(crate) struct Zstd {
     cctx: zstd::bulk::Compressor<'static>,
     out: Vec<u8>,
 }
 
 impl Zstd {
+    /// The compressor of metadata sections.
     pub(crate) fn new() -> Result<Zstd, OutputError> {
-        let mut cctx =
-            zstd::bulk::Compressor::new(ZSTD_LEVEL).map_err(werr("the zstd compressor"))?;
         use zstd::zstd_safe::CParameter as P;
-        for p in [
-            P::ContentSizeFlag(false),
-            P::HashLog(ZSTD_TABLE_LOG),
-            P::ChainLog(ZSTD_TABLE_LOG),
-        ] {
+        Zstd::with(
+            ZSTD_LEVEL,
+            &[P::HashLog(ZSTD_TABLE_LOG), P::ChainLog(ZSTD_TABLE_LOG)],
+        )
+    }
+
+    /// The compressor of CPU data chunks.
+    fn for_chunks() -> Result<Zstd, OutputError> {
+        Zstd::with(ZSTD_CHUNK_LEVEL, &[])
+    }
+
+    fn with(level: i32, params: &[zstd::zstd_safe::CParameter]) -> Result<Zstd, OutputError> {
+        let mut cctx = zstd::bulk::Compressor::new(level).map_err(werr("the zstd compressor"))?;
+        let no_size = zstd::zstd_safe::CParameter::ContentSizeFlag(false);
+        for &p in std::iter::once(&no_size).chain(params) {
             cctx.set_parameter(p).map_err(werr("the zstd compressor"))?;
         }
         Ok(Zstd {
@@ -141,14 +165,14 @@ pub struct CpuChunks {
 }
 
 /// Turns ring-buffer pages into v7 CPU data as they arrive: with zstd, chunks of
-/// `u32 zlen, u32 rawlen, frame` holding at most [`PAGES_IN_CHUNK`] whole pages;
+/// `u32 zlen, u32 rawlen, frame` holding at most [`pages_in_chunk`] whole pages;
 /// without, the pages themselves. The u32 chunk count that precedes the chunks in
 /// the file is not written here: it is known only at the end ([`CpuChunks`]).
 ///
-/// Memory: one raw chunk (`PAGES_IN_CHUNK` pages, 40 KiB with 4 KiB pages), one
-/// compressed chunk (a little more) and the zstd context: about 290 KiB in all with
-/// the bundled zstd 1.5.7 and [`ZSTD_TABLE_LOG`] ([`ChunkWriter::memory_bytes`]),
-/// whatever the amount of data.
+/// Memory: one raw chunk ([`super::v7::CHUNK_BYTES`], 512 KiB), one compressed chunk
+/// (a little more) and the zstd context: about 1.8 MiB in all with the bundled zstd
+/// 1.5.7 at zstd level 2 ([`ChunkWriter::memory_bytes`]), whatever the amount
+/// of data. (The raw buffer is touched only when pages arrive in pieces.)
 pub struct ChunkWriter<W: Write> {
     out: W,
     zstd: Option<Zstd>,
@@ -168,11 +192,12 @@ impl<W: Write> ChunkWriter<W> {
         if page_size == 0 {
             return Err(OutputError::Invalid("a page size of 0 bytes".into()));
         }
-        let zstd = compression.compressor()?;
+        let zstd = compression.chunk_compressor()?;
+        let page = page_size as usize;
         Ok(ChunkWriter {
             out,
             zstd,
-            raw: vec![0; PAGES_IN_CHUNK * page_size as usize],
+            raw: vec![0; pages_in_chunk(page) * page],
             filled: 0,
             page_size: page_size as usize,
             stats: CpuChunks::default(),
@@ -374,8 +399,9 @@ pub(crate) mod tests {
 
     #[test]
     fn chunks_hold_whole_pages_however_the_bytes_arrive() {
-        let data = pages(23, 5);
-        for piece in [1, 4096, 5000, 40960, 100_000] {
+        let per = pages_in_chunk(4096);
+        let data = pages(2 * per + 3, 5);
+        for piece in [1, 4096, 5000, 40960, 1_000_000] {
             let mut w = ChunkWriter::new(Vec::new(), 4096, Compression::Zstd).unwrap();
             for p in data.chunks(piece) {
                 w.write_all(p).unwrap();
@@ -386,7 +412,7 @@ pub(crate) mod tests {
             assert_eq!(st.size, out.len() as u64);
             let chunks = unchunk(&out);
             let lens: Vec<usize> = chunks.iter().map(Vec::len).collect();
-            assert_eq!(lens, [40960, 40960, 3 * 4096], "piece {piece}");
+            assert_eq!(lens, [per * 4096, per * 4096, 3 * 4096], "piece {piece}");
             assert_eq!(chunks.concat(), data);
         }
     }
@@ -430,11 +456,11 @@ pub(crate) mod tests {
     #[test]
     fn memory_stays_bounded() {
         let mut w = ChunkWriter::new(std::io::sink(), 4096, Compression::Zstd).unwrap();
-        for i in 0..200 {
-            w.write_pages(&pages(10, i as u8)).unwrap();
+        for i in 0..50 {
+            w.write_pages(&pages(50, i as u8)).unwrap();
         }
         let m = w.memory_bytes();
-        // 40 KiB raw + 40 KiB out + the context (about 210 KiB with 2^12-entry tables).
-        assert!(m < 512 << 10, "{m} bytes");
+        // 512 KiB raw + 512 KiB out + the level-2 context (about 800 KiB).
+        assert!(m < 2 << 20, "{m} bytes");
     }
 }

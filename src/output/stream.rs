@@ -27,7 +27,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
 use super::chunks::{anonymous_file, werr, ChunkWriter, Compression, CpuChunks};
-use super::v7::PAGES_IN_CHUNK;
+use super::v7::pages_in_chunk;
 use super::OutputError;
 
 /// What the pipe of a [`CpuStream`] is grown to (pipe-max-size may cap it): room for
@@ -38,12 +38,31 @@ pub const SINK_PIPE_BYTES: usize = 1 << 20;
 /// past that they are spilled to a file.
 pub const BACKLOG_BYTES: usize = 2 << 20;
 
-/// Free blocks kept for reuse (the rest of a drained backlog is freed).
-const SPARE_BLOCKS: usize = 4;
+/// Free blocks kept for reuse (the rest of a drained backlog is freed): one in the
+/// drain thread and one in the compressor is the steady state.
+const SPARE_BLOCKS: usize = 2;
 
 /// Spilled bytes after which the compressor frees the part of the spill file it has
 /// read (FALLOC_FL_PUNCH_HOLE), so a long catch-up does not hold all of it on disk.
 const PUNCH_EVERY: u64 = 4 << 20;
+
+/// Test-only: milliseconds the compressor sleeps before each block, so that tests
+/// of the whole CLI can make it fall behind and spill (cli/tests/record.rs). Unset
+/// in any real use; an unparsable value is ignored.
+pub const SLOW_COMPRESSOR_ENV: &str = "TRACECMD_RS_TEST_SLOW_COMPRESSOR_MS";
+
+/// The delay [`SLOW_COMPRESSOR_ENV`] asks for, if any.
+fn test_delay() -> Option<std::time::Duration> {
+    let ms: u64 = std::env::var(SLOW_COMPRESSOR_ENV)
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    log::warn!(
+        "{SLOW_COMPRESSOR_ENV}={ms}: the compressor waits {ms} ms per block (a test setting)"
+    );
+    Some(std::time::Duration::from_millis(ms))
+}
 
 /// Raw data waiting for the compressor, in recording order.
 enum Held {
@@ -236,10 +255,11 @@ impl Shared {
 ///
 /// Memory per CPU: the pipe ([`SINK_PIPE_BYTES`], 1 MiB of kernel memory, full only
 /// while the drain thread is not scheduled), the queue for a compressor that is
-/// behind (at most [`BACKLOG_BYTES`], 2 MiB, plus one block; nothing while it keeps
-/// up) and the [`ChunkWriter`]'s buffers and zstd context (about 290 KiB): at most
-/// about 3.4 MiB, however long the recording and however slow the compressor. What
-/// does not fit goes into the spill file on disk.
+/// behind (at most [`BACKLOG_BYTES`], 2 MiB, plus one block; only the block being
+/// compressed while it keeps up), the drain thread's block and two spare
+/// ones (blocks of one chunk, 512 KiB) and the [`ChunkWriter`]'s buffers and zstd
+/// context (about 1.8 MiB): at most about 7 MiB, however long the recording and however
+/// slow the compressor. What does not fit goes into the spill file on disk.
 ///
 /// If writing the output fails (e.g. the disk is full) the compressor stops, the
 /// drain thread ends and closes the read end, so the recorder's next write fails with
@@ -304,12 +324,13 @@ impl CpuStream {
             memory_cap,
             label: label.clone(),
         });
-        let block = PAGES_IN_CHUNK * page_size as usize;
+        let block = pages_in_chunk(page_size as usize) * page_size as usize;
         let s = Arc::clone(&shared);
+        let delay = test_delay();
         let compressor = std::thread::Builder::new()
             .name(format!("v7 {label}"))
             .spawn(move || {
-                let r = compress(&s, writer, block);
+                let r = compress(&s, writer, block, delay);
                 // Whatever happened, the drain thread must not wait for it any more.
                 s.stop();
                 r.map_err(|e| in_cpu(&s.label, e))
@@ -420,9 +441,13 @@ fn compress(
     s: &Shared,
     mut w: ChunkWriter<File>,
     block: usize,
+    delay: Option<std::time::Duration>,
 ) -> Result<(File, CpuChunks), OutputError> {
     let mut buf = Vec::new();
     while let Some(item) = s.pop() {
+        if let Some(d) = delay {
+            std::thread::sleep(d);
+        }
         match item {
             Held::Mem(b) => {
                 w.write_pages(&b)?;
@@ -492,7 +517,7 @@ mod tests {
     fn stream_compresses_what_the_pipe_carries() {
         let dir = crate::testutil::TempDir::new("stream");
         let (fd, s) = CpuStream::spawn(&dir, 4096, Compression::Zstd, "CPU 0".into()).unwrap();
-        let data = pages(31, 3);
+        let data = pages(3 * pages_in_chunk(4096) + 1, 3);
         let mut w = File::from(fd);
         for p in data.chunks(4096) {
             w.write_all(p).unwrap();
@@ -562,12 +587,15 @@ mod tests {
                 spill_end <= first.len() as u64,
                 "the spill file was not started again once caught up: {spill_end} bytes"
             );
+            // Per round, all but what may still be in the pipe, the first block (in
+            // memory: the queue was empty) and the drain thread's block being filled.
+            let block = 4096 * pages_in_chunk(4096) as u64;
             assert!(
-                spilled >= 2 * (first.len() as u64 - SINK_PIPE_BYTES as u64) - 2 * cap as u64,
+                spilled >= 2 * (first.len() as u64 - SINK_PIPE_BYTES as u64 - 2 * block),
                 "only {spilled} bytes spilled"
             );
             assert!(
-                peak <= cap + 4096 * PAGES_IN_CHUNK,
+                peak <= cap + 4096 * pages_in_chunk(4096),
                 "{peak} bytes queued in memory"
             );
             let all = [first.clone(), second.clone()].concat();

@@ -1,11 +1,11 @@
 //! Reading what [`super::reader::TraceDat`] leaves compressed in a version 7 file:
 //! the metadata sections (doc §4.1) and per-CPU chunks (doc §4.6). Never panics, and
 //! allocates no more than the sizes the format allows (a chunk holds at most
-//! [`PAGES_IN_CHUNK`] pages).
+//! [`MAX_CHUNK_RAW`] bytes, or 3.x's [`PAGES_IN_CHUNK`] pages of the largest size).
 
 use super::layout::{EventLayout, PageLayout};
 use super::reader::{DatError, TraceDat};
-use super::v7::PAGES_IN_CHUNK;
+use super::v7::{MAX_CHUNK_RAW, PAGES_IN_CHUNK};
 
 /// Largest raw size accepted for one compressed section.
 const MAX_SECTION_RAW: usize = 1 << 30;
@@ -121,7 +121,7 @@ pub fn cpu_data(file: &[u8], dat: &TraceDat, buffer: usize) -> Result<Vec<Vec<u8
         .get(buffer)
         .ok_or_else(|| bad(0, format!("no buffer number {buffer}")))?;
     let compressed = dat.compression.as_ref().is_some_and(|(n, _)| n != "none");
-    let max_chunk = PAGES_IN_CHUNK * (dat.page_size as usize).min(MAX_PAGE);
+    let max_chunk = MAX_CHUNK_RAW.max(PAGES_IN_CHUNK * (dat.page_size as usize).min(MAX_PAGE));
     let mut out = Vec::with_capacity(buf.cpu_data.len());
     for (cpu, &(off, size)) in buf.cpu_data.iter().enumerate() {
         if size == 0 {

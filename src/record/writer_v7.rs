@@ -17,7 +17,7 @@ use crate::recorder::{Output, RecorderError};
 ///   compressing thread writes chunks into an unnamed temporary file, so the file
 ///   is complete soon after the recording ends. A compressor that falls behind never
 ///   holds up the recorder: its backlog is queued, then spilled to disk (at most
-///   about 3.4 MiB of memory per CPU; see [`crate::output::CpuStream`]).
+///   about 7 MiB of memory per CPU; see [`crate::output::CpuStream`]).
 /// * Guests are recorded into raw per-CPU files (as for v6) and compressed only at
 ///   [`TraceWriter::finish`]: their event IDs may have to be rewritten
 ///   ([`TraceWriter::remap_event_ids`]), and the map is known only once the guest
