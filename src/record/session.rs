@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use super::guest::{finish_guests, GuestResult};
 use super::remote::AgentAddr;
-use super::tsync::{GuestClock, GuestSync, TsyncConfig, TsyncSummary, OPTION_GUEST_CLOCK};
+use super::tsync::{
+    Exchange, GuestClock, GuestSync, TsyncConfig, TsyncSummary, OPTION_GUEST_CLOCK,
+};
 use super::{
     Assembly, BufferKey, CpuRecorderSet, FileBuffer, GuestIssue, GuestLink, GuestProblem,
     GuestRecording, GuestSpec, RecordError, TraceWriter,
@@ -613,7 +615,10 @@ fn assemble(
                 Ok((option, summary)) => {
                     options.push(option);
                     guest_clocks.push((g.name.clone(), summary.clone()));
-                    GuestSync::Synced(summary)
+                    match clock.exchange {
+                        Exchange::Virt => GuestSync::Synced(summary),
+                        Exchange::Ptp => GuestSync::SyncedPtp(summary),
+                    }
                 }
                 Err(e) => {
                     let text = e.to_string();
