@@ -632,7 +632,15 @@ fn assemble(
         cpus = cpus.max(g.cpus);
         named.push(FileBuffer {
             name: g.name.clone(),
-            trailing_clock: Some(bracketed_clock("local")),
+            // The clock the guest recorded with, when its sync told us (a
+            // known name only: it came from the guest), else trace-cmd's default.
+            trailing_clock: Some(bracketed_clock(
+                g.clock
+                    .as_ref()
+                    .map(|c| c.guest_clock.as_str())
+                    .filter(|c| super::tsync::is_ns_clock(c))
+                    .unwrap_or("local"),
+            )),
             data: Some(key),
         });
         if let Some(p) = g.problem {
