@@ -266,9 +266,9 @@ pub fn serve_host(
     // The clock-sync host connects first (3.x's agent waits for it); its rounds
     // run beside the recording until the host says STOP or the recording ends.
     let timeout = params.timeout;
-    let sync_stop = Arc::new(AtomicBool::new(false));
+    let sync_stop = StopOnDrop(Arc::new(AtomicBool::new(false)));
     let syncer = tsync.map(|(l, _)| {
-        let stop = sync_stop.clone();
+        let stop = sync_stop.0.clone();
         std::thread::spawn(move || {
             let conn = accept_all(vec![l], peer, timeout)?.pop();
             let Some(conn) = conn else { return Ok(0) };
@@ -301,22 +301,37 @@ pub fn serve_host(
         events.len()
     );
     let ended = wait_close(&ch, &recorders, stop);
-    sync_stop.store(true, Ordering::Relaxed);
-    if let Some(t) = syncer {
-        match t.join() {
-            Ok(Ok(n)) => log::info!("host {peer}: {n} PTP clock-sync rounds"),
-            Ok(Err(e)) => log::warn!("host {peer}: clock sync ended: {e}"),
-            Err(_) => log::warn!("host {peer}: the clock-sync thread panicked"),
-        }
-    }
     inst.set_tracing_on(false)?;
     let flushed = recorders.finish();
     guard.restore()?;
     flushed.map_err(RecordError::from)?;
     ended.map_err(merr)?;
     v3::send(&ch, &v3::Msg::CloseResp).map_err(merr)?;
+    // 3.x's host runs its last clock-sync round and STOP after CLOSE: served
+    // until then, within the timeout.
+    if let Some(t) = syncer {
+        let end = Instant::now() + timeout;
+        while !t.is_finished() && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        sync_stop.0.store(true, Ordering::Relaxed);
+        match t.join() {
+            Ok(Ok(n)) => log::info!("host {peer}: {n} PTP clock-sync rounds"),
+            Ok(Err(e)) => log::warn!("host {peer}: clock sync ended: {e}"),
+            Err(_) => log::warn!("host {peer}: the clock-sync thread panicked"),
+        }
+    }
     log::info!("host {peer}: recording sent and closed");
     Ok(())
+}
+
+/// Tells the clock-sync thread to stop waiting, however `serve_host` ends.
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
 }
 
 /// Waits for the host's CLOSE, answering NOT_SUPP to anything else; stops early if
