@@ -508,9 +508,12 @@ fn debian_host_syncs_clocks_with_our_vsock_agent_over_the_shim() {
     let agent = Agent::start_vsock_shim(port);
     let dir = TempDir::new("agent3-ptp-debian");
     let host = testkit::instance("agent3-ptp-dhost");
+    // Output to a file and the status only: recorder processes that outlive a
+    // failed record must not hold the test on an open pipe.
+    let log = dir.path().join("record.log");
     let mut cmd = Command::new(sandbox());
     vsock::apply(&mut cmd, Side::Host);
-    let out = cmd
+    let st = cmd
         .current_dir(dir.path())
         .args(["trace-cmd", "record", "-B", &testkit::instance_name(&host)])
         .args([
@@ -520,14 +523,16 @@ fn debian_host_syncs_clocks_with_our_vsock_agent_over_the_shim() {
             &format!("guest@{GUEST_CID}:{port}"),
         ])
         .args(["-e", "sched_switch", "sh", "-c", "sleep 0.2; sleep 0.2"])
-        .output()
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::fs::File::create(dir.path().join("record.err")).unwrap())
+        .status()
         .expect("run Debian's record -A");
     let said = format!(
         "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+        std::fs::read_to_string(&log).unwrap_or_default(),
+        std::fs::read_to_string(dir.path().join("record.err")).unwrap_or_default()
     );
-    assert!(out.status.success(), "Debian's record -A failed: {said}");
+    assert!(st.success(), "Debian's record -A failed ({st}): {said}");
     assert!(said.contains("Negotiated ptp time sync protocol"), "{said}");
     let guest_file = dir.path().join("trace-guest.dat");
     let offsets = time_shift_offsets(&guest_file);
