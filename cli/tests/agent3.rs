@@ -216,12 +216,14 @@ fn hostile_hosts_do_not_stop_the_agent() {
 /// Our `record -B INSTANCE -e sched_switch -A 127.0.0.1:PORT -e sched_switch`
 /// with `extra` options; returns the file and the summary.
 fn our_host(port: u16, dir: &Path, extra: &[&str]) -> (std::path::PathBuf, Instance, String) {
-    our_host_at(&format!("127.0.0.1:{port}"), dir, extra, None)
+    our_host_at(&format!("127.0.0.1:{port}"), &[], dir, extra, None)
 }
 
-/// [`our_host`] with any `-A` target, as `shim`'s side of the vsock shim.
+/// [`our_host`] with any `-A` target and `guest_opts` before its `-e`, as
+/// `shim`'s side of the vsock shim.
 fn our_host_at(
     target: &str,
+    guest_opts: &[&str],
     dir: &Path,
     extra: &[&str],
     shim: Option<Side>,
@@ -243,7 +245,9 @@ fn our_host_at(
         .args(extra)
         .arg("-o")
         .arg(&file)
-        .args(["-A", target, "-e", "sched_switch"])
+        .args(["-A", target])
+        .args(guest_opts)
+        .args(["-e", "sched_switch"])
         .args(["sh", "-c", "sleep 0.2; sleep 0.2"])
         .output()
         .expect("run our record -A");
@@ -565,7 +569,7 @@ fn our_record_a_syncs_clocks_with_debian_vsock_agent_over_the_shim() {
     let target = format!("vm@{GUEST_CID}:{port}");
     let (file, host, summary) = {
         let _agent = DebianAgent::start_vsock_shim(port);
-        our_host_at(&target, dir.path(), &[], Some(Side::Host))
+        our_host_at(&target, &[], dir.path(), &[], Some(Side::Host))
     };
     before.restore(&top);
     check_merged_as(
@@ -579,43 +583,33 @@ fn our_record_a_syncs_clocks_with_debian_vsock_agent_over_the_shim() {
     assert!(off.abs() < SAME_CLOCK_NS, "offset {off} ns on one clock");
 }
 
-/// Ours against ours over the shim: PTP both ways round, then
-/// `--tsync-interval -1` gives no sync and says so.
+/// Ours against ours over the shim: PTP, then `--tsync-interval -1` gives no
+/// sync and says so. The guest records a private instance (`-B` after `-A`),
+/// so the top-level buffer is not touched.
 #[test]
 fn our_record_a_syncs_clocks_with_our_vsock_agent_over_the_shim() {
-    let _lock = lock_top_buffer();
-    let top = Instance::top().expect("tracefs");
-    let before = top_state(&top);
     let port = free_port();
     let agent = Agent::start_vsock_shim(port);
     let target = format!("vm@{GUEST_CID}:{port}");
-    let dir = TempDir::new("agent3-ptp-ours");
-    let (file, host, summary) = our_host_at(&target, dir.path(), &[], Some(Side::Host));
-    check_merged_as(
-        &file,
-        &host,
-        &summary,
-        "vm",
-        "Guest vm clock: synced (ptp): ",
-    );
-    let off = ptp_offset(&summary, "vm");
-    assert!(off.abs() < SAME_CLOCK_NS, "offset {off} ns on one clock");
-    let dir = TempDir::new("agent3-ptp-ours-off");
-    let (file, host, summary) = our_host_at(
-        &target,
-        dir.path(),
-        &["--tsync-interval", "-1"],
-        Some(Side::Host),
-    );
-    check_merged_as(
-        &file,
-        &host,
-        &summary,
-        "vm",
-        "Guest vm clock: none: --tsync-interval -1",
-    );
+    for (extra, clock_line) in [
+        (&[][..], "Guest vm clock: synced (ptp): "),
+        (
+            &["--tsync-interval", "-1"][..],
+            "Guest vm clock: none: --tsync-interval -1",
+        ),
+    ] {
+        let guest = testkit::instance("agent3-ptp-guest");
+        let name = testkit::instance_name(&guest);
+        let dir = TempDir::new("agent3-ptp-ours");
+        let (file, host, summary) =
+            our_host_at(&target, &["-B", &name], dir.path(), extra, Some(Side::Host));
+        check_merged_as(&file, &host, &summary, "vm", clock_line);
+        if extra.is_empty() {
+            let off = ptp_offset(&summary, "vm");
+            assert!(off.abs() < SAME_CLOCK_NS, "offset {off} ns on one clock");
+        }
+    }
     agent.stop();
-    assert_eq!(top_state(&top), before, "the agent left tracefs changed");
 }
 
 /// A one-connection agent on loopback that plays `script` on the host's control
