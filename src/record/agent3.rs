@@ -307,11 +307,12 @@ pub fn serve_host(
     flushed.map_err(RecordError::from)?;
     ended.map_err(merr)?;
     v3::send(&ch, &v3::Msg::CloseResp).map_err(merr)?;
-    // 3.x's host runs its last clock-sync round and STOP after CLOSE: served
-    // until then, within the timeout.
+    // 3.x's host runs its last clock-sync round and STOP after CLOSE, once it
+    // has written its files: served until then, within six message timeouts
+    // (as a host waits for a slow guest), or until the agent is stopped.
     if let Some(t) = syncer {
-        let end = Instant::now() + timeout;
-        while !t.is_finished() && Instant::now() < end {
+        let end = Instant::now() + timeout * 6;
+        while !t.is_finished() && Instant::now() < end && !stop() {
             std::thread::sleep(Duration::from_millis(20));
         }
         sync_stop.0.store(true, Ordering::Relaxed);
