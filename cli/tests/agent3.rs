@@ -511,7 +511,6 @@ fn debian_host_syncs_clocks_with_our_vsock_agent_over_the_shim() {
     let port = free_port();
     let agent = Agent::start_vsock_shim(port);
     let dir = TempDir::new("agent3-ptp-debian");
-    let host = testkit::instance("agent3-ptp-dhost");
     // Output to a file and the status only: recorder processes that outlive a
     // failed record must not hold the test on an open pipe.
     let log = dir.path().join("record.log");
@@ -519,13 +518,10 @@ fn debian_host_syncs_clocks_with_our_vsock_agent_over_the_shim() {
     vsock::apply(&mut cmd, Side::Host);
     let st = cmd
         .current_dir(dir.path())
-        .args(["trace-cmd", "record", "-B", &testkit::instance_name(&host)])
-        .args([
-            "-e",
-            "sched_switch",
-            "-A",
-            &format!("guest@{GUEST_CID}:{port}"),
-        ])
+        // The top-level buffer, as debian_host does: the sandbox masks only its
+        // function-tracer files, which 3.x's record also writes in an instance.
+        .args(["trace-cmd", "record", "-e", "sched_switch"])
+        .args(["-A", &format!("guest@{GUEST_CID}:{port}")])
         .args(["-e", "sched_switch", "sh", "-c", "sleep 0.2; sleep 0.2"])
         .stdout(std::fs::File::create(&log).unwrap())
         .stderr(std::fs::File::create(dir.path().join("record.err")).unwrap())
