@@ -234,9 +234,19 @@ fn v3_extra_body_bytes_are_skipped_and_other_commands_are_unsupported() {
             options: vec!["tcp".into()]
         }
     );
-    // TIME_SYNC (9) is known but not decoded here.
+    // TIME_SYNC (9): a 16-byte protocol name (here empty) and a message id.
     let b = hex("00000020 00000009 00000014 00000000 00000000 00000000 00000000 00000001");
-    assert_eq!(v3::decode(&b).unwrap().0, Msg::Unsupported { cmd: 9 });
+    assert_eq!(
+        v3::decode(&b).unwrap().0,
+        Msg::TimeSync {
+            proto: String::new(),
+            id: 1,
+            payload: vec![]
+        }
+    );
+    // TRACE_PROXY (10) is known but not decoded here.
+    let b = hex("00000024 0000000a 00000018 00000000 00000000 00000000 00000000 00000000 00000000");
+    assert_eq!(v3::decode(&b).unwrap().0, Msg::Unsupported { cmd: 10 });
     // TRACE_REQ with an unknown parameter (id 9) after the arguments: skipped.
     let b = hex(
         "00000030 00000006 00000010 00000000 00000000 00000000 00000001 \

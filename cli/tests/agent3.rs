@@ -19,6 +19,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use testkit::debian::{sandbox, try_report, DebianAgent};
+use testkit::vsock::{self, Side, GUEST_CID};
 use testkit::{free_port, lock_top_buffer, Settings, TempDir};
 use tracecmd_rs::msg::{v3, Channel, Wait};
 use tracecmd_rs::output::reader::TraceDat;
@@ -46,6 +47,25 @@ impl Agent {
             std::thread::sleep(Duration::from_millis(50));
         }
         panic!("our agent did not listen on port {port}");
+    }
+
+    /// Our agent on vsock port `port`, carried over TCP loopback by the shim.
+    fn start_vsock_shim(port: u16) -> Agent {
+        let mut cmd = Command::new(BIN);
+        vsock::apply(&mut cmd, Side::Guest);
+        let agent = Agent(
+            cmd.args(["agent", "-p", &port.to_string()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .expect("start our vsock agent"),
+        );
+        testkit::wait_until(
+            "our vsock agent listening (shim)",
+            Duration::from_secs(10),
+            || testkit::tcp_listening(port),
+        );
+        agent
     }
 
     /// Stops it with SIGINT as a user would; it must exit 0.
@@ -196,9 +216,25 @@ fn hostile_hosts_do_not_stop_the_agent() {
 /// Our `record -B INSTANCE -e sched_switch -A 127.0.0.1:PORT -e sched_switch`
 /// with `extra` options; returns the file and the summary.
 fn our_host(port: u16, dir: &Path, extra: &[&str]) -> (std::path::PathBuf, Instance, String) {
+    our_host_at(&format!("127.0.0.1:{port}"), &[], dir, extra, None)
+}
+
+/// [`our_host`] with any `-A` target and `guest_opts` before its `-e`, as
+/// `shim`'s side of the vsock shim.
+fn our_host_at(
+    target: &str,
+    guest_opts: &[&str],
+    dir: &Path,
+    extra: &[&str],
+    shim: Option<Side>,
+) -> (std::path::PathBuf, Instance, String) {
     let host = testkit::instance("agent3-host");
     let file = dir.join("trace.dat");
-    let out = Command::new(BIN)
+    let mut cmd = Command::new(BIN);
+    if let Some(side) = shim {
+        vsock::apply(&mut cmd, side);
+    }
+    let out = cmd
         .args([
             "record",
             "-B",
@@ -209,7 +245,9 @@ fn our_host(port: u16, dir: &Path, extra: &[&str]) -> (std::path::PathBuf, Insta
         .args(extra)
         .arg("-o")
         .arg(&file)
-        .args(["-A", &format!("127.0.0.1:{port}"), "-e", "sched_switch"])
+        .args(["-A", target])
+        .args(guest_opts)
+        .args(["-e", "sched_switch"])
         .args(["sh", "-c", "sleep 0.2; sleep 0.2"])
         .output()
         .expect("run our record -A");
@@ -229,8 +267,19 @@ fn our_host(port: u16, dir: &Path, extra: &[&str]) -> (std::path::PathBuf, Insta
 /// "127.0.0.1" and the host's in its instance's buffer, per CPU as many as our
 /// reader counts.
 fn check_merged(file: &Path, host: &Instance, summary: &str) {
+    check_merged_as(
+        file,
+        host,
+        summary,
+        "127.0.0.1",
+        "Guest 127.0.0.1 clock: none: TCP peer",
+    );
+}
+
+/// [`check_merged`] for guest buffer `guest`, whose summary line starts with
+/// `clock_line`.
+fn check_merged_as(file: &Path, host: &Instance, summary: &str, guest: &str, clock_line: &str) {
     let r = testkit::debian::report(file);
-    let guest = "127.0.0.1";
     let host_name = testkit::instance_name(host);
     let dat = std::fs::read(file).unwrap();
     let d = TraceDat::parse(&dat).expect("our reader parses the file");
@@ -269,7 +318,7 @@ fn check_merged(file: &Path, host: &Instance, summary: &str) {
         host_events
     );
     assert!(
-        summary.contains("Guest 127.0.0.1 clock: none: TCP peer"),
+        summary.contains(clock_line),
         "the summary does not say how the guest clock was aligned:\n{summary}"
     );
 }
@@ -390,8 +439,7 @@ fn vsock_agent_listens_recording_needs_a_vsock_transport() {
             );
             let r = testkit::debian::report(&file);
             assert!(r.counts.keys().any(|(b, _)| b == "vm"), "{}", r.stdout);
-            assert!(String::from_utf8_lossy(&out.stdout)
-                .contains("Guest vm clock: none: the 3.x PTP exchange"));
+            assert!(String::from_utf8_lossy(&out.stdout).contains("Guest vm clock: synced (ptp)"));
         }
         Err(e) => {
             let why = if Path::new("/dev/vhost-vsock").exists() {
@@ -411,6 +459,166 @@ fn vsock_agent_listens_recording_needs_a_vsock_transport() {
     }
     agent.stop();
     assert_eq!(top_state(&top), before, "the agent left tracefs changed");
+}
+
+/// The offsets of the TIME_SHIFT option of `file`, as Debian's `dump --options`
+/// prints them.
+fn time_shift_offsets(file: &Path) -> Vec<i64> {
+    let out = Command::new("trace-cmd")
+        .args(["dump", "--options"])
+        .arg(file)
+        .output()
+        .expect("run Debian's trace-cmd dump");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.ends_with("[offset * scaling >> fraction @ time]"))
+        .map(|l| {
+            l.split_whitespace()
+                .next()
+                .and_then(|o| o.parse().ok())
+                .unwrap_or_else(|| panic!("unreadable TIME_SHIFT line {l:?}"))
+        })
+        .collect()
+}
+
+/// The offset the summary gives for guest `guest` synced with PTP.
+fn ptp_offset(summary: &str, guest: &str) -> i64 {
+    let head = format!("Guest {guest} clock: synced (ptp): offset ");
+    let at = summary
+        .find(&head)
+        .unwrap_or_else(|| panic!("no PTP sync for {guest} in the summary:\n{summary}"));
+    summary[at + head.len()..]
+        .split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .expect("a number after 'offset'")
+}
+
+/// Host and guest share this machine's clock: a PTP offset beyond this is wrong,
+/// whatever the load (3.x's own exchange measures a few hundred ns here).
+const SAME_CLOCK_NS: i64 = 1_000_000;
+
+/// vsock through the shim (AF_VSOCK over TCP loopback, testkit::vsock), with
+/// clock sync: Debian 3.1.6's `record -A guest@CID:PORT` against our vsock
+/// agent. 3.x's PTP runs with our agent leading the rounds; Debian's host writes
+/// the offsets into its guest file (TIME_SHIFT), near 0 on one machine, and its
+/// report reads both files.
+#[test]
+fn debian_host_syncs_clocks_with_our_vsock_agent_over_the_shim() {
+    let _lock = lock_top_buffer();
+    let top = Instance::top().expect("tracefs");
+    let before = top_state(&top);
+    let port = free_port();
+    let synch_before: Vec<String> = std::fs::read_dir(top.path().join("instances"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    let agent = Agent::start_vsock_shim(port);
+    let dir = TempDir::new("agent3-ptp-debian");
+    // Output to a file and the status only: recorder processes that outlive a
+    // failed record must not hold the test on an open pipe.
+    let log = dir.path().join("record.log");
+    let mut cmd = Command::new(sandbox());
+    vsock::apply(&mut cmd, Side::Host);
+    let st = cmd
+        .current_dir(dir.path())
+        // The top-level buffer, as debian_host does: the sandbox masks only its
+        // function-tracer files, which 3.x's record also writes in an instance.
+        .args(["trace-cmd", "record", "-e", "sched_switch"])
+        .args(["-A", &format!("guest@{GUEST_CID}:{port}")])
+        .args(["-e", "sched_switch", "sh", "-c", "sleep 0.2; sleep 0.2"])
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::fs::File::create(dir.path().join("record.err")).unwrap())
+        .status()
+        .expect("run Debian's record -A");
+    let said = format!(
+        "{}{}",
+        std::fs::read_to_string(&log).unwrap_or_default(),
+        std::fs::read_to_string(dir.path().join("record.err")).unwrap_or_default()
+    );
+    assert!(st.success(), "Debian's record -A failed ({st}): {said}");
+    assert!(said.contains("Negotiated ptp time sync protocol"), "{said}");
+    let guest_file = dir.path().join("trace-guest.dat");
+    let offsets = time_shift_offsets(&guest_file);
+    assert!(
+        !offsets.is_empty(),
+        "no TIME_SHIFT samples in the guest file"
+    );
+    assert!(
+        offsets.iter().all(|o| o.abs() < SAME_CLOCK_NS),
+        "offsets far from 0 on one clock: {offsets:?}"
+    );
+    report(&dir.path().join("trace.dat"));
+    let guest = report(&guest_file);
+    assert!(guest.contains("sched_switch:"), "no guest events:\n{guest}");
+    agent.stop();
+    // 3.1.6's host leaves its clock-sync instance behind: put tracefs back.
+    let inst = top.path().join("instances");
+    for e in std::fs::read_dir(&inst).unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with("clock_synch-") && !synch_before.contains(&name) {
+            std::fs::remove_dir(e.path()).expect("remove Debian's clock_synch instance");
+        }
+    }
+    assert_eq!(top_state(&top), before, "the agent left tracefs changed");
+}
+
+/// Our `record -A vm@CID:PORT` against Debian 3.1.6's vsock agent through the
+/// shim: 3.x's PTP with Debian leading the rounds; the summary says
+/// "synced (ptp)" with an offset near 0 (one machine), and Debian's report reads
+/// the merged file with the guest's events in buffer "vm".
+#[test]
+fn our_record_a_syncs_clocks_with_debian_vsock_agent_over_the_shim() {
+    let _lock = lock_top_buffer();
+    let top = Instance::top().expect("tracefs");
+    let before = Settings::read(&top);
+    let port = free_port();
+    let dir = TempDir::new("agent3-ptp-ours-debian");
+    let target = format!("vm@{GUEST_CID}:{port}");
+    let (file, host, summary) = {
+        let _agent = DebianAgent::start_vsock_shim(port);
+        our_host_at(&target, &[], dir.path(), &[], Some(Side::Host))
+    };
+    before.restore(&top);
+    check_merged_as(
+        &file,
+        &host,
+        &summary,
+        "vm",
+        "Guest vm clock: synced (ptp): ",
+    );
+    let off = ptp_offset(&summary, "vm");
+    assert!(off.abs() < SAME_CLOCK_NS, "offset {off} ns on one clock");
+}
+
+/// Ours against ours over the shim: PTP, then `--tsync-interval -1` gives no
+/// sync and says so. The guest records a private instance (`-B` after `-A`),
+/// so the top-level buffer is not touched.
+#[test]
+fn our_record_a_syncs_clocks_with_our_vsock_agent_over_the_shim() {
+    let port = free_port();
+    let agent = Agent::start_vsock_shim(port);
+    let target = format!("vm@{GUEST_CID}:{port}");
+    for (extra, clock_line) in [
+        (&[][..], "Guest vm clock: synced (ptp): "),
+        (
+            &["--tsync-interval", "-1"][..],
+            "Guest vm clock: none: --tsync-interval -1",
+        ),
+    ] {
+        let guest = testkit::instance("agent3-ptp-guest");
+        let name = testkit::instance_name(&guest);
+        let dir = TempDir::new("agent3-ptp-ours");
+        let (file, host, summary) =
+            our_host_at(&target, &["-B", &name], dir.path(), extra, Some(Side::Host));
+        check_merged_as(&file, &host, &summary, "vm", clock_line);
+        if extra.is_empty() {
+            let off = ptp_offset(&summary, "vm");
+            assert!(off.abs() < SAME_CLOCK_NS, "offset {off} ns on one clock");
+        }
+    }
+    agent.stop();
 }
 
 /// A one-connection agent on loopback that plays `script` on the host's control

@@ -63,6 +63,7 @@ macro_rules! commands {
 
 pub mod channel;
 pub mod negotiate;
+pub mod ptp;
 pub mod session;
 pub mod tsync;
 pub mod v1;

@@ -42,6 +42,7 @@ impl Cmd {
             Cmd::RInit => 4,
             Cmd::TraceReq => 16,
             Cmd::TraceResp => 40,
+            Cmd::TimeSync => 20,
             _ => 0,
         }
     }
@@ -86,6 +87,14 @@ pub enum Msg {
     },
     /// The agent has sent everything and stops.
     CloseResp,
+    /// One message of a clock-sync exchange (on its own connection): the
+    /// protocol ("none" for the framing commands, "ptp"), its message id and
+    /// the protocol's bytes ([`crate::msg::ptp`]).
+    TimeSync {
+        proto: String,
+        id: u32,
+        payload: Vec<u8>,
+    },
     /// A known command whose body this crate does not decode (yet); `cmd` is its
     /// number ([`Cmd::from_u32`] gives it back).
     Unsupported {
@@ -110,6 +119,7 @@ impl Msg {
             Msg::TraceReq { .. } => Cmd::TraceReq.name(),
             Msg::TraceResp { .. } => Cmd::TraceResp.name(),
             Msg::CloseResp => Cmd::CloseResp.name(),
+            Msg::TimeSync { .. } => Cmd::TimeSync.name(),
             Msg::Unsupported { cmd } => Cmd::from_u32(*cmd).map_or("V3 command", Cmd::name),
         }
     }
@@ -176,6 +186,17 @@ impl Msg {
                 return Err(MsgError::InvalidArgument(
                     "cannot encode an undecoded V3 command",
                 ))
+            }
+            Msg::TimeSync { proto, id, payload } => {
+                if proto.len() >= TSYNC_NAME_LEN {
+                    return Err(MsgError::InvalidArgument(
+                        "a clock-sync protocol name of 16 bytes or more",
+                    ));
+                }
+                let mut body = vec![0u8; TSYNC_NAME_LEN];
+                body[..proto.len()].copy_from_slice(proto.as_bytes());
+                body.extend_from_slice(&id.to_be_bytes());
+                (Cmd::TimeSync, body, payload.clone())
             }
             Msg::SendData(d) => {
                 if d.len() > MSG_META_MAX_LEN {
@@ -500,7 +521,16 @@ pub fn decode_body(cmd: Cmd, body: &[u8], payload: &[u8]) -> Result<Msg> {
                 ports: ports(cmd, payload, cpus)?,
             })
         }
-        Cmd::TimeSync | Cmd::TraceProxy | Cmd::Cont => Ok(Msg::Unsupported { cmd: cmd as u32 }),
+        Cmd::TimeSync => {
+            let name = &body[..TSYNC_NAME_LEN];
+            let end = name.iter().position(|&b| b == 0).unwrap_or(TSYNC_NAME_LEN);
+            Ok(Msg::TimeSync {
+                proto: String::from_utf8_lossy(&name[..end]).into_owned(),
+                id: get32(body, TSYNC_NAME_LEN),
+                payload: payload.to_vec(),
+            })
+        }
+        Cmd::TraceProxy | Cmd::Cont => Ok(Msg::Unsupported { cmd: cmd as u32 }),
     }
 }
 

@@ -17,12 +17,15 @@
 
 use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use nix::sys::socket::{getpeername, getsockname, SockaddrStorage};
 
+use super::tsync::{self, TsyncError};
 use super::{CpuRecorderSet, RecordError};
-use crate::msg::{v3, Channel, MsgError, Wait};
+use crate::msg::{ptp, v3, Channel, MsgError, Wait};
 use crate::netrecord::send_v3_data;
 use crate::output::{standard_options, write_options_block, Metadata};
 use crate::recorder::{CpuRecorder, Input, Output, RecordFlags};
@@ -95,6 +98,9 @@ pub enum AgentError {
     Record(#[from] RecordError),
     #[error(transparent)]
     Output(#[from] crate::output::OutputError),
+    /// The clock-sync exchange with the host failed.
+    #[error("clock sync: {0}")]
+    Tsync(#[from] TsyncError),
 }
 
 /// The recording a host asked for, from TRACE_REQ's arguments.
@@ -177,8 +183,10 @@ pub fn serve_host(
         .map_err(std::io::Error::from)?;
     let ch = Channel::new(control).with_timeout(Some(params.timeout));
     let merr = |source| AgentError::Msg { peer, source };
-    let argv = match v3::recv(&ch, Wait::Timed).map_err(merr)? {
-        v3::Msg::TraceReq { argv, .. } => argv,
+    let (argv, tsync_protos) = match v3::recv(&ch, Wait::Timed).map_err(merr)? {
+        v3::Msg::TraceReq {
+            argv, tsync_protos, ..
+        } => (argv, tsync_protos),
         other => {
             let _ = v3::send(&ch, &v3::Msg::NotSupp);
             return Err(AgentError::NotTraceReq {
@@ -218,6 +226,25 @@ pub fn serve_host(
         .collect::<std::io::Result<Vec<_>>>()?
         .into_iter()
         .unzip();
+    // 3.x's PTP clock sync: over vsock only (as 3.x), on a port of its own, for
+    // a clock that counts ns.
+    let clock_text = inst.trace_clock_text()?;
+    let clock = clock_text
+        .split_once('[')
+        .and_then(|(_, r)| r.split_once(']'))
+        .map_or("local", |(c, _)| c)
+        .to_string();
+    let tsync = if matches!(peer, HostAddr::Vsock(_))
+        && tsync_protos.iter().any(|p| p == ptp::PTP)
+        && tsync::is_ns_clock(&clock)
+    {
+        Some(data_listener(control)?)
+    } else {
+        if !tsync_protos.is_empty() {
+            log::info!("host {peer} offers clock sync {tsync_protos:?}; not over this connection or clock {clock:?}");
+        }
+        None
+    };
     let trace_id = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(1, |d| d.as_nanos() as u64 ^ u64::from(std::process::id()));
@@ -228,15 +255,29 @@ pub fn serve_host(
             cpus: cpus as u32,
             page_size: meta.page_size,
             trace_id,
-            tsync_proto: String::new(),
-            tsync_port: 0,
+            tsync_proto: tsync
+                .as_ref()
+                .map_or(String::new(), |_| ptp::PTP.to_string()),
+            tsync_port: tsync.as_ref().map_or(0, |t| t.1),
             ports,
         },
     )
     .map_err(merr)?;
+    // The clock-sync host connects first (3.x's agent waits for it); its rounds
+    // run beside the recording until the host says STOP or the recording ends.
+    let timeout = params.timeout;
+    let sync_stop = StopOnDrop(Arc::new(AtomicBool::new(false)));
+    let syncer = tsync.map(|(l, _)| {
+        let stop = sync_stop.0.clone();
+        std::thread::spawn(move || {
+            let conn = accept_all(vec![l], peer, timeout)?.pop();
+            let Some(conn) = conn else { return Ok(0) };
+            let ch = Channel::new(conn.as_fd()).with_timeout(Some(timeout));
+            tsync::ptp_serve(&ch, &clock, &stop).map_err(AgentError::from)
+        })
+    });
     // The host may connect before or after reading the metadata: accept in a
     // thread while the metadata goes out.
-    let timeout = params.timeout;
     let acceptor = std::thread::spawn(move || accept_all(listeners, peer, timeout));
     let sent = send_v3_data(&ch, &bytes).map_err(merr);
     let socks = acceptor.join().unwrap_or(Err(AgentError::DataTimeout {
@@ -266,8 +307,32 @@ pub fn serve_host(
     flushed.map_err(RecordError::from)?;
     ended.map_err(merr)?;
     v3::send(&ch, &v3::Msg::CloseResp).map_err(merr)?;
+    // 3.x's host runs its last clock-sync round and STOP after CLOSE, once it
+    // has written its files: served until then, within six message timeouts
+    // (as a host waits for a slow guest), or until the agent is stopped.
+    if let Some(t) = syncer {
+        let end = Instant::now() + timeout * 6;
+        while !t.is_finished() && Instant::now() < end && !stop() {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        sync_stop.0.store(true, Ordering::Relaxed);
+        match t.join() {
+            Ok(Ok(n)) => log::info!("host {peer}: {n} PTP clock-sync rounds"),
+            Ok(Err(e)) => log::warn!("host {peer}: clock sync ended: {e}"),
+            Err(_) => log::warn!("host {peer}: the clock-sync thread panicked"),
+        }
+    }
     log::info!("host {peer}: recording sent and closed");
     Ok(())
+}
+
+/// Tells the clock-sync thread to stop waiting, however `serve_host` ends.
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
 }
 
 /// Waits for the host's CLOSE, answering NOT_SUPP to anything else; stops early if

@@ -494,19 +494,32 @@ impl GuestRecording {
         tsync: Option<&TsyncConfig>,
         timeout: Duration,
     ) -> std::result::Result<GuestRecording, RecordError> {
-        let mut session = AgentSession::start(name, addr, argv, timeout).map_err(|source| {
-            RecordError::Guest {
-                guest: name.to_string(),
-                source,
-            }
-        })?;
+        let mut session =
+            AgentSession::start(name, addr, argv, timeout, tsync.is_some()).map_err(|source| {
+                RecordError::Guest {
+                    guest: name.to_string(),
+                    source,
+                }
+            })?;
         let socks = std::mem::take(&mut session.data);
+        let conn = session.tsync.take();
         let mut rec = GuestRecording::record(Control::Agent(session), socks, writer, sleep)?;
-        rec.unsynced = match (tsync, addr.is_tcp()) {
-            (None, _) => GuestSync::Off,
-            (Some(_), true) => GuestSync::TcpPeer,
-            (Some(_), false) => GuestSync::PtpNotSpoken,
-        };
+        // The guest records with the clock its options name (3.x's default: local).
+        let guest_clock = argv
+            .iter()
+            .rposition(|a| a == "-C")
+            .and_then(|i| argv.get(i + 1))
+            .map_or("local", String::as_str);
+        match (tsync, addr.is_tcp(), conn) {
+            (None, _, _) => rec.unsynced = GuestSync::Off,
+            (Some(_), true, _) => rec.unsynced = GuestSync::TcpPeer,
+            (Some(_), false, None) => rec.unsynced = GuestSync::AgentDeclined,
+            (Some(_), false, Some(Err(e))) => rec.unsynced = GuestSync::Failed(e),
+            (Some(cfg), false, Some(Ok(fd))) => match ClockSync::start_ptp(fd, cfg, guest_clock) {
+                Ok(s) => rec.sync = Some(s),
+                Err(e) => rec.unsynced = GuestSync::Failed(e.to_string()),
+            },
+        }
         Ok(rec)
     }
 
@@ -559,7 +572,8 @@ pub fn finish_guests(guests: Vec<GuestRecording>, writer: &dyn TraceWriter) -> V
         .into_iter()
         .map(|mut g| {
             let clock = match (&g.control, g.sync.take()) {
-                (Control::Virt(s), Some(sync)) => Some(sync.finish(&s.agent)),
+                (Control::Virt(s), Some(sync)) => Some(sync.finish(Some(&s.agent))),
+                (Control::Agent(_), Some(sync)) => Some(sync.finish(None)),
                 _ => None,
             };
             (g, clock)

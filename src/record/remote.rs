@@ -160,18 +160,24 @@ pub struct AgentSession {
     pub data: Vec<OwnedFd>,
     /// What the agent sent before its data: a version 6 or 7 file prefix.
     pub metadata: Vec<u8>,
+    /// The connection to the agent's clock-sync port when it chose the PTP
+    /// exchange we offered (or why it could not be made); `None`: no sync.
+    pub tsync: Option<std::result::Result<OwnedFd, String>>,
 }
 
 impl AgentSession {
     /// Asks the agent at `addr` to record with the record options `argv`, connects
     /// its data ports and reads its metadata; `timeout` bounds each message and
-    /// each connection.
+    /// each connection. With `offer_sync` over vsock, offers 3.x's PTP exchange
+    /// (3.x syncs over vsock only).
     pub fn start(
         name: &str,
         addr: AgentAddr,
         argv: &[String],
         timeout: Duration,
+        offer_sync: bool,
     ) -> Result<AgentSession> {
+        let offer_ptp = offer_sync && !addr.is_tcp();
         let control = addr
             .connect(timeout)
             .map_err(io_err(format!("cannot reach the agent at {addr}")))?;
@@ -182,22 +188,27 @@ impl AgentSession {
                 flags: 0,
                 trace_id: trace_id(),
                 argv: argv.to_vec(),
-                tsync_protos: Vec::new(),
+                tsync_protos: if offer_ptp {
+                    vec![crate::msg::ptp::PTP.to_string()]
+                } else {
+                    Vec::new()
+                },
             },
         )?;
         let refused = |reason: String| VirtError::AgentRefused {
             guest: name.to_string(),
             reason,
         };
-        let (flags, cpus, page_size, tsync_proto, ports) = match v3::recv(&ch, Wait::Timed) {
+        let (flags, cpus, page_size, tsync_proto, tsync_port, ports) = match v3::recv(&ch, Wait::Timed) {
             Ok(v3::Msg::TraceResp {
                 flags,
                 cpus,
                 page_size,
                 tsync_proto,
+                tsync_port,
                 ports,
                 ..
-            }) => (flags, cpus, page_size, tsync_proto, ports),
+            }) => (flags, cpus, page_size, tsync_proto, tsync_port, ports),
             Ok(v3::Msg::NotSupp) => {
                 return Err(refused(
                     "it answered NOT_SUPP (is it a trace-cmd 3.x agent?)".into(),
@@ -223,9 +234,21 @@ impl AgentSession {
                 "it wants to send over FIFOs, which this host did not offer".into(),
             ));
         }
-        if !tsync_proto.is_empty() {
+        // 3.x's agent waits for this connection before it records: made first.
+        let tsync = if tsync_proto.is_empty() {
+            None
+        } else if !offer_ptp || tsync_proto != crate::msg::ptp::PTP {
             log::warn!("guest {name}: the agent chose clock sync {tsync_proto:?}, which was not offered; its clock stays unsynced");
-        }
+            None
+        } else if tsync_port == crate::transport::VSOCK_PORT_ANY {
+            Some(Err(format!("the agent gave clock-sync port {tsync_port}")))
+        } else {
+            let at = addr.with_port(tsync_port);
+            Some(
+                at.connect(timeout)
+                    .map_err(|e| format!("cannot connect to its clock-sync port {at}: {e}")),
+            )
+        };
         let mut data = Vec::with_capacity(ports.len());
         for (cpu, &port) in ports.iter().enumerate() {
             let valid = match addr {
@@ -255,6 +278,7 @@ impl AgentSession {
             page_size,
             data,
             metadata,
+            tsync,
         })
     }
 

@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use super::guest::{finish_guests, GuestResult};
 use super::remote::AgentAddr;
-use super::tsync::{GuestClock, GuestSync, TsyncConfig, TsyncSummary, OPTION_GUEST_CLOCK};
+use super::tsync::{
+    Exchange, GuestClock, GuestSync, TsyncConfig, TsyncSummary, OPTION_GUEST_CLOCK,
+};
 use super::{
     Assembly, BufferKey, CpuRecorderSet, FileBuffer, GuestIssue, GuestLink, GuestProblem,
     GuestRecording, GuestSpec, RecordError, TraceWriter,
@@ -613,7 +615,10 @@ fn assemble(
                 Ok((option, summary)) => {
                     options.push(option);
                     guest_clocks.push((g.name.clone(), summary.clone()));
-                    GuestSync::Synced(summary)
+                    match clock.exchange {
+                        Exchange::Virt => GuestSync::Synced(summary),
+                        Exchange::Ptp => GuestSync::SyncedPtp(summary),
+                    }
                 }
                 Err(e) => {
                     let text = e.to_string();
@@ -627,7 +632,15 @@ fn assemble(
         cpus = cpus.max(g.cpus);
         named.push(FileBuffer {
             name: g.name.clone(),
-            trailing_clock: Some(bracketed_clock("local")),
+            // The clock the guest recorded with, when its sync told us (a
+            // known name only: it came from the guest), else trace-cmd's default.
+            trailing_clock: Some(bracketed_clock(
+                g.clock
+                    .as_ref()
+                    .map(|c| c.guest_clock.as_str())
+                    .filter(|c| super::tsync::is_ns_clock(c))
+                    .unwrap_or("local"),
+            )),
             data: Some(key),
         });
         if let Some(p) = g.problem {

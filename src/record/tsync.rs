@@ -25,6 +25,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::msg::ptp::{self, PtpMsg};
 use crate::msg::tsync::{self as wire, TsyncMsg};
 use crate::msg::{Channel, MsgError, Wait};
 use crate::output::layout::{rewrite_file_pages, EventLayout, PageLayout};
@@ -448,6 +449,157 @@ impl AgentClock {
     }
 }
 
+/// One round of 3.x's PTP exchange as the host (3.x's client role) for guest CPU
+/// `cpu`, on the connection to the agent's clock-sync port. The guest leads the
+/// probes and computes the offset; this side stamps each probe with its trace
+/// clock and measures the round trip between its echo and the next probe.
+pub fn ptp_round(
+    ch: &Channel<'_>,
+    host: &mut TraceClock,
+    cpu: u16,
+) -> Result<SyncPoint, TsyncError> {
+    host.calibrate()?;
+    ptp::send(ch, &PtpMsg::Probe { cpu })?;
+    let (series, flags) = match ptp::recv(ch)? {
+        PtpMsg::Start { series, flags } => (series, flags),
+        m => return Err(TsyncError::OutOfTurn(format!("{m:?}"))),
+    };
+    // Without the flag 3.x stamps with CLOCK_MONOTONIC_RAW, which is the trace
+    // clock only for mono_raw.
+    let use_trace_clock = flags & ptp::FLAG_USE_MARKER != 0;
+    if !use_trace_clock && host.name() != "mono_raw" {
+        return Err(TsyncError::Refused(format!(
+            "the guest stamps probes with CLOCK_MONOTONIC_RAW (PTP flags {flags:#x}), not the trace clock {:?}",
+            host.name()
+        )));
+    }
+    ptp::send(ch, &PtpMsg::Start { series, flags })?;
+    let probes = ptp::PROBES as usize;
+    let mut seen = vec![(0u32, 0u64); probes];
+    let (mut got, mut last) = (0usize, 0usize);
+    let mut rtt = u64::MAX;
+    let mut echoed: Option<u64> = None;
+    loop {
+        match ptp::recv(ch)? {
+            PtpMsg::Ping { count } if (1..=ptp::PROBES).contains(&count) && got < probes => {
+                let t = host.now();
+                if let Some(e) = echoed {
+                    rtt = rtt.min(t.saturating_sub(e));
+                }
+                seen[count as usize - 1] = (count, t);
+                got += 1;
+                last = last.max(count as usize);
+                ptp::send(ch, &PtpMsg::Ping { count })?;
+                echoed = Some(host.now());
+            }
+            PtpMsg::End => break,
+            m => return Err(TsyncError::OutOfTurn(format!("{m:?}"))),
+        }
+    }
+    // 3.x's layout: the sample of probe n at index n − 1.
+    seen.truncate(last);
+    ptp::send(
+        ch,
+        &PtpMsg::Results {
+            series,
+            samples: seen,
+        },
+    )?;
+    match ptp::recv(ch)? {
+        // 3.x's guest sends zeros when no probe was usable.
+        PtpMsg::Offset { ts: 0, offset: 0 } => Err(TsyncError::Refused(
+            "the guest found no usable probe in the round".into(),
+        )),
+        PtpMsg::Offset { ts, offset } => {
+            let rtt = if rtt == u64::MAX { 0 } else { rtt };
+            Ok(SyncPoint {
+                guest_ns: ts,
+                offset_ns: offset,
+                rtt_ns: rtt,
+                error_ns: rtt / 2 + host.uncertainty_ns,
+            })
+        }
+        m => Err(TsyncError::OutOfTurn(format!("{m:?}"))),
+    }
+}
+
+/// Waits until `fd` is readable or `stop` is set (false); polls in short slices.
+fn readable(fd: std::os::fd::BorrowedFd<'_>, stop: &AtomicBool) -> bool {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    while !stop.load(Ordering::Relaxed) {
+        let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::from(200u16)) {
+            Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
+            Ok(_) => return true,
+            Err(_) => return false,
+        }
+    }
+    false
+}
+
+/// The guest's side of 3.x's PTP exchange (3.x's server role), for a host that
+/// connected to the agent's clock-sync port: leads one round per request until
+/// the host says STOP, leaves, or `stop` is set. Returns the rounds done.
+pub fn ptp_serve(ch: &Channel<'_>, clock: &str, stop: &AtomicBool) -> Result<usize, TsyncError> {
+    let mut clock = TraceClock::open(clock)?;
+    let mut rounds = 0;
+    let mut series = 0u32;
+    while readable(ch.fd(), stop) {
+        match ptp::recv(ch) {
+            Ok(PtpMsg::Probe { .. }) => {}
+            Ok(PtpMsg::Stop) | Err(MsgError::Closed) => break,
+            Ok(m) => return Err(TsyncError::OutOfTurn(format!("{m:?}"))),
+            Err(e) => return Err(e.into()),
+        }
+        series = series.wrapping_add(1);
+        ptp_lead_round(ch, &mut clock, series)?;
+        rounds += 1;
+    }
+    Ok(rounds)
+}
+
+fn ptp_lead_round(ch: &Channel<'_>, clock: &mut TraceClock, series: u32) -> Result<(), TsyncError> {
+    clock.calibrate()?;
+    let flags = ptp::FLAG_FASTEST | ptp::FLAG_USE_MARKER;
+    ptp::send(ch, &PtpMsg::Start { series, flags })?;
+    match ptp::recv(ch)? {
+        PtpMsg::Start { .. } => {}
+        m => return Err(TsyncError::OutOfTurn(format!("{m:?}"))),
+    }
+    let mut own = Vec::with_capacity(ptp::PROBES as usize);
+    for count in 1..=ptp::PROBES {
+        let t0 = clock.now();
+        ptp::send(ch, &PtpMsg::Ping { count })?;
+        match ptp::recv(ch)? {
+            PtpMsg::Ping { count: c } if c == count => own.push((t0, clock.now())),
+            m => return Err(TsyncError::OutOfTurn(format!("{m:?}"))),
+        }
+    }
+    ptp::send(ch, &PtpMsg::End)?;
+    let samples = match ptp::recv(ch)? {
+        PtpMsg::Results { samples, .. } => samples,
+        m => return Err(TsyncError::OutOfTurn(format!("{m:?}"))),
+    };
+    // (guest send, host, guest receive): the host's view mirrored.
+    let triples: Vec<_> = samples
+        .iter()
+        .zip(&own)
+        .enumerate()
+        .filter(|&(i, (&(id, ts), _))| id as usize == i + 1 && ts != 0)
+        .map(|(_, (&(_, ts), &(t0, t1)))| (t0, ts, t1))
+        .collect();
+    let answer = match best_point(&triples, clock.uncertainty_ns) {
+        // p.guest_ns is the host's time, p.offset_ns guest − host at it.
+        Some(p) => PtpMsg::Offset {
+            ts: p.guest_ns.wrapping_add_signed(p.offset_ns),
+            offset: -p.offset_ns,
+        },
+        None => PtpMsg::Offset { ts: 0, offset: 0 },
+    };
+    ptp::send(ch, &answer)?;
+    Ok(())
+}
+
 /// A clock step found between two rounds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Step {
@@ -611,12 +763,12 @@ impl std::fmt::Display for TsyncSummary {
 pub enum GuestSync {
     /// This crate's exchange with a virt-server agent ran; its figures.
     Synced(TsyncSummary),
+    /// trace-cmd 3.x's PTP exchange ran; its figures.
+    SyncedPtp(TsyncSummary),
     /// The user turned sync off (`--tsync-interval -1`).
     Off,
     /// A 3.x agent over TCP: 3.x syncs clocks only over vsock.
     TcpPeer,
-    /// A 3.x agent over vsock: its PTP exchange is not spoken here yet.
-    PtpNotSpoken,
     /// The agent did not answer the offer (it does not know the exchange).
     AgentDeclined,
     /// Sync was tried and failed.
@@ -627,12 +779,10 @@ impl std::fmt::Display for GuestSync {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             GuestSync::Synced(s) => write!(f, "synced: {s}"),
+            GuestSync::SyncedPtp(s) => write!(f, "synced (ptp): {s}"),
             GuestSync::Off => f.write_str("none: --tsync-interval -1"),
             GuestSync::TcpPeer => f.write_str(
                 "none: TCP peer (trace-cmd 3.x syncs clocks over vsock only); guest timestamps are the guest's clock",
-            ),
-            GuestSync::PtpNotSpoken => f.write_str(
-                "none: the 3.x PTP exchange over vsock is not implemented here; guest timestamps are the guest's clock",
             ),
             GuestSync::AgentDeclined => f.write_str(
                 "none: the agent does not sync clocks; guest timestamps are the guest's clock",
@@ -659,8 +809,30 @@ pub struct TsyncConfig {
 pub struct ClockSync {
     guest_clock: String,
     host_clock: String,
+    exchange: Exchange,
+    /// The clock-sync connection when it is not the agent's control channel (PTP).
+    own: Option<OwnedFd>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<SyncState>>,
+}
+
+/// Which exchange a guest's rounds use; the correction and the file are the same.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exchange {
+    /// This crate's exchange with `agent --virt` (on the control channel).
+    Virt,
+    /// trace-cmd 3.x's PTP (on its own connection).
+    Ptp,
+}
+
+impl Exchange {
+    fn round(self, ch: &Channel<'_>, host: &mut TraceClock) -> Result<SyncPoint, TsyncError> {
+        match self {
+            Exchange::Virt => round(ch, host),
+            // One correction for all guest CPUs: ns trace clocks are per machine.
+            Exchange::Ptp => ptp_round(ch, host, 0),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -681,6 +853,8 @@ pub struct GuestClock {
     pub correction: Correction,
     /// A round that failed (the rounds before it still count).
     pub failed: Option<TsyncError>,
+    /// The exchange used.
+    pub exchange: Exchange,
 }
 
 impl ClockSync {
@@ -694,15 +868,47 @@ impl ClockSync {
         reply: Duration,
     ) -> Result<Option<ClockSync>, TsyncError> {
         // The host's clock first: an offer the host cannot follow is not made.
-        let mut host = TraceClock::open(&cfg.host_clock)?;
+        let host = TraceClock::open(&cfg.host_clock)?;
         let ch = Channel::new(agent.as_fd());
         let wait = offer_wait(reply);
         log::debug!("clock sync offer: waiting up to {wait:?} (the agent replied in {reply:?})");
         let Some(guest_clock) = offer(&ch, wait)? else {
             return Ok(None);
         };
-        let first = round(&ch, &mut host)?;
         let fd = agent.try_clone().map_err(MsgError::Io)?;
+        ClockSync::run(fd, None, Exchange::Virt, host, guest_clock, cfg).map(Some)
+    }
+
+    /// Starts 3.x's PTP rounds on `conn`, the connection to a 3.x agent's
+    /// clock-sync port, for a guest recording with trace clock `guest_clock`.
+    pub fn start_ptp(
+        conn: OwnedFd,
+        cfg: &TsyncConfig,
+        guest_clock: &str,
+    ) -> Result<ClockSync, TsyncError> {
+        let host = TraceClock::open(&cfg.host_clock)?;
+        let fd = conn.try_clone().map_err(MsgError::Io)?;
+        ClockSync::run(
+            fd,
+            Some(conn),
+            Exchange::Ptp,
+            host,
+            guest_clock.to_string(),
+            cfg,
+        )
+    }
+
+    /// The first round now (before the guest's data counts), then a thread that
+    /// runs one every interval on `fd`.
+    fn run(
+        fd: OwnedFd,
+        own: Option<OwnedFd>,
+        exchange: Exchange,
+        mut host: TraceClock,
+        guest_clock: String,
+        cfg: &TsyncConfig,
+    ) -> Result<ClockSync, TsyncError> {
+        let first = exchange.round(&Channel::new(fd.as_fd()), &mut host)?;
         let stop = Arc::new(AtomicBool::new(false));
         let stopped = stop.clone();
         let interval = cfg.interval;
@@ -724,7 +930,7 @@ impl ClockSync {
                         }
                         std::thread::sleep(Duration::from_millis(20).min(every));
                     }
-                    match round(&ch, &mut st.host) {
+                    match exchange.round(&ch, &mut st.host) {
                         Ok(p) => st.points.push(p),
                         Err(e) => {
                             st.failed = Some(e);
@@ -735,36 +941,49 @@ impl ClockSync {
                 st
             })
             .map_err(MsgError::Io)?;
-        Ok(Some(ClockSync {
+        Ok(ClockSync {
             guest_clock,
             host_clock: cfg.host_clock.clone(),
+            exchange,
+            own,
             stop,
             thread: Some(thread),
-        }))
+        })
     }
 
     /// Stops the periodic rounds and runs the last one (before the agent is
-    /// asked to stop).
-    pub fn finish(mut self, agent: &OwnedFd) -> GuestClock {
+    /// asked to stop) on `agent`, or on the exchange's own connection (PTP,
+    /// which then gets STOP).
+    pub fn finish(mut self, agent: Option<&OwnedFd>) -> GuestClock {
         self.stop.store(true, Ordering::Relaxed);
         let st = self.thread.take().and_then(|t| t.join().ok());
-        let (points, failed) = match st {
-            Some(mut st) => {
+        let own = self.own.take();
+        let fd = own.as_ref().or(agent);
+        let (points, failed) = match (st, fd) {
+            (Some(mut st), Some(fd)) => {
+                let ch = Channel::new(fd.as_fd());
                 if st.failed.is_none() {
-                    match round(&Channel::new(agent.as_fd()), &mut st.host) {
+                    match self.exchange.round(&ch, &mut st.host) {
                         Ok(p) => st.points.push(p),
                         Err(e) => st.failed = Some(e),
                     }
                 }
+                if own.is_some() && st.failed.is_none() {
+                    if let Err(e) = ptp::send(&ch, &PtpMsg::Stop) {
+                        log::debug!("clock sync: STOP not sent: {e}");
+                    }
+                }
                 (st.points, st.failed)
             }
-            None => (Vec::new(), None),
+            (Some(st), None) => (st.points, st.failed),
+            (None, _) => (Vec::new(), None),
         };
         GuestClock {
             guest_clock: std::mem::take(&mut self.guest_clock),
             host_clock: std::mem::take(&mut self.host_clock),
             correction: Correction::new(points),
             failed,
+            exchange: self.exchange,
         }
     }
 }
@@ -1125,5 +1344,64 @@ mod tests {
         ));
         drop(c);
         assert!(!dir.exists());
+    }
+
+    /// Our PTP host against our PTP guest on one machine and one trace clock:
+    /// two rounds, an offset within the round trip's bound of 0, then STOP ends
+    /// the guest's side.
+    #[test]
+    fn ptp_host_and_guest_agree_on_one_clock() {
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let (a, b) = (OwnedFd::from(a), OwnedFd::from(b));
+        let stop = AtomicBool::new(false);
+        let guest = std::thread::spawn(move || {
+            let ch = Channel::new(b.as_fd()).with_timeout(Some(Duration::from_secs(10)));
+            ptp_serve(&ch, "local", &stop)
+        });
+        let ch = Channel::new(a.as_fd()).with_timeout(Some(Duration::from_secs(10)));
+        let mut host = TraceClock::open("local").expect("tracefs");
+        for _ in 0..2 {
+            let p = ptp_round(&ch, &mut host, 0).expect("a PTP round");
+            // Host and guest read the same clock: the offset is noise, within
+            // the bound the round reports (plus a calibration's slack).
+            assert!(
+                p.offset_ns.unsigned_abs() <= p.error_ns + 1_000_000,
+                "offset {} ns beyond ±{} ns",
+                p.offset_ns,
+                p.error_ns
+            );
+            assert!(p.guest_ns > 0);
+        }
+        ptp::send(&ch, &PtpMsg::Stop).unwrap();
+        assert_eq!(guest.join().unwrap().expect("the guest side"), 2);
+    }
+
+    /// A guest that answers out of turn or sends results for probes never made
+    /// gets a clear error, not a hang.
+    #[test]
+    fn ptp_host_refuses_a_guest_out_of_turn() {
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let (a, b) = (OwnedFd::from(a), OwnedFd::from(b));
+        let peer = std::thread::spawn(move || {
+            let ch = Channel::new(b.as_fd()).with_timeout(Some(Duration::from_secs(5)));
+            assert_eq!(ptp::recv(&ch).unwrap(), PtpMsg::Probe { cpu: 0 });
+            // A probe before START.
+            ptp::send(&ch, &PtpMsg::Ping { count: 1 }).unwrap();
+        });
+        let ch = Channel::new(a.as_fd()).with_timeout(Some(Duration::from_secs(5)));
+        let mut host = TraceClock::open("local").expect("tracefs");
+        assert!(matches!(
+            ptp_round(&ch, &mut host, 0),
+            Err(TsyncError::OutOfTurn(_))
+        ));
+        peer.join().unwrap();
+        // A peer that is silent: the channel's timeout ends the round.
+        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let a = OwnedFd::from(a);
+        let ch = Channel::new(a.as_fd()).with_timeout(Some(Duration::from_millis(300)));
+        assert!(matches!(
+            ptp_round(&ch, &mut host, 0),
+            Err(TsyncError::Msg(MsgError::TimedOut(_)))
+        ));
     }
 }

@@ -156,6 +156,27 @@ impl DebianAgent {
     }
 }
 
+impl DebianAgent {
+    /// Debian's `trace-cmd agent -p PORT` on vsock, carried over TCP loopback by
+    /// the shim ([`crate::vsock`]) as the guest; waits (up to 10 s) until it listens.
+    pub fn start_vsock_shim(port: u16) -> DebianAgent {
+        let mut cmd = Command::new(sandbox());
+        crate::vsock::apply(&mut cmd, crate::vsock::Side::Guest);
+        let sandbox = cmd
+            .args(["trace-cmd", "agent", "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("start Debian's vsock agent in the sandbox");
+        let agent = DebianAgent { sandbox };
+        crate::wait_until(
+            "Debian's vsock agent listening",
+            std::time::Duration::from_secs(10),
+            || crate::tcp_listening(port),
+        );
+        agent
+    }
+}
+
 impl Drop for DebianAgent {
     fn drop(&mut self) {
         let pid = self.sandbox.id();

@@ -14,6 +14,7 @@ pub mod ring;
 mod rng;
 mod tmp;
 pub mod tracefs;
+pub mod vsock;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
