@@ -319,6 +319,8 @@ fn wait_for_end(args: &RecordArgs, child: &mut Option<Child>, session: &RecordSe
         }
     };
     let exited = child.as_ref().and_then(|c| pidfd_of(c.id()));
+    // Set when the recording ended on an error while the command still ran.
+    let mut ended_early = false;
     loop {
         if interrupted() {
             interrupt_child(child);
@@ -334,11 +336,13 @@ fn wait_for_end(args: &RecordArgs, child: &mut Option<Child>, session: &RecordSe
             // the recording is over, so is the command.
             log::warn!("a recorder stopped early; ending the recording");
             interrupt_child(child);
+            ended_early = true;
             break;
         }
         if session.peer_gone() {
             log::warn!("the listener closed the connection; ending the recording");
             interrupt_child(child);
+            ended_early = true;
             break;
         }
         if live && last.elapsed() >= Duration::from_secs(1) {
@@ -357,9 +361,43 @@ fn wait_for_end(args: &RecordArgs, child: &mut Option<Child>, session: &RecordSe
         eprintln!();
     }
     if let Some(c) = child {
+        if ended_early {
+            end_command(c);
+        }
         if let Err(e) = c.wait() {
             log::warn!("waiting for the command failed: {e}");
         }
+    }
+}
+
+/// How long a command gets to exit after each signal once the recording has ended
+/// on an error.
+const END_GRACE: Duration = Duration::from_secs(3);
+
+/// The recording ended on an error and the command got SIGINT. A command that
+/// ignores it (one started from a background job inherits SIGINT ignored, or one
+/// that catches it) would hold the recording's end for as long as it runs: after
+/// [`END_GRACE`] it gets SIGTERM, then SIGKILL, each said in a warning.
+fn end_command(c: &mut Child) {
+    let pid = nix::unistd::Pid::from_raw(c.id() as i32);
+    for sig in [Signal::SIGTERM, Signal::SIGKILL] {
+        let until = Instant::now() + END_GRACE;
+        while Instant::now() < until {
+            if !matches!(c.try_wait(), Ok(None)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        log::warn!(
+            "the command (pid {pid}) is still running {} s after {}; sending {sig}",
+            END_GRACE.as_secs(),
+            if sig == Signal::SIGTERM {
+                "SIGINT"
+            } else {
+                "SIGTERM"
+            }
+        );
+        let _ = nix::sys::signal::kill(pid, sig);
     }
 }
 
