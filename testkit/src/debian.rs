@@ -141,35 +141,30 @@ pub struct DebianAgent {
 impl DebianAgent {
     /// Starts it and waits (up to 10 s) until it listens on `port`.
     pub fn start_tcp(client: &str, port: u16) -> DebianAgent {
-        let sandbox = Command::new(sandbox())
-            .args(["trace-cmd", "agent", "-N", client, "-p", &port.to_string()])
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("start Debian's agent in the sandbox");
-        let agent = DebianAgent { sandbox };
-        crate::wait_until(
-            "Debian's agent listening",
-            std::time::Duration::from_secs(10),
-            || crate::tcp_listening(port),
-        );
-        agent
+        let mut cmd = Command::new(sandbox());
+        cmd.args(["trace-cmd", "agent", "-N", client, "-p", &port.to_string()]);
+        Self::spawn_listening(cmd, "Debian's agent", port)
     }
-}
 
-impl DebianAgent {
     /// Debian's `trace-cmd agent -p PORT` on vsock, carried over TCP loopback by
     /// the shim ([`crate::vsock`]) as the guest; waits (up to 10 s) until it listens.
     pub fn start_vsock_shim(port: u16) -> DebianAgent {
         let mut cmd = Command::new(sandbox());
         crate::vsock::apply(&mut cmd, crate::vsock::Side::Guest);
+        cmd.args(["trace-cmd", "agent", "-p", &port.to_string()]);
+        Self::spawn_listening(cmd, "Debian's vsock agent", port)
+    }
+
+    /// Spawns the sandboxed agent `cmd` and waits (up to 10 s) until TCP `port`
+    /// listens.
+    fn spawn_listening(mut cmd: Command, what: &str, port: u16) -> DebianAgent {
         let sandbox = cmd
-            .args(["trace-cmd", "agent", "-p", &port.to_string()])
             .stdout(std::process::Stdio::null())
             .spawn()
-            .expect("start Debian's vsock agent in the sandbox");
+            .unwrap_or_else(|e| panic!("start {what} in the sandbox: {e}"));
         let agent = DebianAgent { sandbox };
         crate::wait_until(
-            "Debian's vsock agent listening",
+            &format!("{what} listening"),
             std::time::Duration::from_secs(10),
             || crate::tcp_listening(port),
         );
