@@ -193,6 +193,16 @@ impl From<nix::errno::Errno> for MsgError {
 /// Result of this module's functions.
 pub type Result<T> = std::result::Result<T, MsgError>;
 
+/// The big-endian u32 at `off` of `b` (the wire's byte order); `b` must hold it.
+pub(crate) fn get32(b: &[u8], off: usize) -> u32 {
+    u32::from_be_bytes(b[off..off + 4].try_into().expect("4 bytes"))
+}
+
+/// The big-endian u64 at `off` of `b`; `b` must hold it.
+pub(crate) fn get64(b: &[u8], off: usize) -> u64 {
+    u64::from_be_bytes(b[off..off + 8].try_into().expect("8 bytes"))
+}
+
 /// Checks a count taken from the wire against `0..=max`.
 pub(crate) fn check_count(what: &'static str, value: i64, max: u32) -> Result<u32> {
     if value < 0 || value > i64::from(max) {

@@ -11,7 +11,7 @@
 
 use super::channel::{Channel, Wait};
 use super::v3::{self, Msg};
-use super::{MsgError, Result};
+use super::{get32, get64, MsgError, Result};
 
 /// Protocol name of the framing commands.
 pub const NONE: &str = "none";
@@ -64,14 +64,6 @@ pub enum PtpMsg {
     },
     /// guest → host: at guest time `ts`, host − guest = `offset`.
     Offset { ts: u64, offset: i64 },
-}
-
-fn be32(b: &[u8], o: usize) -> u32 {
-    u32::from_be_bytes(b[o..o + 4].try_into().expect("4 bytes"))
-}
-
-fn be64(b: &[u8], o: usize) -> u64 {
-    u64::from_be_bytes(b[o..o + 8].try_into().expect("8 bytes"))
 }
 
 impl PtpMsg {
@@ -142,18 +134,18 @@ impl PtpMsg {
             (PTP, PKT_START) => {
                 want(8, "a START shorter than 8 bytes")?;
                 Ok(PtpMsg::Start {
-                    series: be32(p, 0),
-                    flags: be32(p, 4),
+                    series: get32(p, 0),
+                    flags: get32(p, 4),
                 })
             }
             (PTP, PKT_PROBE) => {
                 want(4, "a probe shorter than 4 bytes")?;
-                Ok(PtpMsg::Ping { count: be32(p, 0) })
+                Ok(PtpMsg::Ping { count: get32(p, 0) })
             }
             (PTP, PKT_END) => Ok(PtpMsg::End),
             (PTP, PKT_RESULTS) => {
                 want(8, "results shorter than 8 bytes")?;
-                let count = be32(p, 4) as usize;
+                let count = get32(p, 4) as usize;
                 let room = (p.len() - 8) / SAMPLE_LEN;
                 if count > room || count > 2 * PROBES as usize {
                     return Err(bad("results claim more samples than they carry"));
@@ -161,19 +153,19 @@ impl PtpMsg {
                 let samples = (0..count)
                     .map(|i| {
                         let o = 8 + i * SAMPLE_LEN;
-                        (be32(p, o + 8), be64(p, o))
+                        (get32(p, o + 8), get64(p, o))
                     })
                     .collect();
                 Ok(PtpMsg::Results {
-                    series: be32(p, 0),
+                    series: get32(p, 0),
                     samples,
                 })
             }
             (PTP, PKT_OFFSET) => {
                 want(16, "an offset shorter than 16 bytes")?;
                 Ok(PtpMsg::Offset {
-                    ts: be64(p, 0),
-                    offset: be64(p, 8) as i64,
+                    ts: get64(p, 0),
+                    offset: get64(p, 8) as i64,
                 })
             }
             _ => Err(bad("an unknown message")),

@@ -11,7 +11,7 @@
 
 use super::channel::{Channel, Wait};
 use super::v2::{self, Msg};
-use super::{MsgError, Result};
+use super::{get32, get64, MsgError, Result};
 
 /// First bytes of every tsync payload (version 1 of the exchange).
 pub const MAGIC: &[u8; 6] = b"TSYNC1";
@@ -112,8 +112,6 @@ impl TsyncMsg {
                 Err(bad("wrong length"))
             }
         };
-        let u32_at =
-            |o: usize| u32::from_be_bytes([body[o], body[o + 1], body[o + 2], body[o + 3]]);
         Ok(match kind {
             b'O' => fixed(0).map(|()| TsyncMsg::Offer)?,
             b'A' => TsyncMsg::Accept { clock: text()? },
@@ -122,15 +120,15 @@ impl TsyncMsg {
             b'r' => fixed(0).map(|()| TsyncMsg::Ready)?,
             b'P' => {
                 fixed(4)?;
-                TsyncMsg::Probe { seq: u32_at(0) }
+                TsyncMsg::Probe {
+                    seq: get32(body, 0),
+                }
             }
             b'T' => {
                 fixed(12)?;
-                let mut ns = [0u8; 8];
-                ns.copy_from_slice(&body[4..12]);
                 TsyncMsg::Time {
-                    seq: u32_at(0),
-                    ns: u64::from_be_bytes(ns),
+                    seq: get32(body, 0),
+                    ns: get64(body, 4),
                 }
             }
             _ => return Err(bad("unknown kind")),

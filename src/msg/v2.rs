@@ -12,7 +12,7 @@
 //! `0..=4096`, well-formed options).
 
 use super::channel::{Channel, Wait};
-use super::{check_count, MsgError, Result, MAX_CPUS, MAX_OPTION_SIZE, MSG_MAX_LEN};
+use super::{check_count, get32, MsgError, Result, MAX_CPUS, MAX_OPTION_SIZE, MSG_MAX_LEN};
 use super::{CONNECTION_MSG, MSG_META_MAX_LEN};
 
 /// Header length.
@@ -107,10 +107,6 @@ pub enum Msg {
 
 fn put32(out: &mut Vec<u8>, v: u32) {
     out.extend_from_slice(&v.to_be_bytes());
-}
-
-fn get32(b: &[u8], off: usize) -> u32 {
-    u32::from_be_bytes([b[off], b[off + 1], b[off + 2], b[off + 3]])
 }
 
 impl Msg {

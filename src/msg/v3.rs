@@ -9,7 +9,7 @@
 //! CONT) decode to [`Msg::Unsupported`] so that a caller can answer NOT_SUPP. The TINIT/RINIT exchange itself is in [`super::negotiate`].
 
 use super::channel::{Channel, Wait};
-use super::{check_count, MsgError, Result, MAX_CPUS, MSG_MAX_LEN, MSG_META_MAX_LEN};
+use super::{check_count, get32, MsgError, Result, MAX_CPUS, MSG_MAX_LEN, MSG_META_MAX_LEN};
 
 /// Header length.
 pub const HDR_LEN: usize = 12;
@@ -100,10 +100,6 @@ pub enum Msg {
     Unsupported {
         cmd: u32,
     },
-}
-
-fn get32(b: &[u8], off: usize) -> u32 {
-    u32::from_be_bytes([b[off], b[off + 1], b[off + 2], b[off + 3]])
 }
 
 impl Msg {
