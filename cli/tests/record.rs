@@ -215,6 +215,10 @@ fn record_does_not_poll_for_the_command() {
     let inst = fresh("nopoll");
     let dir = TempDir::new("nopoll");
     let file = dir.path().join("t.dat");
+    // The event names the pid waited for; other tests' processes run beside this one
+    // and wait for their own children, so only waits for this command's pid count.
+    let pidfile = dir.path().join("pid");
+    let script = format!("echo $$ > {}; exec /bin/sleep 1", pidfile.display());
     let out = record(
         &inst,
         &[
@@ -222,17 +226,21 @@ fn record_does_not_poll_for_the_command() {
             "sched:sched_process_wait",
             "-o",
             file.to_str().unwrap(),
-            "/bin/sleep",
-            "1",
+            "/bin/sh",
+            "-c",
+            &script,
         ],
     );
     assert!(out.status.success(), "{}", stderr(&out));
+    let pid = std::fs::read_to_string(&pidfile).unwrap();
+    let waited_for = format!(" pid={} ", pid.trim());
     let rep = report(&file);
     let ours = rep
         .stdout
         .lines()
-        .filter(|l| l.contains(" trace-cmd-") && l.contains("sched_process_wait:"))
+        .filter(|l| l.contains("sched_process_wait:") && l.contains(&waited_for))
         .count();
+    assert!(ours >= 1, "no wait for pid {} was recorded:\n{}", pid.trim(), rep.stdout);
     assert!(
         ours <= 12,
         "record checked for its command {ours} times in 1 s:\n{}",
