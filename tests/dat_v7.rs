@@ -5,7 +5,6 @@
 //! time, in bursts, and from the real recorder) and a full disk. Needs root,
 //! tracefs and /usr/bin/trace-cmd (3.1.6).
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -160,9 +159,12 @@ fn named_buffer_alone_and_with_top() {
 }
 
 /// Feeds `data` into `fd` in pieces of the sizes `sizes` yields (cycled).
-fn feed(fd: std::os::fd::OwnedFd, data: Vec<u8>, sizes: Vec<usize>) -> std::thread::JoinHandle<()> {
+fn feed(
+    mut w: tracecmd_rs::output::BlockSink,
+    data: Vec<u8>,
+    sizes: Vec<usize>,
+) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
-        let mut w = std::fs::File::from(fd);
         let mut rest = &data[..];
         for n in sizes.iter().cycle() {
             if rest.is_empty() {
@@ -307,7 +309,7 @@ fn recorder_writes_into_the_sinks() {
     let live = record_live(
         &inst,
         &[],
-        |cpu| Output::Stream(w.cpu_sink("", cpu).unwrap()),
+        |cpu| Output::Blocks(w.cpu_sink("", cpu).unwrap()),
         || {
             for (cpu, &n) in markers.iter().enumerate() {
                 testkit::tracefs::markers_on_cpu(&inst, cpu, n as usize);
@@ -390,12 +392,11 @@ fn full_disk_leaves_no_file_that_looks_complete() {
     drop(tiny);
 
     // While recording: the per-CPU temporary files fill the disk. The sink's
-    // writer sees EPIPE instead of blocking, and finish names the error.
+    // writer gets BrokenPipe instead of blocking, and finish names the error.
     let tiny = TinyFs::mount("stream", 64);
     let file = tiny.0.join("trace.dat");
     let mut w = V7Writer::new(&file, meta.page_size, Compression::None).unwrap();
-    let fd = w.cpu_sink("", 0).unwrap();
-    let mut sink = std::fs::File::from(fd);
+    let mut sink = w.cpu_sink("", 0).unwrap();
     let page = vec![0x5au8; meta.page_size as usize];
     let mut refused = None;
     for _ in 0..1000 {
@@ -406,7 +407,7 @@ fn full_disk_leaves_no_file_that_looks_complete() {
     }
     drop(sink);
     let refused = refused.expect("the sink kept accepting data after the disk was full");
-    assert_eq!(refused.raw_os_error(), Some(libc::EPIPE), "{refused}");
+    assert_eq!(refused.kind(), std::io::ErrorKind::BrokenPipe, "{refused}");
     let e = w.finish(&meta, cpus, &opts).unwrap_err();
     assert_eq!(e.errno(), libc::ENOSPC, "{e}");
     assert!(e.to_string().contains("CPU 0"), "{e}");
@@ -432,9 +433,9 @@ fn full_disk_while_recording() {
     let live = record_live(
         &inst,
         &[],
-        |cpu| Output::Stream(w.cpu_sink("", cpu).unwrap()),
+        |cpu| Output::Blocks(w.cpu_sink("", cpu).unwrap()),
         || {
-            // More than a sink's pipe holds (1 MiB), so the recorders see it.
+            // More than a sink queues in memory (2 MiB), so the recorders see it.
             for cpu in 0..cpus {
                 testkit::tracefs::markers_on_cpu(&inst, cpu, 60_000);
             }

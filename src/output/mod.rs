@@ -40,7 +40,7 @@ mod writer;
 
 pub use chunks::{ChunkWriter, Compression, CpuChunks};
 pub use read_at::ReadAt;
-pub use stream::{CpuStream, BACKLOG_BYTES, SINK_PIPE_BYTES, SLOW_COMPRESSOR_ENV};
+pub use stream::{BlockSink, CpuStream, BACKLOG_BYTES, SLOW_COMPRESSOR_ENV};
 pub use v7writer::{clock_of_trailing, write_trace_dat_v7, V7Writer};
 pub use writer::*;
 

@@ -3,8 +3,8 @@
 //! compressed with zstd or not.
 //!
 //! Per-CPU data is compressed while it is recorded: [`V7Writer::cpu_sink`] hands out
-//! the write end of a pipe that a per-CPU recorder writes into, and a thread turns
-//! what arrives into chunks in an anonymous temporary file ([`CpuStream`]). At
+//! a [`BlockSink`] that a per-CPU recorder reads into, and a thread turns what
+//! arrives into chunks in an anonymous temporary file ([`CpuStream`]). At
 //! [`V7Writer::finish`] the file is assembled by copying those compressed bytes.
 //! The file is built under a temporary name next to the target and renamed only
 //! once complete, so a failure (a full disk, a killed process) never leaves a file
@@ -15,14 +15,14 @@
 
 use std::fs::File;
 use std::io::{Seek, SeekFrom, Write};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use super::chunks::{
     tmpfile_unsupported, unnamed_file, werr, ChunkWriter, Compression, CpuChunks, Zstd,
 };
-use super::stream::CpuStream;
+use super::stream::{BlockSink, CpuStream};
 use super::v7::STRINGS;
 use super::{option_id, BufferData, CpuRange, DatOption, Metadata, OutputError, MAGIC};
 
@@ -258,13 +258,13 @@ struct Pending {
 /// 1. [`V7Writer::new`] with the output path, the page (sub-buffer) size and the
 ///    compression;
 /// 2. per buffer (`""` = top, else the instance or guest name) and CPU,
-///    [`V7Writer::cpu_sink`]: the returned fd is what the per-CPU recorder writes
-///    into (`recorder::Output::Stream(fd)`); or [`V7Writer::cpu_file`] for data
+///    [`V7Writer::cpu_sink`]: the returned sink is what the per-CPU recorder reads
+///    into (`recorder::Output::Blocks`); or [`V7Writer::cpu_file`] for data
 ///    already in a file;
 /// 3. optionally [`V7Writer::set_buffer_clock`] / [`V7Writer::set_buffer_page_size`],
 ///    and, while recording, [`V7Writer::prepare_metadata`] so that the end has
 ///    less to do;
-/// 4. once every recorder is finished (their fds closed), [`V7Writer::finish`] with
+/// 4. once every recorder is finished (their sinks closed), [`V7Writer::finish`] with
 ///    the metadata, the CPU count and the options (as for v6: TRACECLOCK, UNAME,
 ///    VERSION, CPUSTAT…, see [`super::standard_options`]).
 pub struct V7Writer {
@@ -394,16 +394,17 @@ impl V7Writer {
     }
 
     /// Starts compressing CPU `cpu` of `buffer` while it is recorded: returns the
-    /// write end of a pipe (blocking, close-on-exec) for the recorder. The data is
-    /// complete once every copy of the fd is closed. Memory: see [`CpuStream`].
-    pub fn cpu_sink(&mut self, buffer: &str, cpu: usize) -> Result<OwnedFd, OutputError> {
+    /// recorder's end (`recorder::Output::Blocks`), which reads straight into the
+    /// compressor's queue. The data is complete once the sink is closed or dropped.
+    /// Memory: see [`CpuStream`].
+    pub fn cpu_sink(&mut self, buffer: &str, cpu: usize) -> Result<BlockSink, OutputError> {
         let label = format!("CPU {cpu} of buffer {buffer:?}");
         let (dir, compression) = (self.temp_dir.clone(), self.compression);
         let page = self.buffer(buffer).page_size;
         let slot = self.slot(buffer, cpu)?;
-        let (fd, stream) = CpuStream::spawn(&dir, page, compression, label)?;
+        let (sink, stream) = CpuStream::spawn(&dir, page, compression, label)?;
         *slot = Slot::Stream(stream);
-        Ok(fd)
+        Ok(sink)
     }
 
     /// Uses the raw pages in `raw` for CPU `cpu` of `buffer`; they are compressed
@@ -790,8 +791,7 @@ mod tests {
             w.prepare_metadata(m).unwrap();
         }
         w.cpu_file("guest", 1, &raw).unwrap();
-        let fd = w.cpu_sink("", 0).unwrap();
-        std::fs::File::from(fd).write_all(&pages(25)).unwrap();
+        w.cpu_sink("", 0).unwrap().write_all(&pages(25)).unwrap();
         w.cpu_file("", 1, &raw).unwrap();
         w.set_buffer_clock("guest", "x86-tsc");
         let opts = [DatOption::trace_clock("[local] global\n")];
@@ -902,8 +902,7 @@ mod tests {
         let t = tmp("fail");
         let path = t.join("out.dat");
         let mut w = V7Writer::new(&path, 4096, Compression::Zstd).unwrap();
-        let fd = w.cpu_sink("", 0).unwrap();
-        std::fs::File::from(fd).write_all(&pages(2)).unwrap();
+        w.cpu_sink("", 0).unwrap().write_all(&pages(2)).unwrap();
         w.cpu_file("", 1, &t.join("missing")).unwrap();
         let e = w.finish(&meta(), 2, &[]).unwrap_err();
         assert!(e.to_string().contains("missing"), "{e}");

@@ -13,11 +13,11 @@ use crate::recorder::{Output, RecorderError};
 
 /// trace.dat version 7 (zstd or uncompressed).
 ///
-/// * The host buffer's CPUs go through [`V7Writer::cpu_sink`]: a pipe per CPU whose
-///   compressing thread writes chunks into an unnamed temporary file, so the file
-///   is complete soon after the recording ends. A compressor that falls behind never
+/// * The host buffer's CPUs go through [`V7Writer::cpu_sink`]: the recorder reads
+///   straight into a queue per CPU whose compressing thread writes chunks into an
+///   unnamed temporary file, so the file is complete soon after the recording ends. A compressor that falls behind never
 ///   holds up the recorder: its backlog is queued, then spilled to disk (at most
-///   about 7 MiB of memory per CPU; see [`crate::output::CpuStream`]).
+///   about 6 MiB of memory per CPU; see [`crate::output::CpuStream`]).
 /// * Guests are recorded into raw per-CPU files (as for v6) and compressed only at
 ///   [`TraceWriter::finish`]: their event IDs may have to be rewritten
 ///   ([`TraceWriter::remap_event_ids`]), and the map is known only once the guest
@@ -112,11 +112,11 @@ impl TraceWriter for V7FileWriter {
             let kind = std::io::Error::from_raw_os_error(e.errno()).kind();
             RecorderError::Output(std::io::Error::new(kind, e.to_string()))
         };
-        let fd = self
+        let sink = self
             .v7(page)
             .and_then(|w| w.cpu_sink(&name, cpu))
             .map_err(output_err)?;
-        Ok(Output::Stream(fd))
+        Ok(Output::Blocks(sink))
     }
 
     fn recorded_bytes(&self, buffer: &BufferKey) -> u64 {
@@ -204,10 +204,11 @@ mod tests {
     use std::io::Write;
 
     fn write(out: Output, bytes: &[u8]) {
-        let Output::Stream(fd) = out else {
-            panic!("a plain file was asked for")
-        };
-        std::fs::File::from(fd).write_all(bytes).unwrap();
+        match out {
+            Output::Stream(fd) => std::fs::File::from(fd).write_all(bytes).unwrap(),
+            Output::Blocks(mut b) => b.write_all(bytes).unwrap(),
+            Output::Ring { .. } => panic!("a plain file or a stream was asked for"),
+        }
     }
 
     fn buffer(name: &str, data: Option<BufferKey>) -> FileBuffer {

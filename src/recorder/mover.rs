@@ -16,6 +16,7 @@ use nix::fcntl::{fcntl, FcntlArg, OFlag, SpliceFFlags};
 use nix::poll::PollFlags;
 
 use super::behind::WriteBehind;
+use crate::output::BlockSink;
 use super::buffer::{buffer_bytes, subbuf_size, system_page_size};
 use super::error::{sys, RecorderError, STALL_LIMIT};
 use super::pipe::{grow_pipe, new_pipe};
@@ -70,6 +71,9 @@ pub struct CpuRecorder {
     /// page only a read() returns (splice hands out full pages only).
     ring_buffer_input: bool,
     sink: Sink,
+    /// The output when it is a compressing stream's queue (`sink` is then a
+    /// placeholder).
+    blocks: Option<BlockSink>,
     mover: Mover,
     /// Read, padding and merge unit: the ring buffer's sub-buffer (page) size.
     page_size: usize,
@@ -131,8 +135,13 @@ impl CpuRecorder {
                 (fd, false, page, None)
             }
         };
+        let mut blocks = None;
         let sink = match output {
             Output::Stream(fd) => Sink::stream(File::from(fd)),
+            Output::Blocks(b) => {
+                blocks = Some(b);
+                Sink::placeholder()
+            }
             Output::Ring {
                 first,
                 second,
@@ -155,7 +164,8 @@ impl CpuRecorder {
         let is = |fd: i32, kind: libc::mode_t| {
             nix::sys::stat::fstat(fd).is_ok_and(|st| st.st_mode & libc::S_IFMT == kind)
         };
-        let to_files = sink.files().all(|f| is(f.as_raw_fd(), libc::S_IFREG));
+        let to_files =
+            blocks.is_none() && sink.files().all(|f| is(f.as_raw_fd(), libc::S_IFREG));
         let direct = !ring_buffer_input && is(input.as_raw_fd(), libc::S_IFIFO) && to_files;
         // Ring-buffer pages into files: write behind, so that a stalled file write does
         // not keep the ring buffer from being drained. Only where a page is one pipe
@@ -210,6 +220,7 @@ impl CpuRecorder {
             input,
             ring_buffer_input,
             sink,
+            blocks,
             mover,
             page_size,
             flags,
@@ -357,8 +368,9 @@ impl CpuRecorder {
         if total >= self.flush_budget {
             log::warn!("flush ended after {total} bytes: the input kept producing data");
         }
-        let written = match &self.mover {
-            Mover::Behind(Some(wb)) => wb.pushed(),
+        let written = match (&self.mover, &self.blocks) {
+            (Mover::Behind(Some(wb)), _) => wb.pushed(),
+            (_, Some(b)) => b.bytes(),
             _ => self.sink.cur_bytes(),
         };
         let partial = (written % self.page_size as u64) as usize;
@@ -405,6 +417,9 @@ impl CpuRecorder {
 
     /// Merges the max-kb ring into the named file and closes everything (spec §4.6).
     pub fn finish(mut self) -> Result<(), RecorderError> {
+        if let Some(b) = self.blocks.as_mut() {
+            b.close();
+        }
         let settled = self.settle();
         let merged = self.sink.merge();
         settled.and(merged)
@@ -540,6 +555,24 @@ impl CpuRecorder {
             if *pending == 0 {
                 return Ok(Step::Moved(moved));
             }
+            if let Some(b) = self.blocks.as_mut() {
+                // The pipe holds `pending` bytes, so this read does not block.
+                match b.read_from(read_end.as_fd(), *pending) {
+                    Ok(0) => {
+                        return Err(RecorderError::Input(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "the recorder's pipe came up short",
+                        )))
+                    }
+                    Ok(n) => {
+                        *pending -= n;
+                        moved += n;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(RecorderError::Output(e)),
+                }
+                continue;
+            }
             let len = (*pending).min(self.sink.room());
             let mut flags = SpliceFFlags::SPLICE_F_MOVE;
             if stopping || !self.flags.block {
@@ -598,6 +631,9 @@ impl CpuRecorder {
 
     /// Writes all of `data`, switching ring halves at their size.
     fn write_out(&mut self, mut data: &[u8], stopping: bool) -> Result<(), RecorderError> {
+        if let Some(b) = self.blocks.as_mut() {
+            return b.write_all(data).map_err(RecorderError::Output);
+        }
         let mut stalled = None;
         while !data.is_empty() {
             let len = data.len().min(self.sink.room());

@@ -78,6 +78,9 @@ impl Input {
 pub enum Output {
     /// One fd (file, socket, pipe, virtio port) the recorder takes over.
     Stream(OwnedFd),
+    /// Straight into the queue of a compressing stream (a v7 file written while
+    /// recording): the recorder reads its pipe into the stream's blocks.
+    Blocks(crate::output::BlockSink),
     /// The max-kb ring (spec §4.6): writes alternate between `first` and `second`
     /// every `max_kb / 2` KiB; [`CpuRecorder::finish`](super::CpuRecorder::finish) merges both into `first` in
     /// time order. `max_kb == 0` means no limit (only `first` is used).
