@@ -293,6 +293,7 @@ fn record_session(
         guard
             .prepare_recording(&setup, &events)
             .map_err(|e| e.to_string())?;
+        log::info!("tracefs prepared ({} events); reading the metadata", events.len());
         Metadata::from_tracefs(&inst, &events).map_err(|e| e.to_string())
     })();
     let meta = match setup {
@@ -331,6 +332,10 @@ fn record_session(
             }
         }
     }
+    log::info!(
+        "set up: {cpus} CPU recorders, {} bytes of metadata; telling the manager",
+        bytes.len()
+    );
     session::send_init(ch, cpus as u32, meta.page_size, false)?;
     let sleep = Duration::from_micros(args.sleep_us.unwrap_or(1000));
     let stops: Vec<_> = recs.iter().map(CpuRecorder::stop_handle).collect();
@@ -371,6 +376,13 @@ fn record_session(
             }
         },
     };
+    log::info!(
+        "{}; stopping the recorders",
+        match &lost {
+            None => "the manager asked to stop".to_string(),
+            Some(e) => e.to_string(),
+        }
+    );
     let _ = inst.set_tracing_on(false);
     for s in &stops {
         s.stop();
@@ -388,6 +400,7 @@ fn record_session(
     let _ = guard.restore();
     match lost {
         None => {
+            log::info!("every CPU flushed; confirming the stop");
             v2::send(ch, &Msg::Ack)?;
             Ok(())
         }
