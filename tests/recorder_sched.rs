@@ -127,3 +127,112 @@ fn recording_thread_runs_first_and_gets_its_scheduling_back() {
         assert_eq!(after, before, "scheduling after recording ({own:?})");
     }
 }
+
+/// `Cpus_allowed_list` of thread `tid` of this process.
+fn allowed_of(tid: i32) -> String {
+    let text = std::fs::read_to_string(format!("/proc/self/task/{tid}/status")).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .expect("no Cpus_allowed_list in /proc/self/task/TID/status")
+        .trim()
+        .to_string()
+}
+
+/// Threads of this process named `name`.
+fn threads_named(name: &str) -> Vec<i32> {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|tid: &i32| {
+            std::fs::read_to_string(format!("/proc/self/task/{tid}/comm"))
+                .is_ok_and(|c| c.trim() == name)
+        })
+        .collect()
+}
+
+/// Records the buffer of `cpu` (into a file, so with a write-behind thread) in a
+/// thread that first limits itself to `own` CPUs if given; returns the thread's CPU
+/// list before, once it differs while recording (or after `wait`), after, and the
+/// write-behind thread's list while recording.
+fn watch_mask(tag: &str, own: Option<usize>, wait: Duration) -> (usize, [String; 4]) {
+    let (inst, cpu, dir) = setup(tag, 64);
+    let mut rec = recorder(&inst, cpu, &dir.join("out"));
+    let stop = rec.stop_handle();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut recording = StopOnDrop(stop, None);
+    let before_writers = threads_named("tracecmd-write");
+    let (tx2, rx2) = std::sync::mpsc::channel();
+    let t = std::thread::spawn(move || {
+        if let Some(c) = own {
+            let mut only = nix::sched::CpuSet::new();
+            only.set(c).unwrap();
+            nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &only).unwrap();
+        }
+        let tid = nix::unistd::gettid().as_raw();
+        tx.send((tid, allowed_of(tid))).unwrap();
+        rec.record(Duration::from_millis(1)).expect("record");
+        tx2.send(allowed_of(tid)).unwrap();
+        (0, 0)
+    });
+    recording.1 = Some(t);
+    let (tid, before) = rx.recv().unwrap();
+    let deadline = Instant::now() + wait;
+    let mut during = allowed_of(tid);
+    while during == before && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+        during = allowed_of(tid);
+    }
+    // The write-behind thread this recording started.
+    let mut writer = String::new();
+    while Instant::now() < deadline + Duration::from_secs(5) {
+        let new: Vec<_> = threads_named("tracecmd-write")
+            .into_iter()
+            .filter(|t| !before_writers.contains(t))
+            .collect();
+        if let Some(w) = new.first() {
+            writer = allowed_of(*w);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    recording.0.stop();
+    recording.1.take().unwrap().join().unwrap();
+    let after = rx2.recv().unwrap();
+    drop(inst);
+    (cpu, [before, during, after, writer])
+}
+
+#[test]
+fn recording_thread_stays_on_its_cpu_and_gets_its_mask_back() {
+    assert!(nix::unistd::geteuid().is_root(), "needs root (tracefs)");
+    let all = allowed_of(nix::unistd::gettid().as_raw());
+    let cpus = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)).unwrap();
+    let allowed: Vec<usize> = (0..nix::sched::CpuSet::count())
+        .filter(|&c| cpus.is_set(c) == Ok(true))
+        .collect();
+    assert!(
+        allowed.len() >= 2,
+        "this test needs at least 2 CPUs it may run on, has {all}"
+    );
+
+    let (cpu, [before, during, after, writer]) = watch_mask("pin", None, Duration::from_secs(5));
+    assert_eq!(before, all);
+    assert_eq!(during, cpu.to_string(), "CPU list while recording CPU {cpu}'s buffer");
+    assert_eq!(after, before, "CPU list after recording");
+    assert_eq!(writer, cpu.to_string(), "the write-behind thread's CPU list");
+
+    // Turned off: never pinned while recording.
+    std::env::set_var("TRACECMD_RS_NO_PIN", "1");
+    let (_, [before, during, after, _]) = watch_mask("nopin", None, Duration::from_millis(500));
+    std::env::remove_var("TRACECMD_RS_NO_PIN");
+    assert_eq!(during, before, "TRACECMD_RS_NO_PIN=1 still pinned the thread");
+    assert_eq!(after, before);
+
+    // A thread limited to another CPU (as under taskset) is left where it is.
+    let other = *allowed.iter().find(|&&c| c != cpu).unwrap();
+    let (_, [before, during, after, _]) =
+        watch_mask("pinother", Some(other), Duration::from_millis(500));
+    assert_eq!(before, other.to_string());
+    assert_eq!(during, before, "a thread kept off CPU {cpu} was moved onto it");
+    assert_eq!(after, before);
+}

@@ -70,6 +70,8 @@ pub struct CpuRecorder {
     /// The input is a ring buffer (`trace_pipe_raw`/`snapshot_raw`), whose partial last
     /// page only a read() returns (splice hands out full pages only).
     ring_buffer_input: bool,
+    /// The CPU of that ring buffer (the recording thread stays on it while it records).
+    ring_cpu: Option<usize>,
     sink: Sink,
     /// The output when it is a compressing stream's queue (`sink` is then a
     /// placeholder).
@@ -111,6 +113,10 @@ impl CpuRecorder {
     ) -> Result<CpuRecorder, RecorderError> {
         let page = system_page_size();
         let mut watch = None;
+        let ring_cpu = match &input {
+            Input::Buffer { cpu, .. } => Some(*cpu),
+            Input::Fd(_) => None,
+        };
         let (input, ring_buffer_input, page_size, input_bytes) = match input {
             Input::Buffer { dir, cpu } => {
                 let name = if flags.snapshot {
@@ -219,6 +225,7 @@ impl CpuRecorder {
             flush_budget: 2 * held + in_pipe + page_size as u64,
             input,
             ring_buffer_input,
+            ring_cpu,
             sink,
             blocks,
             mover,
@@ -286,11 +293,13 @@ impl CpuRecorder {
     /// A stop ends any wait at once. The stop that ends this call is consumed, so the
     /// next call records again; a stop that came before the call makes it flush and
     /// return. For a ring buffer, the calling thread runs at the lowest real-time
-    /// priority while it records where it may, else asks for a short time slice (see
-    /// `sched.rs`), and gets its own scheduling back on return.
+    /// priority while it records where it may, else asks for a short time slice, and
+    /// stays on the buffer's CPU (see `sched.rs`); it gets its own scheduling and CPU
+    /// mask back on return.
     pub fn record(&mut self, sleep: Duration) -> Result<(), RecorderError> {
         let mut input_was_ready = false;
         let _sched = self.ring_buffer_input.then(sched::RecordingSched::request);
+        let _pin = self.ring_cpu.map(sched::RecordingAffinity::request);
         loop {
             if self.stop.take() {
                 break;
@@ -466,6 +475,8 @@ impl CpuRecorder {
             Mover::Direct => self.splice_direct(),
             Mover::Behind(wb) => {
                 if wb.is_none() {
+                    // Started by the recording thread, the writer shares its CPU
+                    // (see `sched.rs`).
                     let sink = std::mem::replace(&mut self.sink, Sink::placeholder());
                     *wb = Some(WriteBehind::start(sink, self.page_size)?);
                 }
