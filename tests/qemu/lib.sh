@@ -102,7 +102,7 @@ qemu_start() {
     args+=(-chardev "pipe,id=c$((k + 1)),path=${paths[$k]}"
       -device "virtserialport,bus=virtio-serial0.0,nr=$((k + 1)),chardev=c$((k + 1)),name=$name")
   done
-  spawn console "$QEMU_BIN" -accel tcg,thread=multi -cpu max -smp 2 -m 512 \
+  spawn console "$QEMU_BIN" -accel tcg,thread=single -cpu max -smp 2 -m 512 \
     -nographic -no-reboot -nic none \
     -kernel "$qemu_vmlinuz" -initrd "$initrd" \
     -append "console=ttyS0 quiet panic=-1 tcmode=$mode tcports=${#names[@]}" \
