@@ -217,15 +217,26 @@ fn recording_thread_stays_on_its_cpu_and_gets_its_mask_back() {
 
     let (cpu, [before, during, after, writer]) = watch_mask("pin", None, Duration::from_secs(5));
     assert_eq!(before, all);
-    assert_eq!(during, cpu.to_string(), "CPU list while recording CPU {cpu}'s buffer");
+    assert_eq!(
+        during,
+        cpu.to_string(),
+        "CPU list while recording CPU {cpu}'s buffer"
+    );
     assert_eq!(after, before, "CPU list after recording");
-    assert_eq!(writer, cpu.to_string(), "the write-behind thread's CPU list");
+    assert_eq!(
+        writer,
+        cpu.to_string(),
+        "the write-behind thread's CPU list"
+    );
 
     // Turned off: never pinned while recording.
     std::env::set_var("TRACECMD_RS_NO_PIN", "1");
     let (_, [before, during, after, _]) = watch_mask("nopin", None, Duration::from_millis(500));
     std::env::remove_var("TRACECMD_RS_NO_PIN");
-    assert_eq!(during, before, "TRACECMD_RS_NO_PIN=1 still pinned the thread");
+    assert_eq!(
+        during, before,
+        "TRACECMD_RS_NO_PIN=1 still pinned the thread"
+    );
     assert_eq!(after, before);
 
     // A thread limited to another CPU (as under taskset) is left where it is.
@@ -233,6 +244,9 @@ fn recording_thread_stays_on_its_cpu_and_gets_its_mask_back() {
     let (_, [before, during, after, _]) =
         watch_mask("pinother", Some(other), Duration::from_millis(500));
     assert_eq!(before, other.to_string());
-    assert_eq!(during, before, "a thread kept off CPU {cpu} was moved onto it");
+    assert_eq!(
+        during, before,
+        "a thread kept off CPU {cpu} was moved onto it"
+    );
     assert_eq!(after, before);
 }

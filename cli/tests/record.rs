@@ -240,7 +240,12 @@ fn record_does_not_poll_for_the_command() {
         .lines()
         .filter(|l| l.contains("sched_process_wait:") && l.contains(&waited_for))
         .count();
-    assert!(ours >= 1, "no wait for pid {} was recorded:\n{}", pid.trim(), rep.stdout);
+    assert!(
+        ours >= 1,
+        "no wait for pid {} was recorded:\n{}",
+        pid.trim(),
+        rep.stdout
+    );
     assert!(
         ours <= 12,
         "record checked for its command {ours} times in 1 s:\n{}",

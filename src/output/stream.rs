@@ -279,7 +279,14 @@ impl CpuStream {
         compression: Compression,
         label: String,
     ) -> Result<(BlockSink, CpuStream), OutputError> {
-        Self::spawn_with(temp_dir, page_size, compression, label, BACKLOG_BYTES, false)
+        Self::spawn_with(
+            temp_dir,
+            page_size,
+            compression,
+            label,
+            BACKLOG_BYTES,
+            false,
+        )
     }
 
     /// [`CpuStream::spawn`] with another memory limit, and for tests a compressor

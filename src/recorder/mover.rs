@@ -16,7 +16,6 @@ use nix::fcntl::{fcntl, FcntlArg, OFlag, SpliceFFlags};
 use nix::poll::PollFlags;
 
 use super::behind::WriteBehind;
-use crate::output::BlockSink;
 use super::buffer::{buffer_bytes, subbuf_size, system_page_size};
 use super::error::{sys, RecorderError, STALL_LIMIT};
 use super::pipe::{grow_pipe, new_pipe};
@@ -26,6 +25,7 @@ use super::sink::Sink;
 use super::step::Step;
 use super::stop::{StopHandle, StopState};
 use super::wake::{WakeWatch, WAIT_SLICE};
+use crate::output::BlockSink;
 
 /// Below this many bytes per move from a non-ring input, the recorder pauses to batch
 /// (for a FIFO: an eighth of its capacity; this value for sockets and files)...
@@ -170,8 +170,7 @@ impl CpuRecorder {
         let is = |fd: i32, kind: libc::mode_t| {
             nix::sys::stat::fstat(fd).is_ok_and(|st| st.st_mode & libc::S_IFMT == kind)
         };
-        let to_files =
-            blocks.is_none() && sink.files().all(|f| is(f.as_raw_fd(), libc::S_IFREG));
+        let to_files = blocks.is_none() && sink.files().all(|f| is(f.as_raw_fd(), libc::S_IFREG));
         let direct = !ring_buffer_input && is(input.as_raw_fd(), libc::S_IFIFO) && to_files;
         // Ring-buffer pages into files: write behind, so that a stalled file write does
         // not keep the ring buffer from being drained. Only where a page is one pipe

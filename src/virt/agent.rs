@@ -293,7 +293,10 @@ fn record_session(
         guard
             .prepare_recording(&setup, &events)
             .map_err(|e| e.to_string())?;
-        log::info!("tracefs prepared ({} events); reading the metadata", events.len());
+        log::info!(
+            "tracefs prepared ({} events); reading the metadata",
+            events.len()
+        );
         Metadata::from_tracefs(&inst, &events).map_err(|e| e.to_string())
     })();
     let meta = match setup {
