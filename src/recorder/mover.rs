@@ -579,7 +579,12 @@ impl CpuRecorder {
                         moved += n;
                     }
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(RecorderError::Output(e)),
+                    // BrokenPipe: the stream's compressor stopped (its own error
+                    // says why); anything else failed reading the recorder's pipe.
+                    Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
+                        return Err(RecorderError::Output(e))
+                    }
+                    Err(e) => return Err(RecorderError::Input(e)),
                 }
                 continue;
             }
