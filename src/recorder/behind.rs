@@ -120,6 +120,9 @@ pub(super) struct WriteBehind {
     thread: Option<JoinHandle<Sink>>,
     /// Ring-buffer page size: pipes are filled in whole pages.
     unit: usize,
+    /// Most bytes a pipe is filled with: what one device request takes when the
+    /// writer writes directly (see [`Uncached::request_pages`]), else no limit.
+    fill_limit: usize,
     /// Pipes made so far (idle, queued, being written, or `current`).
     made: usize,
     /// The pipe being filled and its bytes, not queued yet: the newest data.
@@ -133,6 +136,7 @@ pub(super) struct WriteBehind {
 impl WriteBehind {
     /// Starts the writer thread on `sink`.
     pub(super) fn start(sink: Sink, unit: usize) -> Result<WriteBehind, RecorderError> {
+        let fill_limit = Uncached::request_pages(sink.fd()).map_or(usize::MAX, |n| n * unit);
         let shared = Arc::new(Shared::default());
         let first = Pipe::new(unit)?;
         let for_thread = Arc::clone(&shared);
@@ -154,6 +158,7 @@ impl WriteBehind {
             shared,
             thread: Some(thread),
             unit,
+            fill_limit,
             made: 1,
             current: Some((first, 0)),
             unkicked_since: None,
@@ -245,8 +250,8 @@ impl WriteBehind {
                 None => return Ok(Step::Full),
             },
         };
-        let capacity = pipe.capacity;
-        let free = (capacity - fill) / self.unit * self.unit;
+        let capacity = pipe.capacity.min(self.fill_limit);
+        let free = capacity.saturating_sub(fill) / self.unit * self.unit;
         let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
         let res = nix::fcntl::splice(input, None, &pipe.write_end, None, free, flags);
         let moved: usize = res.unwrap_or_default();
@@ -669,6 +674,40 @@ mod tests {
         let mut f = sink.into_first().unwrap();
         let end = std::io::Seek::stream_position(&mut f).unwrap();
         (sent, end, uncached)
+    }
+
+    #[test]
+    fn pipes_are_filled_to_one_device_request_at_most() {
+        let (in_r, in_w) = input_pipe();
+        let (out_r, out_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).unwrap();
+        let reader = drain(out_r);
+        let mut wb = WriteBehind::start(sink_to(out_w), page()).unwrap();
+        // A pipe output has no block queue: no limit of its own.
+        assert_eq!(wb.fill_limit, usize::MAX);
+        wb.fill_limit = 5 * page();
+        let data = chunk(3); // 16 pages of 4 KiB
+        nix::unistd::write(&in_w, &data).unwrap();
+        let mut moves = Vec::new();
+        loop {
+            match wb.pull(in_r.as_fd()).unwrap() {
+                Step::Moved(n) | Step::MovedAll(n) => moves.push(n),
+                Step::Full => wb.wait_room(Duration::from_millis(10)).unwrap(),
+                Step::Idle => break,
+                other => panic!("unexpected step {other:?}"),
+            }
+        }
+        assert!(
+            moves.iter().all(|&n| n <= 5 * page()),
+            "a pipe got more than 5 pages: {moves:?}"
+        );
+        assert_eq!(moves.iter().sum::<usize>(), data.len());
+        let (sink, res) = wb.close();
+        res.unwrap();
+        drop(sink);
+        assert!(
+            reader.join().unwrap() == data,
+            "the output is not the input"
+        );
     }
 
     #[test]
